@@ -1,0 +1,3 @@
+from recsparse.cli import main
+
+main()

@@ -1,0 +1,123 @@
+"""BEIR-format retrieval collections: ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``.
+
+Any folder in this layout loads, registered or not.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+
+from recsparse.data._lines import numbered_lines
+from recsparse.data.errors import DataFormatError
+
+
+def read_jsonl(path: str | Path, fields: tuple[str, ...], optional: tuple[str, ...] = ()) -> pl.DataFrame:
+    """Read a BEIR jsonl file into a frame with ``fields`` (required strings) and ``optional`` (default "").
+
+    Errors (file:line): invalid JSON, a missing or non-string field, a duplicate ``_id``, truncation.
+    """
+    path = Path(path)
+    cols: dict[str, list[str]] = {f: [] for f in (*fields, *optional)}
+    seen: dict[str, int] = {}
+    for n, line in numbered_lines(path):
+        if not line.strip():
+            raise DataFormatError(path, n, "empty line")
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataFormatError(path, n, f"invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(path, n, "expected a JSON object")
+        for f in fields:
+            if f not in obj:
+                raise DataFormatError(path, n, f"missing field {f!r}")
+        for f in (*fields, *optional):
+            v = obj.get(f, "")
+            if v is None:
+                v = ""
+            if f == "_id" and isinstance(v, int):
+                v = str(v)
+            if not isinstance(v, str):
+                raise DataFormatError(path, n, f"field {f!r} must be a string, got {type(v).__name__}")
+            cols[f].append(v)
+        _id = cols["_id"][-1]
+        if _id in seen:
+            raise DataFormatError(path, n, f"duplicate _id {_id!r} (first on line {seen[_id]})")
+        seen[_id] = n
+    return pl.DataFrame(cols, schema={f: pl.Utf8 for f in cols})
+
+
+def read_qrels(path: str | Path) -> pl.DataFrame:
+    """Read a BEIR qrels tsv (header ``query-id corpus-id score``) into ``(query_id, doc_id, score: i64)``."""
+    path = Path(path)
+    q: list[str] = []
+    d: list[str] = []
+    s: list[int] = []
+    seen: dict[tuple[str, str], int] = {}
+    for n, line in numbered_lines(path):
+        parts = line.split("\t")
+        if n == 1:
+            if parts != ["query-id", "corpus-id", "score"]:
+                raise DataFormatError(path, 1, f"header must be 'query-id<TAB>corpus-id<TAB>score', got {line!r}")
+            continue
+        if len(parts) != 3:
+            raise DataFormatError(path, n, f"expected 3 tab-separated columns, got {len(parts)}")
+        try:
+            score = int(parts[2])
+        except ValueError:
+            raise DataFormatError(path, n, f"score {parts[2]!r} is not an integer") from None
+        key = (parts[0], parts[1])
+        if key in seen:
+            raise DataFormatError(path, n, f"duplicate judgment for query {key[0]!r}, doc {key[1]!r} "
+                                           f"(first on line {seen[key]})")
+        seen[key] = n
+        q.append(parts[0])
+        d.append(parts[1])
+        s.append(score)
+    return pl.DataFrame({"query_id": q, "doc_id": d, "score": s}, schema={"query_id": pl.Utf8, "doc_id": pl.Utf8,
+                                                                           "score": pl.Int64})
+
+
+@dataclass
+class BeirDataset:
+    """A BEIR collection. ``corpus``: (_id, title, text); ``queries``: (_id, text); ``qrels``: split -> frame."""
+
+    name: str
+    folder: Path
+    corpus: pl.DataFrame
+    queries: pl.DataFrame
+    qrels: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    def split_queries(self, split: str = "test") -> dict[str, str]:
+        """Query id -> text for the queries judged in ``split``."""
+        ids = set(self.qrels_for(split)["query_id"].to_list())
+        return {i: t for i, t in zip(self.queries["_id"], self.queries["text"]) if i in ids}
+
+    def qrels_for(self, split: str = "test") -> pl.DataFrame:
+        if split not in self.qrels:
+            raise KeyError(f"{self.folder}: no qrels split {split!r} (have {sorted(self.qrels)})")
+        return self.qrels[split]
+
+    def qrels_dict(self, split: str = "test") -> dict[str, dict[str, int]]:
+        out: dict[str, dict[str, int]] = {}
+        for q, d, s in self.qrels_for(split).iter_rows():
+            out.setdefault(q, {})[d] = s
+        return out
+
+    def counts(self) -> dict[str, int]:
+        c = {"documents": self.corpus.height, "queries": self.queries.height}
+        if "test" in self.qrels:
+            c["test_queries"] = self.qrels["test"]["query_id"].n_unique()
+        return c
+
+
+def load_beir(folder: str | Path, name: str | None = None) -> BeirDataset:
+    folder = Path(folder)
+    corpus = read_jsonl(folder / "corpus.jsonl", ("_id",), ("title", "text"))
+    queries = read_jsonl(folder / "queries.jsonl", ("_id", "text"))
+    qrels = {p.stem: read_qrels(p) for p in sorted((folder / "qrels").glob("*.tsv"))}
+    return BeirDataset(name or folder.name, folder, corpus, queries, qrels)

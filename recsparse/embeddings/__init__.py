@@ -1,0 +1,1 @@
+"""recsparse.embeddings."""

@@ -1,0 +1,120 @@
+"""The results-file convention shared by every benchmark and CLI job.
+
+Each area (``beir``, ``rec``, ``sparse``, ``embeddings``) owns ``benchmarks/results/<area>.json``: a list of flat
+records, each with the identifying fields (``dataset``, ``model``/``retriever``/``mapper`` ...), metric names such as
+``ndcg@10``, and provenance (``command``, ``git_commit``, ``machine``, ``wall_s``). Re-running a benchmark replaces the
+records with the same identifying fields and keeps the rest. The Markdown table beside it is generated from the JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from recsparse.io import atomic_write, write_json
+
+RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine() -> str:
+    """A short description of where a number was measured (CPU model, cores, accelerator if any)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    desc = f"{cpu}, {os.cpu_count()} cores"
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            desc += f", {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return desc
+
+
+def provenance(wall_s: float | None = None) -> dict[str, Any]:
+    rec: dict[str, Any] = {
+        "command": " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]),
+        "git_commit": git_commit(),
+        "machine": machine(),
+    }
+    if wall_s is not None:
+        rec["wall_s"] = round(wall_s, 3)
+    return rec
+
+
+def save_results(area: str, records: Sequence[dict[str, Any]], key: Sequence[str],
+                 results_dir: str | Path | None = None) -> Path:
+    """Merge ``records`` into ``<results_dir>/<area>.json`` (replacing same-key rows) and regenerate the ``.md``."""
+    d = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    path = d / f"{area}.json"
+    old: list[dict[str, Any]] = []
+    if path.exists():
+        old = json.loads(path.read_text())
+    ident = lambda r: tuple(r.get(k) for k in key)  # noqa: E731
+    new_keys = {ident(r) for r in records}
+    merged = [r for r in old if ident(r) not in new_keys] + list(records)
+    write_json(path, merged)
+    with atomic_write(d / f"{area}.md") as f:
+        f.write(f"# {area} results\n\nGenerated from `{area}.json` by `recsparse.results`; do not edit by hand.\n\n")
+        f.write(markdown_table(merged))
+    return path
+
+
+def _columns(records: Iterable[dict[str, Any]], skip: Sequence[str] = ("command", "git_commit", "machine")) -> list[str]:
+    cols: list[str] = []
+    for r in records:
+        for k in r:
+            if k not in cols and k not in skip and not isinstance(r[k], (dict, list)):
+                cols.append(k)
+    return cols
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4f}" if abs(v) < 10 else f"{v:,.1f}"
+    return "" if v is None else str(v)
+
+
+def markdown_table(records: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    cols = list(columns) if columns else _columns(records)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in records]
+    return "\n".join(lines) + "\n"
+
+
+def print_table(records: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str | None = None) -> None:
+    """Print records as a rich table (stdout)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    cols = list(columns) if columns else _columns(records)
+    t = Table(title=title)
+    for c in cols:
+        t.add_column(c, justify="left" if c in ("dataset", "model", "retriever", "mapper", "name") else "right")
+    for r in records:
+        t.add_row(*(_fmt(r.get(c)) for c in cols))
+    Console().print(t)

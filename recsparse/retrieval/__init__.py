@@ -1,0 +1,1 @@
+"""Retrieval: encoder -> index -> searcher -> evaluation, one search vocabulary across Lucene and FAISS."""

