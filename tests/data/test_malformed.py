@@ -1,0 +1,144 @@
+"""Malformed input: every loader error names the file and the line, and loading writes nothing.
+
+Each case starts from the first lines of a real shared file and corrupts one line, so the good lines around the bad
+one are real data.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+from recsparse.data import (DataFormatError, read_atomic, read_id_list, read_interactions, read_jsonl, read_qrels)
+from tests.conftest import dataset_path
+
+
+def head(path: Path, n: int) -> list[str]:
+    with open(path, encoding="utf-8") as f:
+        return [next(f) for _ in range(n)]
+
+
+def corrupt(tmp_path: Path, src: Path, n: int, line: int, new: str | None, name: str | None = None) -> Path:
+    """First ``n`` lines of ``src`` with 1-based ``line`` replaced by ``new`` (None: keep), written to tmp."""
+    lines = head(src, n)
+    if new is not None:
+        lines[line - 1] = new
+    out = tmp_path / (name or src.name)
+    out.write_text("".join(lines), encoding="utf-8")
+    return out
+
+
+def truncate(tmp_path: Path, src: Path, n: int) -> Path:
+    """First ``n`` lines, the last one cut in half without its newline (an interrupted copy)."""
+    lines = head(src, n)
+    lines[-1] = lines[-1][: len(lines[-1]) // 2]
+    out = tmp_path / src.name
+    out.write_text("".join(lines), encoding="utf-8")
+    return out
+
+
+GOW = lambda: dataset_path("gowalla")  # noqa: E731
+ML = lambda: dataset_path("ml-100k")  # noqa: E731
+SF = lambda: dataset_path("scifact")  # noqa: E731
+
+# (case id, builder(tmp) -> path, reader, expected line, message fragment)
+CASES: list[tuple[str, Callable[[Path], Path], Callable[[Path], object], int, str]] = [
+    ("lightgcn-non-integer-item", lambda t: corrupt(t, GOW() / "train.txt", 20, 7, "6 12 x13 14\n"),
+     read_interactions, 7, "item id 'x13' is not an integer"),
+    ("lightgcn-non-integer-user", lambda t: corrupt(t, GOW() / "test.txt", 20, 3, "u2 5 6\n"),
+     read_interactions, 3, "user id 'u2' is not an integer"),
+    ("lightgcn-negative-id", lambda t: corrupt(t, GOW() / "train.txt", 20, 11, "10 -4 8\n"),
+     read_interactions, 11, "item id -4 is negative"),
+    ("lightgcn-duplicate-user", lambda t: corrupt(t, GOW() / "train.txt", 20, 15, "3 1 2\n"),
+     read_interactions, 15, "duplicate user id 3 (first on line 4)"),
+    ("lightgcn-duplicate-item", lambda t: corrupt(t, GOW() / "test.txt", 20, 5, "4 9 10 9\n"),
+     read_interactions, 5, "item id 9 listed twice"),
+    ("lightgcn-empty-line", lambda t: corrupt(t, GOW() / "train.txt", 20, 9, "\n"),
+     read_interactions, 9, "empty line"),
+    ("lightgcn-truncated", lambda t: truncate(t, GOW() / "train.txt", 30),
+     read_interactions, 30, "looks truncated"),
+    ("idlist-bad-header", lambda t: corrupt(t, GOW() / "user_list.txt", 10, 1, "org remap\n"),
+     read_id_list, 1, "header must be 'org_id remap_id'"),
+    ("idlist-wrong-columns", lambda t: corrupt(t, GOW() / "item_list.txt", 10, 6, "12 4 extra\n"),
+     read_id_list, 6, "expected 2 columns"),
+    ("idlist-duplicate-remap", lambda t: corrupt(t, GOW() / "item_list.txt", 10, 8, "99999 2\n"),
+     read_id_list, 8, "duplicate remap_id 2 (first on line 4)"),
+    ("atomic-wrong-column-count", lambda t: corrupt(t, ML() / "ml-100k.inter", 50, 23, "196\t242\t3\n"),
+     read_atomic, 23, "expected 4 tab-separated columns, got 3"),
+    ("atomic-bad-float", lambda t: corrupt(t, ML() / "ml-100k.inter", 50, 31, "196\t242\tthree\t881250949\n"),
+     read_atomic, 31, "column 'rating': 'three' is not a float"),
+    ("atomic-bad-header-type", lambda t: corrupt(t, ML() / "ml-100k.inter", 5, 1,
+                                                 "user_id:token\titem_id:token\trating:number\ttimestamp:float\n"),
+     read_atomic, 1, "header column 'rating:number'"),
+    ("atomic-duplicate-user", lambda t: corrupt(t, ML() / "ml-100k.user", 40, 12, "5\t33\tF\tother\t15213\n"),
+     lambda p: read_atomic(p, unique="user_id"), 12, "duplicate user_id '5' (first on line 6)"),
+    ("atomic-truncated", lambda t: truncate(t, ML() / "ml-100k.item", 25),
+     lambda p: read_atomic(p, unique="item_id"), 25, "looks truncated"),
+    ("jsonl-invalid-json", lambda t: corrupt(t, SF() / "corpus.jsonl", 12, 4, '{"_id": "x", "text": \n'),
+     lambda p: read_jsonl(p, ("_id",), ("title", "text")), 4, "invalid JSON"),
+    ("jsonl-missing-id", lambda t: corrupt(t, SF() / "queries.jsonl", 12, 9, '{"text": "a claim"}\n'),
+     lambda p: read_jsonl(p, ("_id", "text")), 9, "missing field '_id'"),
+    ("jsonl-duplicate-id", lambda t: corrupt(t, SF() / "queries.jsonl", 12, 10, '{"_id": "0", "text": "again"}\n'),
+     lambda p: read_jsonl(p, ("_id", "text")), 10, "duplicate _id '0' (first on line 1)"),
+    ("jsonl-non-string-text", lambda t: corrupt(t, SF() / "queries.jsonl", 12, 2, '{"_id": "q", "text": 17}\n'),
+     lambda p: read_jsonl(p, ("_id", "text")), 2, "field 'text' must be a string"),
+    ("jsonl-truncated", lambda t: truncate(t, SF() / "corpus.jsonl", 8),
+     lambda p: read_jsonl(p, ("_id",), ("title", "text")), 8, "looks truncated"),
+    ("jsonl-not-utf8", lambda t: _bytes(t, SF() / "queries.jsonl", 6, 5, b'{"_id": "z", "text": "\xff\xfe"}\n'),
+     lambda p: read_jsonl(p, ("_id", "text")), 5, "not valid UTF-8"),
+    ("qrels-bad-header", lambda t: corrupt(t, SF() / "qrels" / "test.tsv", 10, 1, "qid\tdocid\trel\n"),
+     read_qrels, 1, "header must be"),
+    ("qrels-wrong-columns", lambda t: corrupt(t, SF() / "qrels" / "test.tsv", 10, 6, "13 5 1\n"),
+     read_qrels, 6, "expected 3 tab-separated columns, got 1"),
+    ("qrels-non-integer-score", lambda t: corrupt(t, SF() / "qrels" / "train.tsv", 10, 3, "0\t31715818\thigh\n"),
+     read_qrels, 3, "score 'high' is not an integer"),
+    ("qrels-duplicate-judgment", lambda t: corrupt(t, SF() / "qrels" / "test.tsv", 10, 7, "1\t31715818\t1\n"),
+     read_qrels, 7, "duplicate judgment for query '1'"),
+]
+
+
+def _bytes(tmp_path: Path, src: Path, n: int, line: int, new: bytes) -> Path:
+    lines = [s.encode() for s in head(src, n)]
+    lines[line - 1] = new
+    out = tmp_path / src.name
+    out.write_bytes(b"".join(lines))
+    return out
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_error_names_file_and_line(case, tmp_path):
+    _, build, reader, line, fragment = case
+    path = build(tmp_path)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    with pytest.raises(DataFormatError) as e:
+        reader(path)
+    assert str(e.value).startswith(f"{path}:{line}: "), str(e.value)
+    assert e.value.line == line and e.value.path == str(path)
+    assert fragment in str(e.value), str(e.value)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # a failed load leaves nothing behind
+
+
+def test_missing_file_is_named(tmp_path):
+    with pytest.raises(DataFormatError, match=re.escape(str(tmp_path / "train.txt")) + ": file not found"):
+        read_interactions(tmp_path / "train.txt")
+
+
+def test_cli_verify_reports_corrupt_dataset(tmp_path, monkeypatch):
+    """`recsparse data verify` exits 1 and names the failing file when a dataset copy is corrupt."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from recsparse.cli import app
+
+    shutil.copytree(dataset_path("cranfield"), tmp_path / "cranfield")
+    q = tmp_path / "cranfield" / "queries.jsonl"
+    q.chmod(0o644)
+    q.write_text(q.read_text()[:-300])
+    monkeypatch.setenv("RECSPARSE_DATA", str(tmp_path))
+    res = CliRunner().invoke(app, ["data", "verify", "cranfield", "--json"])
+    assert res.exit_code == 1
+    assert "queries.jsonl: sha256 mismatch" in res.output

@@ -1,0 +1,36 @@
+"""Atomic writes: readers never see half-written files or directories."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from recsparse.io import atomic_dir, atomic_write, write_json
+
+
+def test_atomic_write_keeps_old_file_on_error(tmp_path):
+    p = tmp_path / "out.json"
+    write_json(p, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_write(p) as f:
+            f.write('{"a": 2, "half')
+            raise RuntimeError("interrupted")
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert [x.name for x in tmp_path.iterdir()] == ["out.json"]  # temp file cleaned up
+
+
+def test_atomic_dir_swaps_in_and_preserves_old_on_error(tmp_path):
+    d = tmp_path / "index"
+    with atomic_dir(d) as tmp:
+        (tmp / "v").write_text("1")
+    assert (d / "v").read_text() == "1"
+    with pytest.raises(KeyboardInterrupt):
+        with atomic_dir(d) as tmp:
+            (tmp / "v").write_text("2")
+            raise KeyboardInterrupt
+    assert (d / "v").read_text() == "1"
+    with atomic_dir(d) as tmp:
+        (tmp / "v").write_text("3")
+    assert (d / "v").read_text() == "3"
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["index"]

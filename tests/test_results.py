@@ -1,0 +1,28 @@
+"""The results-file convention: merge by key, provenance fields, generated Markdown."""
+
+from __future__ import annotations
+
+import json
+
+from recsparse.results import markdown_table, provenance, save_results
+
+
+def test_save_results_merges_by_key_and_writes_markdown(tmp_path):
+    save_results("area", [{"dataset": "a", "model": "m", "ndcg@10": 0.5}, {"dataset": "b", "model": "m", "ndcg@10": 0.4}],
+                 key=["dataset", "model"], results_dir=tmp_path)
+    save_results("area", [{"dataset": "a", "model": "m", "ndcg@10": 0.6}], key=["dataset", "model"], results_dir=tmp_path)
+    recs = json.loads((tmp_path / "area.json").read_text())
+    assert {(r["dataset"], r["ndcg@10"]) for r in recs} == {("a", 0.6), ("b", 0.4)}
+    md = (tmp_path / "area.md").read_text()
+    assert "| dataset | model | ndcg@10 |" in md and "0.6000" in md
+
+
+def test_provenance_fields():
+    p = provenance(1.23456)
+    assert set(p) == {"command", "git_commit", "machine", "wall_s"} and p["wall_s"] == 1.235
+    assert "cores" in p["machine"]
+
+
+def test_markdown_table_skips_provenance_columns():
+    md = markdown_table([{"dataset": "x", "recall@20": 0.1, "command": "c", "machine": "m"}])
+    assert md.splitlines()[0] == "| dataset | recall@20 |"
