@@ -1,0 +1,278 @@
+"""Mapped embedding tables: TorchRec ``EmbeddingBagCollection`` (or FBGEMM TBE, or plain ``nn.EmbeddingBag``) behind
+per-feature id-mappers, so a model never sees which compression method is used.
+
+``KeyedJaggedTensor`` of RAW ids in -> every feature's values go through its :class:`~recsparse.types.IdMapper`
+(``[L] -> [L, k]``, flattened, jagged lengths multiplied by ``k``) -> one pooled lookup of all tables ->
+``KeyedTensor`` ``[B, sum(dims)]`` out. ``k > 1`` rows of an id (multi-hash, QR, DoubleGraphHash) are summed by the
+bag itself; ``pooling='mean'`` averages over *ids* (sum-pool, then divide by the raw lengths), identical on every
+backend.
+
+Backends (``backend=``):
+
+* ``"torchrec"`` — ``torchrec.EmbeddingBagCollection`` (one ``EmbeddingBagConfig`` per feature, table
+  ``t_<feature>``). Dense gradients on ``ebc.embedding_bags[t].weight``; under ``DistributedModelParallel``
+  (:mod:`recsparse.embeddings.sharding`) TorchRec swaps in FBGEMM TBE with a fused optimizer.
+* ``"fbgemm"`` — :class:`recsparse.kernels.FusedTBE`: all tables in one FBGEMM kernel, the optimizer
+  (``tbe_config``: SGD / row-wise Adagrad / Adagrad, learning rate) fused into ``backward``. Its weights are updated
+  by the kernel: leave them out of the model's optimizer (``dense_parameters()`` gives the rest of a model).
+* ``"torch"`` — ``nn.EmbeddingBag(mode='sum')`` per feature, dense gradients (``sparse=True`` optional).
+* ``"auto"`` — ``"torchrec"`` when TorchRec imports, else ``"torch"``.
+
+Mapper state travels inside ``state_dict()`` (``_extra_state``: plain ints/strings/tensors), so
+``torch.save(m.state_dict())`` + ``torch.load(..., weights_only=True)`` restores tables and mappers together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from recsparse.embeddings.mappers import MapperBase, build_mapper, mapper_from_state
+from recsparse.kernels.tbe import TBEConfig, fbgemm_available
+from recsparse.types import IdMapper, check_choice, check_positive
+
+BACKENDS = ("auto", "torchrec", "fbgemm", "torch")
+
+
+def torchrec_available() -> bool:
+    try:
+        import torchrec  # noqa: F401
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
+def resolve_backend(backend: str) -> str:
+    check_choice("backend", backend, BACKENDS)
+    if backend == "auto":
+        return "torchrec" if torchrec_available() else "torch"
+    if backend == "torchrec" and not torchrec_available():
+        raise ImportError("backend='torchrec' needs torchrec (scripts/install.sh installs it)")
+    if backend == "fbgemm" and not fbgemm_available():
+        raise ImportError("backend='fbgemm' needs fbgemm-gpu-cpu (or fbgemm-gpu)")
+    return backend
+
+
+@dataclass
+class FeatureConfig:
+    """One sparse feature and its table.
+
+    ``mapper``: an :class:`~recsparse.types.IdMapper` instance (fitted already — GraphHash, Full-with-vocab,
+    FrequencyHash need ``fit``) or a registry name (``"full"``, ``"modulo"``, ``"universal"``, ``"qr"`` ...) built
+    with ``num_rows`` and ``mapper_kwargs``. ``pooling``: ``'sum'`` or ``'mean'`` over the ids of a bag.
+    """
+
+    name: str
+    num_ids: int
+    embedding_dim: int
+    mapper: Any = "full"
+    pooling: str = "sum"
+    num_rows: int | None = None
+    mapper_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        check_positive("num_ids", self.num_ids)
+        check_positive("embedding_dim", self.embedding_dim)
+        check_choice("pooling", self.pooling, ("sum", "mean"))
+        if isinstance(self.mapper, str):
+            self.mapper = build_mapper(self.mapper, self.num_ids, self.num_rows, **self.mapper_kwargs)
+        elif not isinstance(self.mapper, IdMapper):
+            raise ValueError(f"mapper must be an IdMapper or a registered name, got {type(self.mapper).__name__}")
+
+    @property
+    def table_name(self) -> str:
+        return f"t_{self.name}"
+
+
+class MappedEmbeddingBagCollection(nn.Module):
+    """Pooled embedding tables behind id-mappers. ``forward(KJT of raw ids, batch B) -> KeyedTensor [B, sum dims]``.
+
+    ``embed(feature, ids [N]) -> [N, dim]``: the un-pooled embedding of each id (its mapper rows summed), fast and
+    differentiable — what MF/LightGCN call for all users/items every step. ``init_std`` -> N(0, std) init (LightGCN
+    uses 0.1), else TorchRec's U(±1/sqrt(rows)); ``seed`` makes the init deterministic.
+    """
+
+    def __init__(self, features: Sequence[FeatureConfig], backend: str = "auto", tbe_config: TBEConfig | None = None,
+                 init_std: float | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                 sparse: bool = False) -> None:
+        super().__init__()
+        if not features:
+            raise ValueError("features must list at least one FeatureConfig")
+        names = [f.name for f in features]
+        if len(set(names)) != len(names):
+            raise ValueError(f"feature names must be unique, got {names}")
+        if init_std is not None:
+            check_positive("init_std", init_std)
+        if tbe_config is not None and tbe_config.pooling != "sum":
+            raise ValueError("tbe_config.pooling must be 'sum': per-feature mean pooling is FeatureConfig.pooling")
+        self.features = list(features)
+        self.backend = resolve_backend(backend)
+        self.device = torch.device(device)
+        self._index = {f.name: i for i, f in enumerate(self.features)}
+        rows = [f.mapper.num_rows for f in self.features]
+        dims = [f.embedding_dim for f in self.features]
+        if self.backend == "torchrec":
+            from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
+
+            self.ebc = EmbeddingBagCollection(
+                tables=[EmbeddingBagConfig(name=f.table_name, embedding_dim=d, num_embeddings=r,
+                                           feature_names=[f.name], pooling=PoolingType.SUM)
+                        for f, r, d in zip(self.features, rows, dims)], device=self.device)
+        elif self.backend == "fbgemm":
+            from recsparse.kernels.tbe import FusedTBE
+
+            self.tbe = FusedTBE(rows, dims, tbe_config, self.device, table_names=[f.table_name for f in self.features])
+        else:
+            self.bags = nn.ModuleDict({f.table_name: nn.EmbeddingBag(r, d, mode="sum", sparse=sparse,
+                                                                      device=self.device)
+                                       for f, r, d in zip(self.features, rows, dims)})
+        self.reset_parameters(init_std, seed)
+
+    # ---- tables ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def reset_parameters(self, init_std: float | None = None, seed: int = 0) -> None:
+        for i, f in enumerate(self.features):
+            w = self.table_weight(f.name)
+            g = torch.Generator().manual_seed(seed * 1_000_003 + i)
+            if init_std is not None:
+                new = torch.randn(w.shape, generator=g) * init_std
+            else:
+                bound = 1.0 / math.sqrt(w.shape[0])
+                new = torch.rand(w.shape, generator=g) * (2 * bound) - bound
+            w.copy_(new.to(w.dtype))
+
+    def table_weight(self, feature: str) -> torch.Tensor:
+        """The ``[num_rows, dim]`` weight of a feature's table (a Parameter, or a view into the TBE buffer)."""
+        f = self.feature(feature)
+        if self.backend == "torchrec":
+            return self.ebc.embedding_bags[f.table_name].weight
+        if self.backend == "fbgemm":
+            return self.tbe.weights(self._index[feature])
+        return self.bags[f.table_name].weight
+
+    def feature(self, name: str) -> FeatureConfig:
+        if name not in self._index:
+            raise KeyError(f"unknown feature {name!r}; features: {list(self._index)}")
+        return self.features[self._index[name]]
+
+    def mapper(self, name: str) -> IdMapper:
+        return self.feature(name).mapper
+
+    @property
+    def feature_names(self) -> list[str]:
+        return [f.name for f in self.features]
+
+    @property
+    def embedding_dims(self) -> list[int]:
+        return [f.embedding_dim for f in self.features]
+
+    def num_rows(self) -> dict[str, int]:
+        return {f.name: f.mapper.num_rows for f in self.features}
+
+    def num_bytes(self) -> int:
+        """Bytes of all table weights (fp32 -> 4 B per value) plus the mappers' own state."""
+        n = sum(self.table_weight(f.name).numel() * self.table_weight(f.name).element_size() for f in self.features)
+        return int(n + sum(getattr(f.mapper, "num_bytes_state", 0) for f in self.features))
+
+    def sparse_parameters(self) -> Iterator[nn.Parameter]:
+        """The table parameters (for a separate sparse optimizer); empty for 'fbgemm' (fused into backward)."""
+        if self.backend == "fbgemm":
+            return iter(())
+        return iter(self.table_weight(f.name) for f in self.features)
+
+    # ---- mapping -----------------------------------------------------------------------------------------
+    def map_kjt(self, kjt: Any) -> tuple[Any, torch.Tensor]:
+        """Raw-id KJT -> (row KJT with this module's key order and lengths × k, raw lengths ``[T·B]``)."""
+        from torchrec import KeyedJaggedTensor
+
+        jts = kjt.to_dict()
+        missing = [n for n in self.feature_names if n not in jts]
+        if missing:
+            raise ValueError(f"KeyedJaggedTensor lacks features {missing} (has {list(kjt.keys())})")
+        values, lengths, raw = [], [], []
+        for f in self.features:
+            jt = jts[f.name]
+            rows = f.mapper.transform(jt.values())
+            k = rows.shape[-1]
+            values.append(rows.reshape(-1))
+            raw.append(jt.lengths())
+            lengths.append(jt.lengths() * k)
+        return (KeyedJaggedTensor(keys=self.feature_names, values=torch.cat(values), lengths=torch.cat(lengths)),
+                torch.cat(raw))
+
+    # ---- forward -----------------------------------------------------------------------------------------
+    def forward(self, features: Any) -> Any:
+        """``KeyedJaggedTensor`` (raw ids, keys ⊇ feature names, stride B) -> ``KeyedTensor`` ``[B, sum(dims)]``."""
+        from torchrec import KeyedTensor
+
+        mapped, raw_lengths = self.map_kjt(features)
+        if self.backend == "torchrec":
+            pooled = self.ebc(mapped).values()
+        elif self.backend == "fbgemm":
+            pooled = self.tbe(mapped.values(), mapped.offsets())
+        else:
+            B = mapped.stride()
+            off = mapped.offsets()
+            vals = mapped.values()
+            outs = []
+            for t, f in enumerate(self.features):
+                lo = off[t * B]
+                outs.append(self.bags[f.table_name](vals[lo:off[(t + 1) * B]], off[t * B:(t + 1) * B] - lo))
+            pooled = torch.cat(outs, dim=1)
+        if any(f.pooling == "mean" for f in self.features):
+            B = mapped.stride()
+            cols, start = [], 0
+            for t, f in enumerate(self.features):
+                block = pooled[:, start:start + f.embedding_dim]
+                if f.pooling == "mean":
+                    block = block / raw_lengths[t * B:(t + 1) * B].clamp(min=1).unsqueeze(1).to(block.dtype)
+                cols.append(block)
+                start += f.embedding_dim
+            pooled = torch.cat(cols, dim=1)
+        return KeyedTensor(keys=self.feature_names, length_per_key=self.embedding_dims, values=pooled)
+
+    def embed(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
+        """``ids [N]`` (raw) -> ``[N, dim]``: each id's mapper rows summed. Differentiable w.r.t. the table."""
+        f = self.feature(feature)
+        rows = f.mapper.transform(ids.reshape(-1)).to(self.device)  # [N, k]
+        if self.backend == "fbgemm":
+            return self._embed_tbe(self._index[feature], rows)
+        w = self.table_weight(feature)
+        if rows.shape[1] == 1:
+            return F.embedding(rows[:, 0], w)
+        return F.embedding(rows, w).sum(dim=1)
+
+    def _embed_tbe(self, t: int, rows: torch.Tensor) -> torch.Tensor:
+        # one bag per id for table t, empty bags for the other tables (TBE computes all tables in one call)
+        N, k = rows.shape
+        T = len(self.features)
+        off = torch.zeros(T * N + 1, dtype=torch.long, device=rows.device)
+        off[t * N + 1:(t + 1) * N + 1] = torch.arange(1, N + 1, device=rows.device) * k
+        off[(t + 1) * N + 1:] = N * k
+        out = self.tbe(rows.reshape(-1), off)
+        d0 = self.tbe.d_offsets[t]
+        return out[:, d0:d0 + self.features[t].embedding_dim]
+
+    # ---- mapper state inside state_dict --------------------------------------------------------------------
+    def get_extra_state(self) -> dict[str, Any]:
+        return {f.name: f.mapper.state_dict() for f in self.features}
+
+    def set_extra_state(self, state: Mapping[str, Any]) -> None:
+        for f in self.features:
+            if f.name not in state:
+                raise ValueError(f"checkpoint has no mapper state for feature {f.name!r}")
+            s = state[f.name]
+            if isinstance(f.mapper, MapperBase) and s.get("mapper") == f.mapper.name:
+                f.mapper.load_state_dict(s)
+            else:
+                f.mapper = mapper_from_state(dict(s))
+            if f.mapper.num_rows != self.table_weight(f.name).shape[0]:
+                raise ValueError(f"mapper state of {f.name!r} has {f.mapper.num_rows} rows but the table has "
+                                 f"{self.table_weight(f.name).shape[0]}")
