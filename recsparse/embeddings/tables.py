@@ -214,7 +214,11 @@ class MappedEmbeddingBagCollection(nn.Module):
 
         mapped, raw_lengths = self.map_kjt(features)
         if self.backend == "torchrec":
-            pooled = self.ebc(mapped).values()
+            out = self.ebc(mapped)
+            out = out.wait() if hasattr(out, "wait") else out  # sharded EBCs return an awaitable
+            # a sharded EBC may emit its keys in shard order: put them back in feature order
+            pooled = out.values() if out.keys() == self.feature_names else torch.cat(
+                [out[n] for n in self.feature_names], dim=1)
         elif self.backend == "fbgemm":
             pooled = self.tbe(mapped.values(), mapped.offsets())
         else:
@@ -244,10 +248,34 @@ class MappedEmbeddingBagCollection(nn.Module):
         rows = f.mapper.transform(ids.reshape(-1)).to(self.device)  # [N, k]
         if self.backend == "fbgemm":
             return self._embed_tbe(self._index[feature], rows)
+        if self.backend == "torchrec" and self.is_sharded:
+            return self._embed_sharded(feature, rows)
         w = self.table_weight(feature)
         if rows.shape[1] == 1:
             return F.embedding(rows[:, 0], w)
         return F.embedding(rows, w).sum(dim=1)
+
+    @property
+    def is_sharded(self) -> bool:
+        """True once DistributedModelParallel has replaced the inner EBC by a sharded one."""
+        if self.backend != "torchrec":
+            return False
+        from torchrec import EmbeddingBagCollection
+
+        return not isinstance(self.ebc, EmbeddingBagCollection)
+
+    def _embed_sharded(self, feature: str, rows: torch.Tensor) -> torch.Tensor:
+        # collective: every rank must call embed; one bag per id for `feature`, empty bags for the others
+        from torchrec import KeyedJaggedTensor
+
+        N, k = rows.shape
+        lengths = torch.zeros(len(self.features) * N, dtype=torch.long, device=rows.device)
+        t = self._index[feature]
+        lengths[t * N:(t + 1) * N] = k
+        kjt = KeyedJaggedTensor(keys=self.feature_names, values=rows.reshape(-1), lengths=lengths)
+        out = self.ebc(kjt)
+        out = out.wait() if hasattr(out, "wait") else out
+        return out[feature]
 
     def _embed_tbe(self, t: int, rows: torch.Tensor) -> torch.Tensor:
         # one bag per id for table t, empty bags for the other tables (TBE computes all tables in one call)
@@ -273,6 +301,6 @@ class MappedEmbeddingBagCollection(nn.Module):
                 f.mapper.load_state_dict(s)
             else:
                 f.mapper = mapper_from_state(dict(s))
-            if f.mapper.num_rows != self.table_weight(f.name).shape[0]:
+            if not self.is_sharded and f.mapper.num_rows != self.table_weight(f.name).shape[0]:
                 raise ValueError(f"mapper state of {f.name!r} has {f.mapper.num_rows} rows but the table has "
                                  f"{self.table_weight(f.name).shape[0]}")
