@@ -20,7 +20,9 @@ Optimizers (fused, applied inside ``backward``):
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -51,6 +53,8 @@ class TBEConfig:
     pooling: str = "sum"
     weights_precision: str = "fp32"
     index_dtype: torch.dtype = torch.int64  # int32 halves index bandwidth; fbgemm accepts both
+    table_groups: int = 1  # > 1: that many TBEs run forward + fused backward concurrently (one thread each)
+    bounds_check: bool = True  # False skips FBGEMM's index bounds check (mappers already guarantee the range)
 
     def __post_init__(self) -> None:
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -59,14 +63,55 @@ class TBEConfig:
         check_positive("learning_rate", self.learning_rate)
         check_positive("eps", self.eps)
         check_choice("index_dtype", self.index_dtype, (torch.int32, torch.int64))
+        check_positive("table_groups", self.table_groups)
+
+
+class _ParallelGroups(torch.autograd.Function):
+    """Run the table groups' forward AND fused backward concurrently on a thread pool.
+
+    The CPU autograd engine runs one graph on one thread, so a single TBE's backward (a random row read-modify-write,
+    latency bound) uses one core. Independent table groups have independent graphs: each worker builds its group's
+    graph in ``forward`` and runs ``torch.autograd.backward`` on it in ``backward`` (FBGEMM kernels release the GIL).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, module: "FusedTBE", anchor: torch.Tensor, *inputs: torch.Tensor) -> torch.Tensor:
+        n = len(module.groups)
+
+        def run(g: int) -> torch.Tensor:
+            with torch.enable_grad():
+                return module.groups[g](inputs[2 * g], inputs[2 * g + 1])
+
+        outs = list(module.pool().map(run, range(n)))
+        ctx.outs = outs
+        ctx.pool = module.pool()
+        ctx.widths = [o.shape[1] for o in outs]
+        return torch.cat([o.detach() for o in outs], dim=1)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        grads = grad.split(ctx.widths, dim=1)
+        outs = ctx.outs
+
+        def run(g: int) -> None:
+            torch.autograd.backward(outs[g], grads[g].contiguous())
+
+        for f in [ctx.pool.submit(run, g) for g in range(len(outs))]:
+            f.result()
+        ctx.outs = None
+        return (None, None) + (None,) * (2 * len(outs))
 
 
 class FusedTBE(nn.Module):
-    """``T`` tables (``rows[t] × dims[t]``) in one FBGEMM TBE with a fused optimizer.
+    """``T`` tables (``rows[t] × dims[t]``) in FBGEMM TBE kernels with a fused optimizer.
 
-    ``forward(indices [L], offsets [T·B+1]) -> [B, sum(dims)]``. The weights live in the kernel's flat host buffer
+    ``forward(indices [L], offsets [T·B+1]) -> [B, sum(dims)]``. The weights live in the kernels' flat host buffers
     (``weights_host``, excluded from any outer optimizer: they are updated in ``backward``). ``weights(t)`` returns
     a ``[rows[t], dims[t]]`` *view* of table t.
+
+    ``config.table_groups = G > 1`` splits the tables into G contiguous groups (balanced by rows × dim), one TBE
+    each, whose forward and fused backward run concurrently on G threads — numerically identical to one TBE (the
+    tables are independent), and the measured win on a 2-core CPU (see benchmarks/embeddings_bench.py).
     """
 
     def __init__(self, rows: list[int], dims: list[int], config: TBEConfig | None = None,
@@ -80,8 +125,8 @@ class FusedTBE(nn.Module):
             check_positive("rows", r)
             check_positive("dims", d)
         from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
-        from fbgemm_gpu.split_table_batched_embeddings_ops_common import (ComputeDevice, EmbeddingLocation,
-                                                                          PoolingMode)
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import (BoundsCheckMode, ComputeDevice,
+                                                                          EmbeddingLocation, PoolingMode)
         from fbgemm_gpu.split_table_batched_embeddings_ops_training import SplitTableBatchedEmbeddingBagsCodegen
 
         self.config = config or TBEConfig()
@@ -92,26 +137,55 @@ class FusedTBE(nn.Module):
         opt = {"sgd": EmbOptimType.EXACT_SGD, "rowwise_adagrad": EmbOptimType.EXACT_ROWWISE_ADAGRAD,
                "adagrad": EmbOptimType.EXACT_ADAGRAD}[self.config.optimizer]
         self.rows, self.dims = list(map(int, rows)), list(map(int, dims))
-        self.tbe = SplitTableBatchedEmbeddingBagsCodegen(
-            [(r, d, loc, comp) for r, d in zip(self.rows, self.dims)],
+        self.bounds = _balanced_groups([r * d for r, d in zip(self.rows, self.dims)], self.config.table_groups)
+        self.groups = nn.ModuleList(SplitTableBatchedEmbeddingBagsCodegen(
+            [(r, d, loc, comp) for r, d in zip(self.rows[a:b], self.dims[a:b])],
             optimizer=opt, learning_rate=self.config.learning_rate, eps=self.config.eps,
             pooling_mode=PoolingMode.SUM if self.config.pooling == "sum" else PoolingMode.MEAN,
             weights_precision=SparseType.FP32 if self.config.weights_precision == "fp32" else SparseType.FP16,
-            output_dtype=SparseType.FP32, device=device, table_names=table_names,
+            output_dtype=SparseType.FP32, device=device,
+            table_names=None if table_names is None else table_names[a:b],
+            bounds_check_mode=BoundsCheckMode.WARNING if self.config.bounds_check else BoundsCheckMode.NONE,
             embedding_table_index_type=self.config.index_dtype,
             embedding_table_offset_type=self.config.index_dtype,
-        )
+        ) for a, b in self.bounds)
         self.d_offsets = [0]
         for d in self.dims:
             self.d_offsets.append(self.d_offsets[-1] + d)
+        self._pool: ThreadPoolExecutor | None = None
+        self._anchor = torch.zeros(0, requires_grad=True)  # gives _ParallelGroups a backward edge
+
+    @property
+    def tbe(self) -> nn.Module:
+        """The single TBE kernel module (``table_groups == 1``)."""
+        if len(self.groups) != 1:
+            raise AttributeError("FusedTBE has several table groups; use .groups")
+        return self.groups[0]
+
+    def pool(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=len(self.groups), thread_name_prefix="tbe")
+        return self._pool
+
+    def __getstate__(self) -> dict[str, Any]:  # thread pools do not pickle / deepcopy
+        state = self.__dict__.copy()
+        state["_pool"] = None
+        return state
 
     @property
     def num_tables(self) -> int:
         return len(self.rows)
 
+    def _locate(self, t: int) -> tuple[int, int]:
+        for g, (a, b) in enumerate(self.bounds):
+            if a <= t < b:
+                return g, t - a
+        raise IndexError(f"table {t} out of range [0, {self.num_tables})")
+
     def weights(self, t: int) -> torch.Tensor:
         """View ``[rows[t], dims[t]]`` of table ``t`` (writes go to the kernel's storage)."""
-        return self.tbe.split_embedding_weights()[t]
+        g, local = self._locate(t)
+        return self.groups[g].split_embedding_weights()[local]
 
     @torch.no_grad()
     def set_weights(self, t: int, w: torch.Tensor) -> None:
@@ -119,4 +193,28 @@ class FusedTBE(nn.Module):
 
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         dt = self.config.index_dtype
-        return self.tbe(indices.to(dt), offsets.to(dt))
+        indices, offsets = indices.to(dt), offsets.to(dt)
+        if len(self.groups) == 1:
+            return self.groups[0](indices, offsets)
+        B = (offsets.numel() - 1) // self.num_tables
+        inputs: list[torch.Tensor] = []
+        for a, b in self.bounds:  # each group's slice of the table-major TBE layout, re-based to 0
+            lo, hi = offsets[a * B], offsets[b * B]
+            inputs += [indices[lo:hi], offsets[a * B:b * B + 1] - lo]
+        if not torch.is_grad_enabled():
+            return torch.cat([g(inputs[2 * k], inputs[2 * k + 1]) for k, g in enumerate(self.groups)], dim=1)
+        return _ParallelGroups.apply(self, self._anchor, *inputs)
+
+
+def _balanced_groups(costs: list[int], groups: int) -> list[tuple[int, int]]:
+    """Split ``range(len(costs))`` into <= ``groups`` contiguous, non-empty ranges of similar total cost."""
+    groups = max(1, min(groups, len(costs)))
+    total, bounds, start, acc = sum(costs), [], 0, 0
+    for t, c in enumerate(costs):
+        acc += c
+        left_groups = groups - len(bounds) - 1
+        if left_groups and acc >= total * (len(bounds) + 1) / groups and len(costs) - t - 1 >= left_groups:
+            bounds.append((start, t + 1))
+            start = t + 1
+    bounds.append((start, len(costs)))
+    return bounds

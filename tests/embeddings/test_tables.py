@@ -136,3 +136,18 @@ def test_config_validation():
         m(KeyedJaggedTensor.from_lengths_sync(keys=["b"], values=torch.tensor([1]), lengths=torch.tensor([1])))
     with pytest.raises(KeyError, match="unknown feature"):
         m.embed("b", torch.tensor([1]))
+
+
+def test_fbgemm_table_groups_match_torch_backend():
+    a = MappedEmbeddingBagCollection(_features(), backend="torch", seed=4)
+    b = MappedEmbeddingBagCollection(_features(), backend="fbgemm", seed=4,
+                                     tbe_config=TBEConfig(table_groups=2, bounds_check=False, learning_rate=1.0))
+    assert len(b.tbe.groups) == 2
+    torch.testing.assert_close(a(_kjt()).values(), b(_kjt()).values().detach())
+    ids = torch.tensor([3, -1, 10**9])
+    torch.testing.assert_close(a.embed("cat", ids).detach(), b.embed("cat", ids).detach())
+    out = a(_kjt()).values()
+    out.pow(2).sum().backward()
+    before = b.table_weight("item").detach().clone()
+    b(_kjt()).values().pow(2).sum().backward()  # fused exact SGD, lr 1
+    torch.testing.assert_close(before - b.table_weight("item").detach(), a.table_weight("item").grad)

@@ -48,6 +48,30 @@ def test_tbe_matches_fallback_over_steps(optimizer, pooling):
     assert not torch.allclose(a.weights(0), _pair(TBEConfig())[0].weights(0))
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "rowwise_adagrad"])
+def test_table_groups_run_in_parallel_with_identical_numerics(optimizer):
+    one = FusedTBE(ROWS, DIMS, TBEConfig(optimizer=optimizer, learning_rate=0.1))
+    two = FusedTBE(ROWS, DIMS, TBEConfig(optimizer=optimizer, learning_rate=0.1, table_groups=2, bounds_check=False))
+    assert len(two.groups) == 2 and two.bounds[0][0] == 0 and two.bounds[-1][1] == len(ROWS)
+    g = torch.Generator().manual_seed(0)
+    for t in range(len(ROWS)):
+        w = torch.randn(ROWS[t], DIMS[t], generator=g)
+        one.set_weights(t, w)
+        two.set_weights(t, w)
+    for step in range(3):
+        idx, off = _batch(step)
+        o1, o2 = one(idx, off), two(idx, off)
+        torch.testing.assert_close(o1, o2)
+        target = torch.randn(o1.shape, generator=torch.Generator().manual_seed(step))
+        (o1 * target).sum().backward()
+        (o2 * target).sum().backward()
+        for t in range(len(ROWS)):
+            torch.testing.assert_close(one.weights(t), two.weights(t))
+    assert not torch.allclose(one.weights(0), _pair(TBEConfig())[0].weights(0))
+    with torch.no_grad():  # inference path (no autograd Function)
+        torch.testing.assert_close(one(idx, off), two(idx, off))
+
+
 def test_gradient_agreement_via_exact_sgd():
     a, b = _pair(TBEConfig(optimizer="sgd", learning_rate=1.0))
     before = [a.weights(t).clone() for t in range(len(ROWS))]
