@@ -12,6 +12,7 @@ app = typer.Typer(help="recsparse: recommendation and retrieval with sparse embe
 # (sub-command name, module with a Typer `app`, help) — imported lazily so `recsparse --help` stays fast.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("data", "recsparse.data.cli", "Registered datasets: list, info, verify."),
+    ("embeddings", "recsparse.embeddings.cli", "Id-mappers, GraphHash clustering, TBE benchmarks."),
 ]
 
 

@@ -1,0 +1,3 @@
+from recsparse.embeddings.cli import app
+
+app()
