@@ -9,22 +9,29 @@ import typer
 app = typer.Typer(help="recsparse: recommendation and retrieval with sparse embeddings.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 
-# (sub-command name, module with a Typer `app`, help) — imported lazily so `recsparse --help` stays fast.
+# (name, module, help). The module exposes either a Typer ``app`` (a command group such as ``recsparse data ...``)
+# or a ``command`` function (a single command such as ``recsparse beir --dataset ...``).
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("data", "recsparse.data.cli", "Registered datasets: list, info, verify."),
     ("embeddings", "recsparse.embeddings.cli", "Id-mappers, GraphHash clustering, TBE benchmarks."),
+    ("beir", "recsparse.retrieval.cli", "Evaluate retrievers (BM25, dense, sparse, hybrid) on a BEIR-format collection."),
+    ("sparse", "recsparse.retrieval.sparse.cli", "Learned sparse retrieval: train, encode, impact-index, evaluate."),
+    ("train", "recsparse.pipelines.cli", "Train and evaluate a recommender from a YAML config."),
 ]
 
 
 def _register() -> None:
     for name, module, help_ in SUBCOMMANDS:
         try:
-            sub = importlib.import_module(module).app
+            mod = importlib.import_module(module)
         except ModuleNotFoundError as e:  # a sub-app whose optional stack is missing should not break the rest
-            if e.name and e.name.startswith("recsparse"):
+            if e.name and e.name.startswith("recsparse") and not module.startswith(e.name):
                 raise
             continue
-        app.add_typer(sub, name=name, help=help_)
+        if hasattr(mod, "app"):
+            app.add_typer(mod.app, name=name, help=help_)
+        else:
+            app.command(name, help=help_)(mod.command)
 
 
 _register()
