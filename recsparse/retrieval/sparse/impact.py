@@ -1,0 +1,246 @@
+"""Learned sparse vectors in a Lucene impact index (Anserini ``JsonVectorCollection`` via Pyserini).
+
+Layout of a saved sparse retriever (``ImpactRetriever.index(corpus, path)``, built atomically):
+
+    path/model/        the encoder (``SparseModel.save``: model.json + model.pt, weights_only-loadable)
+    path/collection/   the quantised document vectors, Anserini JsonVectorCollection:
+                       one JSON object per line: {"id": docid, "contents": "", "vector": {word piece: impact}}
+    path/index/        the Lucene impact index (IndexCollection -impact -pretokenized)
+    path/meta.json     scale, statistics (documents, postings, terms, avg document non-zeros, index bytes)
+
+Search builds the query's ``{word piece: integer weight}`` map in Python and runs Anserini's
+``SimpleImpactSearcher`` (what Pyserini's ``LuceneImpactSearcher`` wraps): score = sum over shared terms of
+query weight x document impact.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import torch
+
+from recsparse.io import atomic_dir, atomic_write, write_json
+from recsparse.retrieval.jvm import autoclass, ensure_jvm
+from recsparse.retrieval.sparse.encoders import SparseModel, text_of
+from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, quantize, to_term_dicts
+from recsparse.types import Hit, Run
+
+COLLECTION_FILE = "docs00.jsonl"
+
+
+def write_json_vector_collection(folder: str | Path, docids: Sequence[str], vectors: Sequence[Mapping[str, int]]) -> Path:
+    """Write Anserini's ``JsonVectorCollection`` (one jsonl file) into ``folder``; returns the file."""
+    if len(docids) != len(vectors):
+        raise ValueError(f"docids ({len(docids)}) and vectors ({len(vectors)}) differ in length")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / COLLECTION_FILE
+    with atomic_write(path) as f:
+        for i, v in zip(docids, vectors):
+            bad = [t for t, x in v.items() if not isinstance(x, int) or x < 0]
+            if bad:
+                raise ValueError(f"document {i!r}: impacts must be non-negative ints, got {bad[:3]}")
+            f.write(json.dumps({"id": i, "contents": "", "vector": dict(v)}, ensure_ascii=False) + "\n")
+    return path
+
+
+def read_json_vector_collection(folder: str | Path) -> tuple[list[str], list[dict[str, int]]]:
+    ids: list[str] = []
+    vecs: list[dict[str, int]] = []
+    for p in sorted(Path(folder).glob("*.jsonl")):
+        with open(p, encoding="utf-8") as f:
+            for line in f:
+                o = json.loads(line)
+                ids.append(o["id"])
+                vecs.append(o["vector"])
+    return ids, vecs
+
+
+def build_impact_index(collection: str | Path, index: str | Path, threads: int = 1) -> None:
+    """Lucene impact index from a JsonVectorCollection folder, through Anserini's ``IndexCollection`` (in-process
+    JVM). Built into a temp folder and renamed into place."""
+    ensure_jvm()
+    JIndexCollection = autoclass("io.anserini.index.IndexCollection")
+    with atomic_dir(index) as tmp:
+        args = ["-collection", "JsonVectorCollection", "-input", str(collection), "-index", str(tmp),
+                "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(threads), "-impact", "-pretokenized",
+                "-quiet"]
+        JIndexCollection.main(args)
+        if not any(Path(tmp).glob("segments_*")):
+            raise RuntimeError(f"Anserini wrote no Lucene segments for {collection}")
+
+
+def dir_bytes(path: str | Path) -> int:
+    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+
+
+def collection_stats(vectors: Sequence[Mapping[str, int]]) -> dict[str, float]:
+    """Postings (= document-term pairs), distinct terms, average non-zeros per document."""
+    postings = sum(len(v) for v in vectors)
+    terms = len({t for v in vectors for t in v})
+    return {"documents": len(vectors), "postings": postings, "terms": terms,
+            "avg_doc_nnz": postings / max(1, len(vectors))}
+
+
+def flops_estimate(query_vectors: Sequence[Mapping[str, object]], doc_vectors: Sequence[Mapping[str, int]]) -> float:
+    """Expected multiplications per (query, document) pair, ``sum_t P(q_t != 0) P(d_t != 0)`` (Paria et al. 2020),
+    with probabilities estimated over the given queries and the indexed documents."""
+    dfq = Counter(t for q in query_vectors for t in q)
+    dfd = Counter(t for d in doc_vectors for t in d)
+    nq, nd = max(1, len(query_vectors)), max(1, len(doc_vectors))
+    return sum((c / nq) * (dfd.get(t, 0) / nd) for t, c in dfq.items())
+
+
+@torch.inference_mode()
+def encode_corpus(model: SparseModel, docids: Sequence[str], texts: Sequence[str], batch_size: int = 32,
+                  scale: float = DEFAULT_SCALE, progress: bool = True) -> tuple[list[dict[str, int]], float]:
+    """Documents -> quantised ``{word piece: impact}`` dicts (in input order) and encoding throughput (docs/s).
+
+    Documents are encoded in order of length so batches carry little padding.
+    """
+    model.eval()
+    id_to_token = model.tokenizer.convert_ids_to_tokens(list(range(model.doc_encoder.vocab_size)))
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    out: list[dict[str, int] | None] = [None] * len(texts)
+    it: Iterable[int] = range(0, len(order), batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        it = tqdm(it, desc="encode docs", unit="batch", total=math.ceil(len(order) / batch_size))
+    t0 = time.perf_counter()
+    for s in it:
+        idx = order[s:s + batch_size]
+        w = model.encode_docs([texts[i] for i in idx])
+        for i, d in zip(idx, to_term_dicts(w, id_to_token, scale)):
+            out[i] = d
+    dt = time.perf_counter() - t0
+    return [d or {} for d in out], len(texts) / max(dt, 1e-9)
+
+
+class ImpactRetriever:
+    """A :class:`recsparse.types.Retriever` over a Lucene impact index of a :class:`SparseModel`'s documents."""
+
+    def __init__(self, model: SparseModel, name: str | None = None, scale: float = DEFAULT_SCALE,
+                 batch_size: int = 32) -> None:
+        self.model = model.eval()
+        self.name = name or f"sparse-{model.variant}"
+        self.scale = scale
+        self.batch_size = batch_size
+        self.path: Path | None = None
+        self.meta: dict = {}
+        self._searcher = None
+        self._id_to_token = model.tokenizer.convert_ids_to_tokens(list(range(model.doc_encoder.vocab_size)))
+
+    # ---- building ----
+    def index(self, corpus, path: str | Path, threads: int = 1) -> None:  # noqa: ANN001 - polars frame
+        """Encode ``corpus`` (``_id``, ``title``, ``text``), quantise, and build ``path`` atomically."""
+        docids = corpus["_id"].to_list()
+        texts = [text_of(a, b) for a, b in zip(corpus["title"].to_list(), corpus["text"].to_list())]
+        vecs, docs_per_s = encode_corpus(self.model, docids, texts, self.batch_size, self.scale)
+        self.write(path, docids, vecs, extra={"encode_docs_per_s": docs_per_s}, threads=threads)
+
+    def write(self, path: str | Path, docids: Sequence[str], vectors: Sequence[Mapping[str, int]],
+              extra: dict | None = None, threads: int = 1) -> None:
+        """Build ``path`` (model, collection, index, meta) from already-quantised document vectors."""
+        path = Path(path)
+        t0 = time.perf_counter()
+        with atomic_dir(path) as tmp:
+            self.model.save(tmp / "model")
+            write_json_vector_collection(tmp / "collection", docids, vectors)
+            build_impact_index(tmp / "collection", tmp / "index", threads=threads)
+            meta = {"name": self.name, "variant": self.model.variant, "scale": self.scale,
+                    **collection_stats(vectors), "index_bytes": dir_bytes(tmp / "index"),
+                    "index_wall_s": round(time.perf_counter() - t0, 3), **(extra or {})}
+            write_json(tmp / "meta.json", meta)
+        self._attach(path)
+
+    # ---- opening ----
+    @classmethod
+    def open(cls, path: str | Path, name: str | None = None) -> "ImpactRetriever":
+        path = Path(path)
+        meta = json.loads((path / "meta.json").read_text())
+        r = cls(SparseModel.load(path / "model"), name=name or meta.get("name"), scale=meta["scale"])
+        r._attach(path)
+        return r
+
+    def _attach(self, path: Path) -> None:
+        ensure_jvm()
+        self.path = path
+        self.meta = json.loads((path / "meta.json").read_text())
+        self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(path / "index"))
+
+    def close(self) -> None:
+        if self._searcher is not None:
+            self._searcher.close()
+            self._searcher = None
+
+    # ---- querying ----
+    @torch.inference_mode()
+    def query_vectors(self, queries: Sequence[str]) -> list[dict[str, int]]:
+        """Queries -> ``{word piece: integer weight}`` (IDF table look-up for inference-free, model for siamese)."""
+        qe = self.model.query_encoder
+        if self.model.variant == "inference-free":
+            out = []
+            for q in queries:
+                terms = qe.query_terms(q)
+                out.append({self._id_to_token[i]: int(v) for i, v in
+                            ((i, round(w * self.scale)) for i, w in terms.items()) if v > 0})
+            return out
+        res: list[dict[str, int]] = []
+        for s in range(0, len(queries), self.batch_size):
+            w = self.model.encode_queries(list(queries[s:s + self.batch_size]))
+            res.extend(to_term_dicts(w, self._id_to_token, self.scale))
+        return res
+
+    def _jquery(self, vec: Mapping[str, int]):  # noqa: ANN202
+        JHashMap = autoclass("java.util.HashMap")
+        JInt = autoclass("java.lang.Integer")
+        m = JHashMap()
+        for t, v in vec.items():
+            m.put(t, JInt(int(v)))
+        return m
+
+    def search_vector(self, vec: Mapping[str, int], k: int = 10) -> list[Hit]:
+        if self._searcher is None:
+            raise RuntimeError("no index: call index(corpus, path) or ImpactRetriever.open(path) first")
+        if not vec:
+            return []
+        return [Hit(h.docid, float(h.score)) for h in self._searcher.search(self._jquery(vec), int(k))]
+
+    def search(self, query: str, k: int = 10) -> list[Hit]:
+        return self.search_vector(self.query_vectors([query])[0], k)
+
+    def batch_search(self, queries: Mapping[str, str], k: int = 10, threads: int = 1) -> Run:
+        if self._searcher is None:
+            raise RuntimeError("no index: call index(corpus, path) or ImpactRetriever.open(path) first")
+        qids = list(queries)
+        vecs = self.query_vectors([queries[q] for q in qids])
+        JArrayList = autoclass("java.util.ArrayList")
+        ql, il = JArrayList(), JArrayList()
+        run: Run = {}
+        for qid, v in zip(qids, vecs):
+            if v:
+                ql.add(self._jquery(v))
+                il.add(qid)
+            else:
+                run[qid] = []
+        if ql.size():
+            res = self._searcher.batch_search(ql, il, int(k), int(threads))
+            for e in res.entrySet().toArray():
+                run[e.getKey()] = [Hit(h.docid, float(h.score)) for h in e.getValue()]
+        return {q: run.get(q, []) for q in qids}
+
+
+def open_retriever(path: str | Path) -> ImpactRetriever:
+    """Re-open a saved sparse retriever (what ``recsparse beir --retriever sparse:PATH`` calls)."""
+    return ImpactRetriever.open(path)
+
+
+def threads_default() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
