@@ -160,6 +160,10 @@ class BM25Retriever:
         self.path: Path | None = None
         self._searcher: Any = None
 
+    def prepare(self) -> None:
+        """Start the JVM and import Pyserini's searcher (one-off cost kept out of index/search timings)."""
+        pyserini_module("pyserini.search.lucene")
+
     # --- index ---------------------------------------------------------------------------------------------------
     def index(self, corpus: "pl.DataFrame", path: str | Path, threads: int = 1) -> None:
         """Index ``corpus`` (``_id``, ``title``, ``text``) at ``path`` and open it for search."""
@@ -172,6 +176,15 @@ class BM25Retriever:
                            meta={"kind": "bm25", "config": asdict(self.config),
                                  "corpus_sha": corpus_fingerprint(corpus), "num_docs": corpus.height})
         self._open(path)
+
+    def reuse(self, path: str | Path, corpus_sha: str) -> bool:
+        """Open the index at ``path`` if it was built by this configuration from the corpus ``corpus_sha``."""
+        meta = read_meta(path)
+        if meta.get("kind") != "bm25" or meta.get("corpus_sha") != corpus_sha or meta.get("config") != asdict(self.config):
+            return False
+        self.close()
+        self._open(path)
+        return True
 
     @classmethod
     def open(cls, path: str | Path, config: BM25Config | None = None, name: str | None = None) -> "BM25Retriever":

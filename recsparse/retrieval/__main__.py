@@ -1,0 +1,7 @@
+"""``python -m recsparse.retrieval`` = ``recsparse beir``."""
+
+import typer
+
+from recsparse.retrieval.cli import command
+
+typer.run(command)

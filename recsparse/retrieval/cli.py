@@ -1,0 +1,124 @@
+"""``recsparse beir``: evaluate retrievers on a BEIR-format collection (registered name or folder).
+
+Example::
+
+    recsparse beir --dataset scifact --retriever bm25 --retriever dense --retriever hybrid --out runs/scifact
+
+Writes ``runs/<retriever>.trec``, ``metrics.json`` and ``report.md`` under ``--out`` and prints the metrics table.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from recsparse.types import Retriever
+
+RETRIEVERS = ("bm25", "bm25-multifield", "dense", "dense-hnsw", "dense-ivfpq", "hybrid", "sparse:PATH")
+COLUMNS = ["dataset", "retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps"]
+
+
+def make_retriever(spec: str, *, model: str = "all-MiniLM-L6-v2", cache_dir: Optional[Path] = None) -> Retriever:
+    """A retriever from its CLI name (``bm25``, ``bm25-multifield``, ``dense``, ``dense-hnsw``, ``dense-ivfpq``,
+    ``sparse:PATH``)."""
+    if spec == "bm25":
+        from recsparse.retrieval.lucene import BM25Config, BM25Retriever
+
+        return BM25Retriever(BM25Config(fields="flat"))
+    if spec == "bm25-multifield":
+        from recsparse.retrieval.lucene import BM25Config, BM25Retriever
+
+        return BM25Retriever(BM25Config(fields="multifield"))
+    if spec in ("dense", "dense-flat", "dense-hnsw", "dense-ivfpq"):
+        from recsparse.retrieval.dense import DenseConfig, DenseRetriever
+
+        kind = "flat" if spec in ("dense", "dense-flat") else spec.split("-", 1)[1]
+        return DenseRetriever(DenseConfig(model=model, index=kind), name=spec, cache_dir=cache_dir)
+    if spec.startswith("sparse:"):
+        path = spec.split(":", 1)[1]
+        if not path:
+            raise typer.BadParameter("sparse:PATH needs a path, e.g. sparse:runs/splade/index", param_hint="--retriever")
+        try:
+            from recsparse.retrieval.sparse import open_retriever
+        except ImportError as e:
+            raise typer.BadParameter(f"{spec}: learned sparse retrieval (recsparse.retrieval.sparse.open_retriever) "
+                                     f"is not available in this installation ({e})", param_hint="--retriever") from e
+        r = open_retriever(path)
+        if not getattr(r, "name", None) or r.name == "sparse":
+            try:
+                r.name = spec
+            except AttributeError:
+                pass
+        return r
+    raise typer.BadParameter(f"unknown retriever {spec!r}; choose from {', '.join(RETRIEVERS)}",
+                             param_hint="--retriever")
+
+
+def plan(specs: List[str], fusion: str, alpha: float) -> tuple[list[str], list[dict[str, Any]]]:
+    """Split requested names into base retrievers (deduplicated, in order) and fusion specs (``hybrid``)."""
+    base: list[str] = []
+    fusions: list[dict[str, Any]] = []
+    for s in specs:
+        if s == "hybrid":
+            for part in ("bm25", "dense"):
+                if part not in base:
+                    base.append(part)
+            fusions.append({"name": "hybrid", "parts": ["bm25", "dense"], "method": fusion, "alpha": alpha,
+                            "k_rrf": 60})
+        elif s not in base:
+            base.append(s)
+    return base, fusions
+
+
+def command(
+    dataset: str = typer.Option(..., "--dataset", "-d", help="Registered BEIR dataset name (scifact, cranfield) "
+                                                            "or a BEIR-format folder."),
+    retriever: List[str] = typer.Option(["bm25"], "--retriever", "-r",
+                                        help="bm25 | bm25-multifield | dense | dense-hnsw | dense-ivfpq | hybrid | "
+                                             "sparse:PATH (repeatable)."),
+    split: str = typer.Option("test", "--split", help="qrels split (qrels/<split>.tsv)."),
+    k: int = typer.Option(100, "--k", min=1, help="hits retrieved per query."),
+    out: Path = typer.Option(Path("runs/beir"), "--out", "-o", help="output folder (runs, metrics.json, report.md)."),
+    threads: int = typer.Option(1, "--threads", min=1, help="search threads."),
+    drop_self_hits: bool = typer.Option(False, "--drop-self-hits", help="drop hits whose doc id equals the query id "
+                                                                         "(ArguAna/Quora-style) before evaluation."),
+    index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="where indexes live (default OUT/indexes); "
+                                                                        "a matching saved index is reused."),
+    fusion: str = typer.Option("rrf", "--fusion", help="hybrid fusion: rrf (k=60) | interpolation."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="interpolation weight of BM25."),
+    model: str = typer.Option("all-MiniLM-L6-v2", "--model", help="dense encoder: all-MiniLM-L6-v2 (offline "
+                                                                  "package) or a sentence-transformers folder."),
+    cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="embedding cache (default "
+                                                                       "~/.cache/recsparse/embeddings)."),
+) -> None:
+    """Evaluate retrievers on a BEIR-format collection: TREC runs, metrics.json, report.md and a metrics table."""
+    from recsparse.data import BeirDataset, DataError, load
+    from recsparse.results import print_table
+    from recsparse.retrieval.fusion import FUSION_METHODS
+    from recsparse.retrieval.harness import evaluate_retrievers
+
+    if fusion not in FUSION_METHODS:
+        raise typer.BadParameter(f"choose from {', '.join(FUSION_METHODS)}", param_hint="--fusion")
+    try:
+        ds = load(dataset)
+    except (DataError, KeyError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    if not isinstance(ds, BeirDataset):
+        typer.echo(f"error: {dataset!r} is not a BEIR-format collection (corpus.jsonl, queries.jsonl, qrels/)", err=True)
+        raise typer.Exit(2)
+    if split not in ds.qrels:
+        typer.echo(f"error: {ds.folder}: no qrels/{split}.tsv (splits: {', '.join(sorted(ds.qrels)) or 'none'})",
+                   err=True)
+        raise typer.Exit(2)
+    base, fusions = plan(list(retriever), fusion, alpha)
+    retrievers = {name: make_retriever(name, model=model, cache_dir=cache_dir) for name in base}
+    records = evaluate_retrievers(ds, {r.name if name.startswith("sparse:") else name: r
+                                       for name, r in retrievers.items()},
+                                  split=split, k=k, out_dir=out, threads=threads, drop_self_hits=drop_self_hits,
+                                  index_dir=index_dir, fusions=fusions)
+    print_table(records, COLUMNS, title=f"{ds.name} / {split}: {len(ds.split_queries(split))} queries, "
+                                        f"{ds.corpus.height} documents")
+    typer.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'runs'}/")

@@ -1,0 +1,216 @@
+"""The batch evaluation harness: index (or reuse) -> batch search -> evaluate -> run files, metrics.json, report.md.
+
+Layout of ``out_dir``::
+
+    runs/<retriever>.trec     TREC run of every evaluated (and fused) retriever
+    metrics.json              {"dataset", "split", "k", "retrievers": {name: {aggregate, per_query, timings}}}
+    report.md                 comparison table (with the registry's reference figures when the dataset is the
+                              registered, checksum-identical collection)
+    indexes/<retriever>/      indexes, unless ``index_dir`` points elsewhere
+
+Re-running into the same ``out_dir`` replaces the entries of the retrievers run again and keeps the others.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from recsparse.data import BeirDataset
+from recsparse.io import atomic_write, write_json
+from recsparse.retrieval.evaluation import DEFAULT_MEASURES, evaluate, write_trec_run
+from recsparse.retrieval.fusion import fuse
+from recsparse.types import Retriever, Run, check_positive
+
+RECORD_KEYS = ("dataset", "retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps")
+
+
+def safe_name(name: str) -> str:
+    """A retriever name as a file name (``sparse:/a/b`` -> ``sparse_a_b``)."""
+    s = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_.")
+    return s or "retriever"
+
+
+def corpus_sha(dataset: BeirDataset) -> str:
+    from recsparse.retrieval.lucene import corpus_fingerprint
+
+    return corpus_fingerprint(dataset.corpus)
+
+
+def reference_figures(dataset: BeirDataset) -> dict[str, float]:
+    """The registry's reference numbers (``"bm25:ndcg@10"`` -> value) if ``dataset`` is the registered collection,
+    byte-identical (sha256 of every registered file); else ``{}``."""
+    from recsparse.data.registry import REGISTRY, sha256_file
+
+    spec = REGISTRY.get(dataset.name)
+    if spec is None or spec.format != "beir" or not spec.reference:
+        return {}
+    for rel, sha in spec.files.items():
+        p = Path(dataset.folder) / rel
+        if not p.is_file() or sha256_file(p) != sha:
+            return {}
+    return dict(spec.reference)
+
+
+def index_or_reuse(retriever: Retriever, dataset: BeirDataset, path: Path, sha: str,
+                   threads: int = 1) -> tuple[float, bool]:
+    """Make ``retriever`` searchable over ``dataset.corpus``; returns (index seconds, reused?).
+
+    A retriever that is already open (its ``path`` attribute names an existing dir, e.g. ``sparse:PATH``) is used
+    as is; one with a ``reuse(path, corpus_sha)`` method reopens a matching saved index; otherwise it is indexed.
+    """
+    prepare = getattr(retriever, "prepare", None)
+    if callable(prepare):  # one-off start-up (JVM, model load) is not index time
+        prepare()
+    if getattr(retriever, "path", None) is not None and Path(retriever.path).is_dir():
+        return _build_s(Path(retriever.path)), True
+    reuse = getattr(retriever, "reuse", None)
+    if callable(reuse) and path.is_dir() and reuse(path, sha):
+        return _build_s(path), True
+    takes_threads = "threads" in inspect.signature(retriever.index).parameters
+    t0 = time.perf_counter()
+    if takes_threads:
+        retriever.index(dataset.corpus, path, threads=threads)  # type: ignore[call-arg]
+    else:
+        retriever.index(dataset.corpus, path)
+    return time.perf_counter() - t0, False
+
+
+def _build_s(path: Path) -> float:
+    try:
+        return float(json.loads((path / "recsparse.json").read_text()).get("build_s", float("nan")))
+    except (OSError, ValueError):
+        return float("nan")
+
+
+def _record(dataset: BeirDataset, name: str, agg: Mapping[str, float], **extra: Any) -> dict[str, Any]:
+    return {"dataset": dataset.name, "retriever": name, **{m: round(v, 4) for m, v in agg.items()}, **extra}
+
+
+class _Output:
+    """metrics.json / runs / report.md of one out_dir, merged with what an earlier invocation left there."""
+
+    def __init__(self, out_dir: Path, dataset: BeirDataset, split: str, k: int, drop_self_hits: bool) -> None:
+        self.dir = out_dir
+        self.head = {"dataset": dataset.name, "folder": str(dataset.folder), "split": split, "k": k,
+                     "drop_self_hits": drop_self_hits}
+        self.entries: dict[str, dict[str, Any]] = {}
+        old = out_dir / "metrics.json"
+        if old.is_file():
+            try:
+                prev = json.loads(old.read_text())
+                if all(prev.get(f) == v for f, v in self.head.items()):
+                    self.entries = dict(prev.get("retrievers", {}))
+            except ValueError:
+                pass
+        self.refs = reference_figures(dataset)
+
+    def add(self, record: dict[str, Any], per_query: Mapping[str, Mapping[str, float]], run: Run) -> None:
+        name = record["retriever"]
+        path = write_trec_run(run, self.dir / "runs" / f"{safe_name(name)}.trec", tag=safe_name(name))
+        self.entries[name] = {"record": record, "run_file": str(path.relative_to(self.dir)), "per_query": per_query}
+
+    def write(self) -> None:
+        write_json(self.dir / "metrics.json", {**self.head, "retrievers": self.entries})
+        with atomic_write(self.dir / "report.md") as f:
+            f.write(render_report(self.head, [e["record"] for e in self.entries.values()], self.refs))
+
+
+def render_report(head: Mapping[str, Any], records: Sequence[Mapping[str, Any]], refs: Mapping[str, float]) -> str:
+    measures = [m for m in ("ndcg@10", "recall@100", "mrr@10", "map@100") if any(m in r for r in records)]
+    lines = [f"# Retrieval evaluation: {head['dataset']} ({head['split']})", "",
+             f"Collection `{head['folder']}`; top-{head['k']} per query; metrics by ir_measures over every judged "
+             f"query{'; self hits dropped' if head.get('drop_self_hits') else ''}.", ""]
+    cols = ["retriever", *measures, "index_s", "search_qps"]
+    ref_cols = [m for m in measures if any(key.endswith(":" + m) for key in refs)]
+    cols += [f"reference {m}" for m in ref_cols]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for r in records:
+        cells = [str(r["retriever"])] + [f"{r[m]:.4f}" if m in r else "" for m in measures]
+        cells += [f"{r.get('index_s', float('nan')):.2f}" + (" (reused)" if r.get("reused_index") else ""),
+                  f"{r.get('search_qps', float('nan')):.1f}"]
+        base = str(r["retriever"]).split("(")[0]
+        cells += [f"{refs[f'{base}:{m}']:.4f}" if f"{base}:{m}" in refs else "" for m in ref_cols]
+        lines.append("| " + " | ".join(cells) + " |")
+    if refs:
+        lines += ["", "Reference figures: the registry's published numbers for this exact collection "
+                      "(`recsparse/data/registry.toml`): BM25 flat from Pyserini, dense = all-MiniLM-L6-v2 from MTEB."]
+    return "\n".join(lines) + "\n"
+
+
+def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever], *, split: str = "test",
+                        k: int = 100, out_dir: str | Path, threads: int = 1, drop_self_hits: bool = False,
+                        index_dir: str | Path | None = None, measures: Sequence[str] = DEFAULT_MEASURES,
+                        fusions: Sequence[Mapping[str, Any]] = (), keep_runs: dict[str, Run] | None = None
+                        ) -> list[dict[str, Any]]:
+    """Index (or reuse), batch-search ``split``'s queries to depth ``k``, evaluate and write the outputs.
+
+    ``fusions``: specs ``{"name": "hybrid", "parts": ["bm25", "dense"], "method": "rrf"|"interpolation",
+    "k_rrf": 60, "alpha": 0.5}`` fused from the parts' runs after they are searched. ``keep_runs``, if given, receives
+    every run by name. Returns one record per retriever (and fusion) with :data:`RECORD_KEYS` and more
+    (``num_queries``, ``reused_index``, ``search_s``).
+    """
+    check_positive("k", k)
+    check_positive("threads", threads)
+    out_dir = Path(out_dir)
+    index_root = Path(index_dir) if index_dir is not None else out_dir / "indexes"
+    queries = dataset.split_queries(split)
+    qrels = dataset.qrels_dict(split)
+    if not queries:
+        raise ValueError(f"{dataset.folder}: split {split!r} judges no query that is in queries.jsonl")
+    out = _Output(out_dir, dataset, split, k, drop_self_hits)
+    sha = corpus_sha(dataset)
+    runs: dict[str, Run] = {} if keep_runs is None else keep_runs
+    records: list[dict[str, Any]] = []
+    for name, retriever in retrievers.items():
+        index_s, reused = index_or_reuse(retriever, dataset, index_root / safe_name(name), sha, threads=threads)
+        t0 = time.perf_counter()
+        run = retriever.batch_search(queries, k=k, threads=threads)
+        search_s = time.perf_counter() - t0
+        runs[name] = run
+        agg, pq = evaluate(run, qrels, measures, per_query=True, drop_self_hits=drop_self_hits)
+        rec = _record(dataset, name, agg, index_s=round(index_s, 3), search_qps=round(len(queries) / search_s, 2),
+                      search_s=round(search_s, 3), num_queries=len(queries), reused_index=reused, k=k, split=split,
+                      threads=threads)
+        out.add(rec, pq, run)
+        records.append(rec)
+        out.write()  # after each retriever: an interrupted evaluation keeps what it finished
+    for spec in fusions:
+        rec, run, pq = fuse_record(dataset, runs, qrels, measures=measures, drop_self_hits=drop_self_hits, k=k,
+                                   split=split, records=records, **spec)
+        runs[rec["retriever"]] = run
+        out.add(rec, pq, run)
+        records.append(rec)
+    out.write()
+    return records
+
+
+def fuse_record(dataset: BeirDataset, runs: Mapping[str, Run], qrels: Mapping[str, Mapping[str, int]], *,
+                name: str, parts: Sequence[str], method: str = "rrf", k_rrf: int = 60, alpha: float = 0.5,
+                k: int = 100, split: str = "test", measures: Sequence[str] = DEFAULT_MEASURES,
+                drop_self_hits: bool = False, records: Sequence[Mapping[str, Any]] = ()
+                ) -> tuple[dict[str, Any], Run, dict[str, dict[str, float]]]:
+    """Fuse the named ``parts`` of ``runs`` into a run called ``name`` and evaluate it.
+
+    Returns (record, fused run, per-query metrics). The record's ``search_qps`` is that of the parts run one after
+    the other plus the fusion itself, and ``index_s`` the parts' sum, when the parts' records are given.
+    """
+    missing = [p for p in parts if p not in runs]
+    if missing:
+        raise KeyError(f"fusion {name!r}: no run for {missing} (have {sorted(runs)})")
+    t0 = time.perf_counter()
+    run = fuse([runs[p] for p in parts], method, k_rrf=k_rrf, alpha=alpha, top=k)
+    fuse_s = time.perf_counter() - t0
+    parts_s = sum(float(r.get("search_s", 0.0)) for r in records if r.get("retriever") in parts)
+    index_s = sum(float(r.get("index_s", 0.0)) for r in records if r.get("retriever") in parts)
+    agg, pq = evaluate(run, qrels, measures, per_query=True, drop_self_hits=drop_self_hits)
+    nq = len(run) or 1
+    rec = _record(dataset, name, agg, index_s=round(index_s, 3), search_qps=round(nq / (parts_s + fuse_s), 2),
+                  search_s=round(parts_s + fuse_s, 3), num_queries=len(run), k=k, split=split,
+                  fusion=method, parts="+".join(parts), **({"alpha": alpha} if method == "interpolation"
+                                                            else {"k_rrf": k_rrf}))
+    return rec, run, pq
