@@ -80,7 +80,7 @@ def save_results(area: str, records: Sequence[dict[str, Any]], key: Sequence[str
     write_json(path, merged)
     with atomic_write(d / f"{area}.md") as f:
         f.write(f"# {area} results\n\nGenerated from `{area}.json` by `recsparse.results`; do not edit by hand.\n\n")
-        f.write(markdown_table(merged))
+        f.write(markdown_report(merged))
     return path
 
 
@@ -104,6 +104,23 @@ def markdown_table(records: Sequence[dict[str, Any]], columns: Sequence[str] | N
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(_fmt(r.get(c)) for c in cols) + " |" for r in records]
     return "\n".join(lines) + "\n"
+
+
+def markdown_report(records: Sequence[dict[str, Any]], group_by: str = "section") -> str:
+    """One table per ``group_by`` value (records of different sections carry different columns), with the commands
+    that produced them listed under each table."""
+    groups: dict[Any, list[dict[str, Any]]] = {}
+    for r in records:
+        groups.setdefault(r.get(group_by), []).append(r)
+    parts = []
+    for name, recs in groups.items():
+        if name is not None:
+            parts.append(f"## {name}\n")
+        parts.append(markdown_table(recs, [c for c in _columns(recs) if c != group_by]))
+        commands = sorted({str(r["command"]) for r in recs if r.get("command")})
+        if commands:
+            parts.append("\nProduced by: " + "; ".join(f"`{c}`" for c in commands) + "\n")
+    return "\n".join(parts)
 
 
 def print_table(records: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, title: str | None = None) -> None:

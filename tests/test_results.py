@@ -26,3 +26,13 @@ def test_provenance_fields():
 def test_markdown_table_skips_provenance_columns():
     md = markdown_table([{"dataset": "x", "recall@20": 0.1, "command": "c", "machine": "m"}])
     assert md.splitlines()[0] == "| dataset | recall@20 |"
+
+
+def test_markdown_report_one_table_per_section_with_its_own_columns():
+    from recsparse.results import markdown_report
+
+    md = markdown_report([{"section": "tbe", "name": "a", "ms": 1.5, "command": "bench --x"},
+                          {"section": "quant", "name": "int8", "bytes": 10}])
+    tbe, quant = md.split("## quant")
+    assert "## tbe" in tbe and "| name | ms |" in tbe and "bytes" not in tbe and "`bench --x`" in tbe
+    assert "| name | bytes |" in quant and "ms" not in quant
