@@ -84,6 +84,47 @@ def special_token_mask(tokenizer, vocab_size: int) -> torch.Tensor:  # noqa: ANN
     return m
 
 
+class _MaxLogits(torch.autograd.Function):
+    """``max_l (z_l . W^T + b)`` without keeping the ``(B, L, V)`` logits; backward only touches the arg-max rows.
+
+    Forward is computed a few sequences at a time. SPLADE's ``log(1 + ReLU(.))`` gives a zero gradient wherever the
+    max logit is <= 0, i.e. for all but the ~100s of active terms per text, so the backward pass is a sparse scatter
+    (O(nnz * H)) instead of a dense (B, L, V) x H product.
+    """
+
+    @staticmethod
+    def forward(ctx, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int):  # noqa: ANN001, ANN205
+        b, _, _ = z.shape
+        out = z.new_empty(b, weight.shape[0])
+        arg = torch.empty(b, weight.shape[0], dtype=torch.long, device=z.device)
+        for s in range(0, b, chunk):
+            logits = torch.matmul(z[s:s + chunk], weight.T) + bias  # (c, L, V)
+            out[s:s + chunk], arg[s:s + chunk] = logits.max(dim=1)
+        ctx.save_for_backward(z, weight, arg)
+        ctx.mark_non_differentiable(arg)
+        return out, arg
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor, _g_arg: torch.Tensor):  # noqa: ANN205
+        z, weight, arg = ctx.saved_tensors
+        bi, ti = g.nonzero(as_tuple=True)
+        gv = g[bi, ti].unsqueeze(1)
+        li = arg[bi, ti]
+        grad_z = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_z = torch.zeros_like(z).index_put_((bi, li), gv * weight[ti], accumulate=True)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.zeros_like(weight).index_add_(0, ti, gv * z[bi, li])
+        if ctx.needs_input_grad[2]:
+            grad_b = g.sum(dim=0)
+        return grad_z, grad_w, grad_b, None
+
+
+def max_logits(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """``z: (B, L, H)``, ``weight: (V, H)``, ``bias: (V,)`` -> ``(B, V)`` = max over L of the MLM logits."""
+    return _MaxLogits.apply(z, weight, bias, chunk)[0]
+
+
 @dataclass
 class EncoderConfig:
     """Document (and siamese query) encoder settings."""
@@ -175,8 +216,9 @@ class SpladeEncoder(nn.Module):
         # Padding rows take the [CLS] row: their logits then equal logits already in the max, so max pooling over
         # all L positions equals eq. (1) over real tokens without a (B, L, V) mask pass (same value as splade_pool).
         z = torch.where(mask.unsqueeze(-1), z, z[:, :1])
-        logits = self.mlm.cls.predictions.decoder(z)  # (B, L, V)
-        w = torch.log1p(torch.relu(logits.amax(dim=1)))
+        dec = self.mlm.cls.predictions.decoder
+        bias = dec.bias if dec.bias is not None else self.mlm.cls.predictions.bias
+        w = torch.log1p(torch.relu(max_logits(z, dec.weight, bias)))
         return w.masked_fill(self.special, 0.0)
 
     def encode_texts(self, texts: Sequence[str], max_length: int | None = None) -> torch.Tensor:
@@ -290,6 +332,13 @@ class SparseModel(nn.Module):
     @property
     def tokenizer(self):  # noqa: ANN201
         return self.doc_encoder.tokenizer
+
+    @torch.no_grad()
+    def set_idf(self, idf: torch.Tensor) -> None:
+        """Replace the corpus IDF (and, for inference-free, the query weights) with ``idf: (V,)``."""
+        self.idf.copy_(idf.float())
+        if isinstance(self.query_encoder, IDFQueryEncoder):
+            self.query_encoder.idf.copy_(idf.float())
 
     def encode_queries(self, texts: Sequence[str]) -> torch.Tensor:
         """``(B, V)`` query vectors."""

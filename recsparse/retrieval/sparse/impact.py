@@ -6,7 +6,7 @@ Layout of a saved sparse retriever (``ImpactRetriever.index(corpus, path)``, bui
     path/collection/   the quantised document vectors, Anserini JsonVectorCollection:
                        one JSON object per line: {"id": docid, "contents": "", "vector": {word piece: impact}}
     path/index/        the Lucene impact index (IndexCollection -impact -pretokenized)
-    path/meta.json     scale, statistics (documents, postings, terms, avg document non-zeros, index bytes)
+    path/recsparse.json  scale, statistics (documents, postings, terms, avg document non-zeros, index bytes)
 
 Search builds the query's ``{word piece: integer weight}`` map in Python and runs Anserini's
 ``SimpleImpactSearcher`` (what Pyserini's ``LuceneImpactSearcher`` wraps): score = sum over shared terms of
@@ -27,11 +27,12 @@ import torch
 
 from recsparse.io import atomic_dir, atomic_write, write_json
 from recsparse.retrieval.jvm import autoclass, ensure_jvm
-from recsparse.retrieval.sparse.encoders import SparseModel, text_of
+from recsparse.retrieval.sparse.encoders import SparseModel, corpus_idf, text_of
 from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, quantize, to_term_dicts
 from recsparse.types import Hit, Run
 
 COLLECTION_FILE = "docs00.jsonl"
+META = "recsparse.json"  # same name as the BM25 indexes' metadata, so the BEIR harness reads build_s from it
 
 
 def write_json_vector_collection(folder: str | Path, docids: Sequence[str], vectors: Sequence[Mapping[str, int]]) -> Path:
@@ -62,18 +63,18 @@ def read_json_vector_collection(folder: str | Path) -> tuple[list[str], list[dic
     return ids, vecs
 
 
-def build_impact_index(collection: str | Path, index: str | Path, threads: int = 1) -> None:
-    """Lucene impact index from a JsonVectorCollection folder, through Anserini's ``IndexCollection`` (in-process
-    JVM). Built into a temp folder and renamed into place."""
-    ensure_jvm()
-    JIndexCollection = autoclass("io.anserini.index.IndexCollection")
+def build_impact_index(collection: str | Path, index: str | Path, threads: int = 1) -> dict[str, int]:
+    """Lucene impact index (``-impact -pretokenized``) from a JsonVectorCollection folder through Anserini's
+    ``IndexCollection`` (the shared runner in :mod:`recsparse.retrieval.lucene`); built in a temp folder and renamed
+    into place only when Anserini reports no errors. Returns Anserini's counters."""
+    from recsparse.retrieval.lucene import IndexBuildError, run_index_collection
+
     with atomic_dir(index) as tmp:
-        args = ["-collection", "JsonVectorCollection", "-input", str(collection), "-index", str(tmp),
-                "-generator", "DefaultLuceneDocumentGenerator", "-threads", str(threads), "-impact", "-pretokenized",
-                "-quiet"]
-        JIndexCollection.main(args)
-        if not any(Path(tmp).glob("segments_*")):
-            raise RuntimeError(f"Anserini wrote no Lucene segments for {collection}")
+        counters = run_index_collection(collection, tmp, collection="JsonVectorCollection", threads=threads,
+                                        extra_args=("-impact", "-pretokenized"))
+        if counters["errors"] or not any(Path(tmp).glob("segments_*")):
+            raise IndexBuildError(f"Anserini IndexCollection(JsonVectorCollection) for {collection}: {counters}")
+    return counters
 
 
 def dir_bytes(path: str | Path) -> int:
@@ -127,8 +128,9 @@ class ImpactRetriever:
     """A :class:`recsparse.types.Retriever` over a Lucene impact index of a :class:`SparseModel`'s documents."""
 
     def __init__(self, model: SparseModel, name: str | None = None, scale: float = DEFAULT_SCALE,
-                 batch_size: int = 32) -> None:
+                 batch_size: int = 32, refit_idf: bool = True) -> None:
         self.model = model.eval()
+        self.refit_idf = refit_idf
         self.name = name or f"sparse-{model.variant}"
         self.scale = scale
         self.batch_size = batch_size
@@ -142,6 +144,9 @@ class ImpactRetriever:
         """Encode ``corpus`` (``_id``, ``title``, ``text``), quantise, and build ``path`` atomically."""
         docids = corpus["_id"].to_list()
         texts = [text_of(a, b) for a, b in zip(corpus["title"].to_list(), corpus["text"].to_list())]
+        if self.refit_idf and self.model.variant == "inference-free" and not self.model.train_idf:
+            # Query weights are the IDF of the collection being searched (a corpus statistic, like BM25's).
+            self.model.set_idf(corpus_idf(self.model.tokenizer, texts, self.model.doc_encoder.vocab_size)[0])
         vecs, docs_per_s = encode_corpus(self.model, docids, texts, self.batch_size, self.scale)
         self.write(path, docids, vecs, extra={"encode_docs_per_s": docs_per_s}, threads=threads)
 
@@ -153,18 +158,18 @@ class ImpactRetriever:
         with atomic_dir(path) as tmp:
             self.model.save(tmp / "model")
             write_json_vector_collection(tmp / "collection", docids, vectors)
-            build_impact_index(tmp / "collection", tmp / "index", threads=threads)
-            meta = {"name": self.name, "variant": self.model.variant, "scale": self.scale,
-                    **collection_stats(vectors), "index_bytes": dir_bytes(tmp / "index"),
-                    "index_wall_s": round(time.perf_counter() - t0, 3), **(extra or {})}
-            write_json(tmp / "meta.json", meta)
+            counters = build_impact_index(tmp / "collection", tmp / "index", threads=threads)
+            meta = {"kind": "sparse-impact", "name": self.name, "variant": self.model.variant, "scale": self.scale,
+                    **collection_stats(vectors), "index_bytes": dir_bytes(tmp / "index"), "counters": counters,
+                    "build_s": round(time.perf_counter() - t0, 3), **(extra or {})}
+            write_json(tmp / META, meta)
         self._attach(path)
 
     # ---- opening ----
     @classmethod
     def open(cls, path: str | Path, name: str | None = None) -> "ImpactRetriever":
         path = Path(path)
-        meta = json.loads((path / "meta.json").read_text())
+        meta = json.loads((path / META).read_text())
         r = cls(SparseModel.load(path / "model"), name=name or meta.get("name"), scale=meta["scale"])
         r._attach(path)
         return r
@@ -172,7 +177,7 @@ class ImpactRetriever:
     def _attach(self, path: Path) -> None:
         ensure_jvm()
         self.path = path
-        self.meta = json.loads((path / "meta.json").read_text())
+        self.meta = json.loads((path / META).read_text())
         self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(path / "index"))
 
     def close(self) -> None:
