@@ -171,8 +171,9 @@ class DenseConfig:
             return f"HNSW{self.hnsw_m}"
         if dim % self.pq_m:
             raise ValueError(f"pq_m={self.pq_m} must divide the embedding dim {dim}")
+        # FAISS wants >= 39 training points per centroid: ~4·sqrt(N) lists, 2^bits PQ centroids, both capped by N
         nlist = self.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
-        bits = self.pq_bits or max(1, min(8, int(math.log2(max(2, n // 39)))))
+        bits = self.pq_bits or max(4, min(8, int(math.log2(max(2, n // 39)))))
         return f"IVF{nlist},PQ{self.pq_m}x{bits}"
 
 
@@ -204,8 +205,12 @@ class DenseRetriever:
         _ = self.encoder.model
 
     # --- index ---------------------------------------------------------------------------------------------------
-    def index(self, corpus: "pl.DataFrame", path: str | Path, embeddings: np.ndarray | None = None) -> None:
-        """Encode (or take from cache / ``embeddings``) and index ``corpus`` at ``path`` (atomic), then open it."""
+    def index(self, corpus: "pl.DataFrame", path: str | Path, embeddings: np.ndarray | None = None,
+              threads: int = 1) -> None:
+        """Encode (or take from cache / ``embeddings``) and index ``corpus`` at ``path`` (atomic), then open it.
+
+        ``threads``: OpenMP threads for FAISS training / adding (more than free cores makes OpenMP spin, slowly).
+        """
         import faiss
 
         from recsparse.retrieval.lucene import corpus_fingerprint
@@ -218,6 +223,7 @@ class DenseRetriever:
         emb = np.ascontiguousarray(emb, dtype=np.float32)
         spec = self.config.factory_string(emb.shape[0], emb.shape[1])
         t1 = time.perf_counter()
+        faiss.omp_set_num_threads(int(threads))
         idx = faiss.index_factory(emb.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
         self._tune(idx, build=True)
         if not idx.is_trained:
@@ -279,10 +285,14 @@ class DenseRetriever:
                 base.hnsw.efConstruction = self.config.ef_construction
             base.hnsw.efSearch = self.config.ef_search
         try:
-            ivf = faiss.extract_index_ivf(idx)
+            ivf = faiss.downcast_index(faiss.extract_index_ivf(idx))
             ivf.nprobe = self.config.nprobe
+            base = ivf
         except (RuntimeError, TypeError):
             pass
+        if build and hasattr(base, "do_polysemous_training"):
+            # polysemous codes only serve Hamming pre-filtering, which we never use; training them is the slow part
+            base.do_polysemous_training = False
 
     @property
     def num_docs(self) -> int:

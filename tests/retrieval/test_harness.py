@@ -1,0 +1,100 @@
+"""The evaluation harness and ``recsparse beir`` on real Cranfield: outputs, reuse, fusion, reference, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from recsparse.cli import app
+from recsparse.data import load
+from recsparse.retrieval.evaluation import evaluate, read_trec_run
+from recsparse.retrieval.fusion import rrf
+from recsparse.retrieval.harness import evaluate_retrievers
+from recsparse.retrieval.lucene import BM25Config, BM25Retriever
+from tests.conftest import dataset_path
+
+KEYS = {"dataset", "retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps"}
+
+
+def test_evaluate_retrievers_outputs_reuse_and_fusion(cranfield_small, tmp_path):
+    ds = load(cranfield_small)
+    out = tmp_path / "out"
+    runs = {}
+    recs = evaluate_retrievers(ds, {"bm25": BM25Retriever(), "bm25-mf": BM25Retriever(BM25Config(fields="multifield"))},
+                               k=50, out_dir=out, threads=2, keep_runs=runs,
+                               fusions=[{"name": "rrf", "parts": ["bm25", "bm25-mf"], "method": "rrf"}])
+    assert [r["retriever"] for r in recs] == ["bm25", "bm25-mf", "rrf"]
+    assert all(KEYS <= set(r) for r in recs)
+    qrels = ds.qrels_dict("test")
+    assert recs[0]["num_queries"] == len(qrels) and not recs[0]["reused_index"]
+    # the run files on disk evaluate to the recorded numbers; the fused run is RRF of the parts
+    for r in recs:
+        agg = evaluate(read_trec_run(out / "runs" / f"{r['retriever']}.trec"), qrels)
+        assert {m: round(v, 4) for m, v in agg.items()} == {m: r[m] for m in agg}
+    assert runs["rrf"] == rrf([runs["bm25"], runs["bm25-mf"]], k=60, top=50)
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["retrievers"]) == {"bm25", "bm25-mf", "rrf"}
+    pq = metrics["retrievers"]["bm25"]["per_query"]
+    assert set(pq) == set(qrels) and sum(v["ndcg@10"] for v in pq.values()) / len(pq) == pytest.approx(
+        recs[0]["ndcg@10"], abs=1e-4)
+    report = (out / "report.md").read_text()
+    assert "| bm25-mf |" in report and "reference" not in report  # a slice is not the registered collection
+    # second run, only bm25: index reused, same numbers, the other entries kept
+    again = evaluate_retrievers(ds, {"bm25": BM25Retriever()}, k=50, out_dir=out, threads=1)
+    assert again[0]["reused_index"] and again[0]["ndcg@10"] == recs[0]["ndcg@10"]
+    assert set(json.loads((out / "metrics.json").read_text())["retrievers"]) == {"bm25", "bm25-mf", "rrf"}
+
+
+def test_cli_bm25_on_full_cranfield_matches_reference(tmp_path):
+    """BM25 flat on the full registered Cranfield reproduces Pyserini 1.6.0's .3220 / .7224 and the report shows it."""
+    dataset_path("cranfield")
+    res = CliRunner().invoke(app, ["beir", "--dataset", "cranfield", "--retriever", "bm25", "--out", str(tmp_path),
+                                   "--threads", "2"])
+    assert res.exit_code == 0, res.output
+    rec = json.loads((tmp_path / "metrics.json").read_text())["retrievers"]["bm25"]["record"]
+    assert rec["ndcg@10"] == pytest.approx(0.3220, abs=0.005) and rec["recall@100"] == pytest.approx(0.7224, abs=0.005)
+    report = (tmp_path / "report.md").read_text()
+    assert "reference ndcg@10" in report and "| 0.3220 | 0.7224 |" in report
+    assert "bm25" in res.output and "0.32" in res.output
+
+
+@pytest.mark.parametrize("file,line,new,msg", [
+    ("queries.jsonl", 7, '{"_id": "7", "text": 7}\n', "field 'text' must be a string"),
+    ("corpus.jsonl", 12, '{"_id": "12", "title": "x", "text": "y"\n', "invalid JSON"),
+    ("qrels/test.tsv", 5, "3\t5\n", "expected 3 tab-separated columns"),
+])
+def test_cli_rejects_malformed_collection_with_file_and_line(cranfield_small, tmp_path, file, line, new, msg):
+    bad = tmp_path / "bad"
+    shutil.copytree(cranfield_small, bad)
+    lines = (bad / file).read_text(encoding="utf-8").splitlines(keepends=True)
+    lines[line - 1] = new
+    (bad / file).write_text("".join(lines), encoding="utf-8")
+    res = CliRunner().invoke(app, ["beir", "--dataset", str(bad), "--out", str(tmp_path / "o")])
+    assert res.exit_code == 2
+    assert f"{file}:{line}: {msg}" in res.output.replace("\n", "")
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_usage_errors(cranfield_small, tmp_path):
+    r = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_small), "-r", "bm99", "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "unknown retriever 'bm99'" in r.output
+    r = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_small), "--split", "train", "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "no qrels/train.tsv" in r.output
+    r = CliRunner().invoke(app, ["beir", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "neither a registered dataset" in r.output
+
+
+@pytest.mark.slow
+def test_cli_hybrid_with_dense(cranfield_tiny, tmp_path):
+    res = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_tiny), "-r", "hybrid", "-r", "dense-hnsw",
+                                   "--k", "20", "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "o" / "metrics.json").read_text())["retrievers"]
+    assert list(m) == ["bm25", "dense", "dense-hnsw", "hybrid"]
+    runs = {n: read_trec_run(tmp_path / "o" / "runs" / f"{n}.trec") for n in m}
+    fused = rrf([runs["bm25"], runs["dense"]], k=60, top=20)  # ranks in the files are exact: same order
+    assert {q: [h.docid for h in v] for q, v in runs["hybrid"].items()} == \
+           {q: [h.docid for h in v] for q, v in fused.items()}

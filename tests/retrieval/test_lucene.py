@@ -1,0 +1,119 @@
+"""Lucene BM25 on a real Cranfield slice: protocol, search == batch_search, reopen, atomic builds, reuse, impact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsparse.data import load
+from recsparse.retrieval.lucene import (BM25Config, BM25Retriever, IndexBuildError, build_lucene_index, read_meta)
+from recsparse.types import Hit, Retriever
+
+
+@pytest.fixture(scope="module")
+def cran(cranfield_small):
+    return load(cranfield_small)
+
+
+@pytest.fixture(scope="module")
+def bm25(cran, tmp_path_factory):
+    r = BM25Retriever()
+    r.index(cran.corpus, tmp_path_factory.mktemp("bm25") / "idx")
+    return r
+
+
+def leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def test_protocol_and_search(bm25, cran):
+    assert isinstance(bm25, Retriever) and bm25.name == "bm25"
+    assert bm25.num_docs == cran.corpus.height  # this slice has no empty documents
+    hits = bm25.search("boundary layer transition", k=5)
+    assert len(hits) == 5 and all(isinstance(h, Hit) for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    # the top document contains the query terms (Porter-stemmed match on the real text)
+    top = cran.corpus.filter(cran.corpus["_id"] == hits[0].docid)["text"][0]
+    assert "boundary" in top and "layer" in top
+
+
+def test_batch_search_equals_search(bm25, cran):
+    qs = dict(list(cran.split_queries("test").items())[:20])
+    batch = bm25.batch_search(qs, k=10, threads=2)
+    assert list(batch) == list(qs)
+    for q, text in qs.items():
+        assert [(h.docid, round(h.score, 4)) for h in batch[q]] == \
+               [(h.docid, round(h.score, 4)) for h in bm25.search(text, k=10)]
+
+
+def test_open_saved_index(bm25):
+    again = BM25Retriever.open(bm25.path)
+    assert again.config == bm25.config
+    assert again.search("shock waves", 7) == bm25.search("shock waves", 7)
+    again.close()
+    with pytest.raises(FileNotFoundError):
+        BM25Retriever.open(bm25.path.parent / "nope")
+
+
+def test_multifield_differs_from_flat(cran, bm25, tmp_path):
+    mf = BM25Retriever(BM25Config(fields="multifield"))
+    mf.index(cran.corpus, tmp_path / "mf")
+    assert mf.name == "bm25-multifield" and read_meta(tmp_path / "mf")["collection"] == "BeirMultifieldCollection"
+    q = "heat transfer in hypersonic flow"
+    assert mf.search(q, 10) != bm25.search(q, 10)
+
+
+def test_failed_build_leaves_previous_index_intact(cran, tmp_path):
+    path = tmp_path / "idx"
+    r = BM25Retriever()
+    r.index(cran.corpus.head(50), path)
+    before = r.search("wing", 10)
+    files = sorted(p.name for p in path.iterdir())
+    r.close()
+
+    def crash(tmp):  # the new index dir exists and the collection is written: die mid-build
+        assert tmp.exists() and tmp != path
+        raise KeyboardInterrupt("simulated interruption")
+
+    with pytest.raises(KeyboardInterrupt):
+        build_lucene_index(({"_id": i, "title": "", "text": t} for i, t in zip(cran.corpus["_id"], cran.corpus["text"])),
+                           path, collection="BeirFlatCollection", _after_write=crash)
+    # failure inside Anserini (an unknown indexer flag) also leaves it intact
+    with pytest.raises(Exception, match="no-such-flag"):
+        build_lucene_index([{"id": "x", "contents": "y"}], path, extra_args=("-no-such-flag",))
+    # an indexer run that indexes nothing is refused
+    with pytest.raises(IndexBuildError):
+        build_lucene_index([{"id": "x", "contents": ""}], path)
+    assert sorted(p.name for p in path.iterdir()) == files
+    assert leftovers(tmp_path) == []
+    assert BM25Retriever.open(path).search("wing", 10) == before
+
+
+def test_rebuild_replaces_and_reuse_checks_corpus_and_config(cran, tmp_path):
+    from recsparse.retrieval.lucene import corpus_fingerprint
+
+    path = tmp_path / "idx"
+    r = BM25Retriever()
+    r.index(cran.corpus.head(30), path)
+    r.index(cran.corpus, path)  # rebuild over an open index
+    assert r.num_docs == cran.corpus.height and leftovers(tmp_path) == []
+    sha = corpus_fingerprint(cran.corpus)
+    assert BM25Retriever().reuse(path, sha)
+    assert not BM25Retriever().reuse(path, corpus_fingerprint(cran.corpus.head(30)))
+    assert not BM25Retriever(BM25Config(k1=1.2)).reuse(path, sha)
+
+
+def test_impact_index_through_the_general_builder(cran, tmp_path):
+    """The builder takes any collection: JsonVectorCollection with integer impacts (what learned sparse uses)."""
+    from recsparse.retrieval.jvm import pyserini_module
+
+    docs = [{"id": d, "vector": {w: 1 + len(w) % 3 for w in set(t.split()[:30]) if w.isalpha()}}
+            for d, t in zip(cran.corpus["_id"].to_list()[:40], cran.corpus["text"].to_list()[:40])]
+    counters = build_lucene_index(docs, tmp_path / "imp", collection="JsonVectorCollection",
+                                  extra_args=("-impact", "-pretokenized"))
+    assert counters["indexed"] == 40 and counters["errors"] == 0
+    s = pyserini_module("pyserini.search.lucene").LuceneImpactSearcher(str(tmp_path / "imp"), None)
+    w = next(iter(docs[3]["vector"]))
+    hits = s.search(w, 40)  # no query encoder: the query string's whitespace tokens, weight 1 each
+    assert docs[3]["id"] in [h.docid for h in hits]
