@@ -199,6 +199,26 @@ def make_loss(cfg: TrainConfig, idf: torch.Tensor) -> SpladeLoss:
                       lambda_query=cfg.lambda_query if q_reg is not None else 0.0, warmup_steps=cfg.reg_warmup_steps)
 
 
+def _step_logger(every: int):  # noqa: ANN202
+    """A callback printing one plain line every ``every`` steps (readable in log files, where a live bar is not)."""
+    import sys
+
+    import lightning as L
+
+    class StepLogger(L.Callback):
+        def __init__(self) -> None:
+            self.t0 = time.perf_counter()
+
+        def on_train_batch_end(self, trainer, *_: Any) -> None:  # noqa: ANN001
+            s = trainer.global_step
+            if s % every == 0 or s == trainer.max_steps:
+                m = {k: f"{float(v):.3f}" for k, v in trainer.callback_metrics.items()}
+                print(f"step {s}/{trainer.max_steps} {time.perf_counter() - self.t0:.0f}s {m}", file=sys.stderr,
+                      flush=True)
+
+    return StepLogger()
+
+
 def _lightning_module(model: SparseModel, loss: SpladeLoss, cfg: TrainConfig):  # noqa: ANN202
     import lightning as L
 
@@ -267,7 +287,12 @@ def train(dataset: BeirDataset, cfg: TrainConfig, out_dir: str | Path, progress:
     module = _lightning_module(model, make_loss(cfg, idf), cfg)
     ckpt = ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_weights_only=True,
                            every_n_train_steps=max(1, cfg.max_steps // 3))
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=cfg.max_steps, logger=False, callbacks=[ckpt],
+    import sys
+
+    callbacks: list[Any] = [ckpt]
+    if not sys.stderr.isatty():
+        callbacks.append(_step_logger(10))
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=cfg.max_steps, logger=False, callbacks=callbacks,
                         enable_progress_bar=progress, enable_model_summary=False, log_every_n_steps=10,
                         num_sanity_val_steps=0, gradient_clip_val=1.0)
     t0 = time.perf_counter()

@@ -1,0 +1,77 @@
+"""train -> encode -> impact index -> evaluate, the one loop behind ``recsparse sparse run`` and the benchmark."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from recsparse.data import load
+from recsparse.data.beir import BeirDataset
+from recsparse.retrieval.sparse.impact import ImpactRetriever, flops_estimate
+from recsparse.retrieval.sparse.encoders import SparseModel
+from recsparse.retrieval.sparse.training import TrainConfig, train
+
+
+def sparse_stats(retriever: ImpactRetriever, queries: Mapping[str, str]) -> dict[str, Any]:
+    """Index size, postings, average document / query non-zeros and FLOPS (Paria et al.) over ``queries``."""
+    from recsparse.retrieval.sparse.impact import read_json_vector_collection
+
+    assert retriever.path is not None
+    _, docs = read_json_vector_collection(retriever.path / "collection")
+    qv = retriever.query_vectors(list(queries.values()))
+    m = retriever.meta
+    return {"index_bytes": m["index_bytes"], "postings": m["postings"], "terms": m["terms"],
+            "avg_doc_nnz": round(m["avg_doc_nnz"], 2),
+            "avg_query_nnz": round(sum(len(v) for v in qv) / max(1, len(qv)), 2),
+            "flops": round(flops_estimate(qv, docs), 4),
+            **({"encode_docs_per_s": round(m["encode_docs_per_s"], 2)} if "encode_docs_per_s" in m else {})}
+
+
+def model_name(cfg: TrainConfig) -> str:
+    return f"sparse-{cfg.variant}-{cfg.reg}"
+
+
+def evaluate_model(model: SparseModel, dataset: BeirDataset, out_dir: str | Path, name: str, *, split: str = "test",
+                   k: int = 100, with_bm25: bool = True, threads: int = 1) -> list[dict[str, Any]]:
+    """Index ``dataset`` with ``model`` and evaluate (BM25 beside it) through the BEIR harness; adds sparse stats."""
+    from recsparse.retrieval.harness import evaluate_retrievers
+    from recsparse.retrieval.lucene import BM25Retriever
+
+    out_dir = Path(out_dir)
+    retrievers: dict[str, Any] = {name: ImpactRetriever(model, name=name)}
+    if with_bm25:
+        retrievers["bm25"] = BM25Retriever()
+    records = evaluate_retrievers(dataset, retrievers, split=split, k=k, out_dir=out_dir, threads=threads)
+    stats = sparse_stats(retrievers[name], dataset.split_queries(split))
+    for r in records:
+        if r["retriever"] == name:
+            r.update(stats)
+    (out_dir / "sparse_stats.json").write_text(json.dumps({name: stats}, indent=2) + "\n")
+    retrievers[name].close()
+    return records
+
+
+def run(dataset: str, cfg: TrainConfig, out: str | Path, *, eval_datasets: Sequence[str] = (), k: int = 100,
+        with_bm25: bool = True, threads: int = 1, progress: bool = True) -> dict[str, Any]:
+    """Train on ``dataset`` (train split), then evaluate on its test split and each of ``eval_datasets`` (zero-shot).
+
+    Layout: ``out/train`` (model, checkpoints, config), ``out/<eval dataset>/`` (metrics.json, report.md, runs/,
+    indexes/<name>/ — the impact index, re-openable with ``open_retriever``).
+    """
+    out = Path(out)
+    ds = load(dataset)
+    if not isinstance(ds, BeirDataset):
+        raise ValueError(f"{dataset!r} is not a BEIR-format collection")
+    res = train(ds, cfg, out / "train", progress=progress)
+    name = model_name(cfg)
+    summary: dict[str, Any] = {"train": {"dataset": ds.name, "wall_s": round(res.wall_s, 2), "steps": res.steps,
+                                         "examples": res.examples, "config": asdict(cfg)}, "eval": {}}
+    for ev in [dataset, *[e for e in eval_datasets if e != dataset]]:
+        eds = ds if ev == dataset else load(ev)
+        model = SparseModel.load(res.model_dir)  # fresh copy: indexing refits the inference-free IDF per corpus
+        recs = evaluate_model(model, eds, out / eds.name, name, k=k, with_bm25=with_bm25, threads=threads)
+        summary["eval"][eds.name] = recs
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
