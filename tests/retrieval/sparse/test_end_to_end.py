@@ -73,3 +73,29 @@ def test_cli_train_index_search_evaluate(scifact_small, tmp_path):
     hits = json.loads(res.stdout.strip().splitlines()[-1])
     found = sum(bool(set(hits[q]) & ds) for q, ds in qrels.items())
     assert found >= len(qrels) // 2  # a tiny corpus: most judged documents are in the top 10
+
+
+@pytest.mark.slow
+def test_bm25_negatives_and_ensemble_teacher_batch(scifact_small, tmp_path):
+    from recsparse.data import load
+    from recsparse.retrieval.sparse.training import Collator, PairDataset, build_examples, make_loss
+    from recsparse.retrieval.sparse.encoders import SparseModel
+
+    ds = load(scifact_small)
+    cfg = TrainConfig(distill=True, negatives=2, bm25_depth=10)
+    ex = build_examples(ds, cfg, tmp_path)
+    rel = ds.qrels_dict("train")
+    assert all(d not in rel[q] for q, ns in ex.negatives.items() for d in ns)  # negatives are never judged relevant
+    assert all(len(ns) > 0 for ns in ex.negatives.values())
+    data = PairDataset(ex, cfg.negatives, seed=0, distill=True)
+    q, docs, teacher = data[0]
+    assert len(docs) == 3 and teacher.shape == (3,) and 0.0 <= teacher.min() and teacher.max() <= 2.0
+    model = SparseModel("inference-free")
+    batch = Collator(model)([data[i] for i in range(4)])
+    assert batch["d_ids"].shape[0] == 12 and batch["teacher"].shape == (4, 3)
+    qv = model.query_encoder(batch["q_ids"], batch["q_mask"])
+    dv = model.doc_encoder(batch["d_ids"], batch["d_mask"])
+    parts = make_loss(cfg, model.idf)(qv, dv, step=10, teacher=batch["teacher"])
+    parts.total.backward()
+    assert torch.isfinite(parts.total) and parts.reg_doc > 0 and parts.reg_query == 0  # no query reg for IDF queries
+    assert model.doc_encoder.mlm.cls.predictions.transform.dense.weight.grad.abs().sum() > 0

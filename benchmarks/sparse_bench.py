@@ -1,0 +1,209 @@
+"""Learned sparse retrieval benchmark -> benchmarks/results/sparse.json (+ .md).
+
+Two parts (run the timing part under the machine's timing lock):
+
+    # quality: train each variant x regulariser on SciFact train (reuses OUT/<variant>_<reg>/summary.json if present),
+    # evaluate SciFact test + Cranfield (zero-shot) beside BM25, add FLOPS-vs-IDF-FLOPS at matched document sparsity
+    python benchmarks/sparse_bench.py quality --out runs/sparse-bench
+
+    # latency: single-thread per-query search, impact index vs BM25 on the same Lucene, p50 / p99
+    flock /tmp/recsparse-timing.lock python benchmarks/sparse_bench.py latency --out runs/sparse-bench
+
+Records: ``dataset``, ``retriever``, ``measure`` ("quality" | "latency" | "mean"), metrics and statistics, provenance.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from recsparse.results import print_table, provenance, save_results
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
+KEY = ("dataset", "retriever", "measure")
+CONFIGS = ("inference-free:idf-flops", "inference-free:flops", "splade:idf-flops", "splade:flops")
+
+
+def _load(name: str):  # noqa: ANN202
+    from recsparse.data import load
+
+    return load(name)
+
+
+def _run_dir(out: Path, variant: str, reg: str) -> Path:
+    return out / f"{variant}_{reg}"
+
+
+@app.command()
+def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[str] = typer.Option(list(CONFIGS)),
+            dataset: str = typer.Option("scifact"), eval_: list[str] = typer.Option(["cranfield"], "--eval"),
+            max_steps: int = typer.Option(150), train_missing: bool = typer.Option(True),
+            matched: bool = typer.Option(True)) -> None:
+    """Train (or reuse) each config, collect test metrics and sparse statistics, add matched-sparsity rows."""
+    from recsparse.retrieval.sparse.pipeline import run
+    from recsparse.retrieval.sparse.training import TrainConfig
+
+    t0 = time.perf_counter()
+    records: list[dict[str, Any]] = []
+    summaries: dict[tuple[str, str], dict[str, Any]] = {}
+    for c in configs:
+        variant, reg = c.split(":")
+        d = _run_dir(out, variant, reg)
+        if not (d / "summary.json").is_file():
+            if not train_missing:
+                typer.echo(f"skip {c}: no {d / 'summary.json'}")
+                continue
+            run(dataset, TrainConfig(variant=variant, reg=reg, max_steps=max_steps), d, eval_datasets=eval_)
+        s = json.loads((d / "summary.json").read_text())
+        summaries[(variant, reg)] = s
+        tr = s["train"]
+        for ds, recs in s["eval"].items():
+            for r in recs:
+                rec = {k: v for k, v in r.items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+                rec["measure"] = "quality"
+                if r["retriever"] != "bm25":
+                    rec.update(variant=variant, reg=reg, train_dataset=tr["dataset"], train_steps=tr["steps"],
+                               train_wall_s=tr["wall_s"], backbone=tr["config"]["encoder"]["backbone"],
+                               doc_max_length=tr["config"]["encoder"]["max_length"], run_dir=str(d))
+                records.append(rec)
+    # one BM25 row per dataset (every run evaluated it on the same index settings; keep the first)
+    seen: set[tuple[str, str]] = set()
+    records = [r for r in records if not (r["retriever"] == "bm25" and ((r["dataset"], "bm25") in seen
+                                                                        or seen.add((r["dataset"], "bm25"))))]
+    if matched:
+        records += matched_sparsity(summaries, out)
+    records += means(records)
+    prov = provenance(time.perf_counter() - t0)
+    for r in records:
+        r.setdefault("command", prov["command"])
+        r.update({k: v for k, v in prov.items() if k != "wall_s"})
+    save_results("sparse", records, KEY)
+    print_table([r for r in records if r["measure"] != "latency"],
+                columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "avg_query_nnz", "flops",
+                         "index_bytes", "train_wall_s", "encode_docs_per_s"])
+
+
+def matched_sparsity(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """For each variant trained with both FLOPS and IDF-FLOPS: prune the denser model's quantised documents (global
+    impact threshold) to the sparser one's average non-zeros, re-index and re-evaluate — equal document sparsity."""
+    from recsparse.retrieval.harness import evaluate_retrievers
+    from recsparse.retrieval.sparse.impact import ImpactRetriever, read_json_vector_collection
+    from recsparse.retrieval.sparse.pipeline import sparse_stats
+    from recsparse.retrieval.sparse.quantize import prune_threshold, threshold_for_nnz
+
+    recs: list[dict[str, Any]] = []
+    for variant in ("inference-free", "splade"):
+        a, b = summaries.get((variant, "flops")), summaries.get((variant, "idf-flops"))
+        if a is None or b is None:
+            continue
+        for ds in set(a["eval"]) & set(b["eval"]):
+            ra = next(r for r in a["eval"][ds] if r["retriever"] != "bm25")
+            rb = next(r for r in b["eval"][ds] if r["retriever"] != "bm25")
+            dense_reg, sparse_rec = ("flops", rb) if ra["avg_doc_nnz"] >= rb["avg_doc_nnz"] else ("idf-flops", ra)
+            dense_rec = ra if dense_reg == "flops" else rb
+            src = _run_dir(out, variant, dense_reg) / ds / "indexes" / dense_rec["retriever"]
+            ids, vecs = read_json_vector_collection(src / "collection")
+            thr = threshold_for_nnz(vecs, sparse_rec["avg_doc_nnz"])
+            pruned = prune_threshold(vecs, thr)
+            name = f"{dense_rec['retriever']}@nnz{sparse_rec['avg_doc_nnz']:.0f}"
+            r = ImpactRetriever.open(src, name=name)
+            r.refit_idf = False
+            dest = _run_dir(out, variant, dense_reg) / ds / "matched"
+            r.write(dest / "indexes" / "pruned", ids, pruned, extra={"pruned_min_impact": thr, "source": str(src)})
+            dataset = _load(ds)
+            rows = evaluate_retrievers(dataset, {name: r}, split="test", k=100, out_dir=dest)
+            st = sparse_stats(r, dataset.split_queries("test"))
+            r.close()
+            rec = {k: v for k, v in rows[0].items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+            rec.update(st, measure="quality", variant=variant, reg=dense_reg, matched_to=sparse_rec["retriever"],
+                       pruned_min_impact=thr, run_dir=str(dest))
+            recs.append(rec)
+    return recs
+
+
+def means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean nDCG@10 / Recall@100 over the datasets each retriever was evaluated on (rows with measure="mean")."""
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r["measure"] == "quality":
+            by.setdefault(r["retriever"], []).append(r)
+    out = []
+    for name, rs in by.items():
+        dss = sorted(r["dataset"] for r in rs)
+        out.append({"dataset": "mean(" + "+".join(dss) + ")", "retriever": name, "measure": "mean",
+                    "ndcg@10": round(statistics.fmean(r["ndcg@10"] for r in rs), 4),
+                    "recall@100": round(statistics.fmean(r["recall@100"] for r in rs), 4)})
+    return out
+
+
+def _percentiles(xs: list[float]) -> dict[str, float]:
+    xs = sorted(xs)
+    q = lambda p: xs[min(len(xs) - 1, int(round(p * (len(xs) - 1))))]  # noqa: E731
+    return {"p50_ms": round(q(0.50) * 1e3, 3), "p99_ms": round(q(0.99) * 1e3, 3),
+            "mean_ms": round(statistics.fmean(xs) * 1e3, 3)}
+
+
+@app.command()
+def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = typer.Option("scifact"),
+            configs: list[str] = typer.Option(["inference-free:idf-flops", "splade:idf-flops"]),
+            k: int = typer.Option(10), repeats: int = typer.Option(3), bm25_index: Optional[Path] = None) -> None:
+    """Per-query single-thread latency of impact search vs BM25 over the same test queries (run under flock)."""
+    import torch
+
+    from recsparse.retrieval.lucene import BM25Retriever
+    from recsparse.retrieval.sparse import open_retriever
+
+    torch.set_num_threads(1)
+    t0 = time.perf_counter()
+    ds = _load(dataset)
+    queries = list(ds.split_queries("test").values())
+    first = _run_dir(out, *configs[0].split(":")) / ds.name / "indexes"
+    bm25 = BM25Retriever.open(bm25_index or first / "bm25")
+
+    def timed(fn) -> list[float]:  # noqa: ANN001
+        for q in queries:  # warm-up pass (JIT, caches)
+            fn(q)
+        ts = []
+        for _ in range(repeats):
+            for q in queries:
+                s = time.perf_counter()
+                fn(q)
+                ts.append(time.perf_counter() - s)
+        return ts
+
+    rows = []
+    base = _percentiles(timed(lambda q: bm25.search(q, k)))
+    rows.append({"dataset": ds.name, "retriever": "bm25", "measure": "latency", **base})
+    for c in configs:
+        variant, reg = c.split(":")
+        d = _run_dir(out, variant, reg) / ds.name / "indexes"
+        name = f"sparse-{variant}-{reg}"
+        if not (d / name).is_dir():
+            typer.echo(f"skip {c}: no index at {d / name}")
+            continue
+        r = open_retriever(d / name)
+        full = _percentiles(timed(lambda q: r.search(q, k)))
+        vecs = dict(zip(queries, r.query_vectors(queries)))
+        lucene = _percentiles(timed(lambda q: r.search_vector(vecs[q], k)))
+        rows.append({"dataset": ds.name, "retriever": name, "measure": "latency", **full,
+                     "p50_vs_bm25": round(full["p50_ms"] / base["p50_ms"], 3),
+                     "p99_vs_bm25": round(full["p99_ms"] / base["p99_ms"], 3),
+                     "lucene_only_p50_ms": lucene["p50_ms"], "lucene_only_p99_ms": lucene["p99_ms"],
+                     "lucene_only_p50_vs_bm25": round(lucene["p50_ms"] / base["p50_ms"], 3),
+                     "avg_query_nnz": round(statistics.fmean(len(v) for v in vecs.values()), 2)})
+        r.close()
+    prov = provenance(time.perf_counter() - t0)
+    for row in rows:
+        row.update(k=k, threads=1, queries=len(queries), repeats=repeats, **prov)
+    save_results("sparse", rows, KEY)
+    print_table(rows, columns=["dataset", "retriever", "p50_ms", "p99_ms", "p50_vs_bm25", "p99_vs_bm25",
+                               "lucene_only_p50_ms", "lucene_only_p50_vs_bm25", "avg_query_nnz"])
+
+
+if __name__ == "__main__":
+    app()
