@@ -17,7 +17,10 @@ import typer
 from recsparse.types import Retriever
 
 RETRIEVERS = ("bm25", "bm25-multifield", "dense", "dense-hnsw", "dense-ivfpq", "hybrid", "sparse:PATH")
-COLUMNS = ["dataset", "retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps"]
+COLUMNS = ["retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps"]
+
+
+_ENCODERS: dict[str, Any] = {}
 
 
 def make_retriever(spec: str, *, model: str = "all-MiniLM-L6-v2", cache_dir: Optional[Path] = None) -> Retriever:
@@ -32,10 +35,13 @@ def make_retriever(spec: str, *, model: str = "all-MiniLM-L6-v2", cache_dir: Opt
 
         return BM25Retriever(BM25Config(fields="multifield"))
     if spec in ("dense", "dense-flat", "dense-hnsw", "dense-ivfpq"):
-        from recsparse.retrieval.dense import DenseConfig, DenseRetriever
+        from recsparse.retrieval.dense import DenseConfig, DenseRetriever, Encoder
 
         kind = "flat" if spec in ("dense", "dense-flat") else spec.split("-", 1)[1]
-        return DenseRetriever(DenseConfig(model=model, index=kind), name=spec, cache_dir=cache_dir)
+        if model not in _ENCODERS:  # one loaded model shared by every dense variant
+            _ENCODERS[model] = Encoder(model)
+        return DenseRetriever(DenseConfig(model=model, index=kind), name=spec, cache_dir=cache_dir,
+                              encoder=_ENCODERS[model])
     if spec.startswith("sparse:"):
         path = spec.split(":", 1)[1]
         if not path:

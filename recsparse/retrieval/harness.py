@@ -67,6 +67,10 @@ def index_or_reuse(retriever: Retriever, dataset: BeirDataset, path: Path, sha: 
     if callable(prepare):  # one-off start-up (JVM, model load) is not index time
         prepare()
     if getattr(retriever, "path", None) is not None and Path(retriever.path).is_dir():
+        built_from = _meta(Path(retriever.path)).get("corpus_sha")
+        if built_from is not None and built_from != sha:
+            raise ValueError(f"retriever {getattr(retriever, 'name', retriever)!r} is open on {retriever.path}, an "
+                             f"index of another corpus than {dataset.folder}")
         return _build_s(Path(retriever.path)), True
     reuse = getattr(retriever, "reuse", None)
     if callable(reuse) and path.is_dir() and reuse(path, sha):
@@ -80,11 +84,15 @@ def index_or_reuse(retriever: Retriever, dataset: BeirDataset, path: Path, sha: 
     return time.perf_counter() - t0, False
 
 
-def _build_s(path: Path) -> float:
+def _meta(path: Path) -> dict[str, Any]:
     try:
-        return float(json.loads((path / "recsparse.json").read_text()).get("build_s", float("nan")))
+        return dict(json.loads((path / "recsparse.json").read_text()))
     except (OSError, ValueError):
-        return float("nan")
+        return {}
+
+
+def _build_s(path: Path) -> float:
+    return float(_meta(path).get("build_s", float("nan")))
 
 
 def _record(dataset: BeirDataset, name: str, agg: Mapping[str, float], **extra: Any) -> dict[str, Any]:

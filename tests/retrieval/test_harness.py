@@ -98,3 +98,10 @@ def test_cli_hybrid_with_dense(cranfield_tiny, tmp_path):
     fused = rrf([runs["bm25"], runs["dense"]], k=60, top=20)  # ranks in the files are exact: same order
     assert {q: [h.docid for h in v] for q, v in runs["hybrid"].items()} == \
            {q: [h.docid for h in v] for q, v in fused.items()}
+
+
+def test_open_retriever_on_another_corpus_is_refused(cranfield_small, cranfield_tiny, tmp_path):
+    r = BM25Retriever()
+    r.index(load(cranfield_tiny).corpus, tmp_path / "tiny-idx")
+    with pytest.raises(ValueError, match="another corpus"):
+        evaluate_retrievers(load(cranfield_small), {"bm25": r}, out_dir=tmp_path / "o")
