@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -63,15 +65,28 @@ def read_json_vector_collection(folder: str | Path) -> tuple[list[str], list[dic
     return ids, vecs
 
 
-def build_impact_index(collection: str | Path, index: str | Path, threads: int = 1) -> dict[str, int]:
+def build_impact_index(collection: str | Path, index: str | Path, threads: int = 1,
+                       isolate: bool = True) -> dict[str, int]:
     """Lucene impact index (``-impact -pretokenized``) from a JsonVectorCollection folder through Anserini's
     ``IndexCollection`` (the shared runner in :mod:`recsparse.retrieval.lucene`); built in a temp folder and renamed
-    into place only when Anserini reports no errors. Returns Anserini's counters."""
+    into place only when Anserini reports no errors. Returns Anserini's counters.
+
+    ``isolate=True`` runs the indexer in a child process with its own JVM: in a process that has already trained or
+    run torch models, Anserini's indexing threads were seen to die of SIGSEGV (the JVM's signal handling does not
+    survive everything torch and its libraries install), taking the whole run down.
+    """
     from recsparse.retrieval.lucene import IndexBuildError, run_index_collection
 
     with atomic_dir(index) as tmp:
-        counters = run_index_collection(collection, tmp, collection="JsonVectorCollection", threads=threads,
-                                        extra_args=("-impact", "-pretokenized"))
+        if isolate:
+            out = subprocess.run([sys.executable, "-m", "recsparse.retrieval.sparse.impact", str(collection), str(tmp),
+                                  str(threads)], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise IndexBuildError(f"impact indexer for {collection} exited {out.returncode}: {out.stderr[-2000:]}")
+            counters = json.loads(out.stdout.strip().splitlines()[-1])
+        else:
+            counters = run_index_collection(collection, tmp, collection="JsonVectorCollection", threads=threads,
+                                            extra_args=("-impact", "-pretokenized"))
         if counters["errors"] or not any(Path(tmp).glob("segments_*")):
             raise IndexBuildError(f"Anserini IndexCollection(JsonVectorCollection) for {collection}: {counters}")
     return counters
@@ -249,3 +264,11 @@ def open_retriever(path: str | Path) -> ImpactRetriever:
 
 def threads_default() -> int:
     return max(1, min(2, os.cpu_count() or 1))
+
+
+if __name__ == "__main__":  # child process of build_impact_index: python -m ... COLLECTION INDEX THREADS
+    from recsparse.retrieval.lucene import run_index_collection
+
+    c = run_index_collection(sys.argv[1], sys.argv[2], collection="JsonVectorCollection", threads=int(sys.argv[3]),
+                             extra_args=("-impact", "-pretokenized"))
+    print(json.dumps(c))

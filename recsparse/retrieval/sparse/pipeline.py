@@ -11,7 +11,7 @@ from recsparse.data import load
 from recsparse.data.beir import BeirDataset
 from recsparse.retrieval.sparse.impact import ImpactRetriever, flops_estimate
 from recsparse.retrieval.sparse.encoders import SparseModel
-from recsparse.retrieval.sparse.training import TrainConfig, train
+from recsparse.retrieval.sparse.training import TrainConfig, TrainResult, train
 
 
 def sparse_stats(retriever: ImpactRetriever, queries: Mapping[str, str]) -> dict[str, Any]:
@@ -27,6 +27,11 @@ def sparse_stats(retriever: ImpactRetriever, queries: Mapping[str, str]) -> dict
             "avg_query_nnz": round(sum(len(v) for v in qv) / max(1, len(qv)), 2),
             "flops": round(flops_estimate(qv, docs), 4),
             **({"encode_docs_per_s": round(m["encode_docs_per_s"], 2)} if "encode_docs_per_s" in m else {})}
+
+
+def _same_config(path: Path, cfg: TrainConfig) -> bool:
+    prev = json.loads(path.read_text())
+    return all(prev.get(k) == v for k, v in json.loads(json.dumps(asdict(cfg))).items())
 
 
 def model_name(cfg: TrainConfig) -> str:
@@ -64,7 +69,14 @@ def run(dataset: str, cfg: TrainConfig, out: str | Path, *, eval_datasets: Seque
     ds = load(dataset)
     if not isinstance(ds, BeirDataset):
         raise ValueError(f"{dataset!r} is not a BEIR-format collection")
-    res = train(ds, cfg, out / "train", progress=progress)
+    done = out / "train" / "train_config.json"
+    if done.is_file() and (out / "train" / "model" / "model.pt").is_file() and _same_config(done, cfg):
+        # resume: the training part of an earlier invocation with the same config finished; evaluate its model
+        prev = json.loads(done.read_text())
+        res = TrainResult(SparseModel.load(out / "train" / "model"), prev["wall_s"], prev["steps"], prev["examples"],
+                          out / "train" / "model")
+    else:
+        res = train(ds, cfg, out / "train", progress=progress)
     name = model_name(cfg)
     summary: dict[str, Any] = {"train": {"dataset": ds.name, "wall_s": round(res.wall_s, 2), "steps": res.steps,
                                          "examples": res.examples, "config": asdict(cfg)}, "eval": {}}
