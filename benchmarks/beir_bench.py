@@ -8,6 +8,7 @@ Sections (``--sections``, default all):
   Records: ndcg@10, recall@100, mrr@10, map@100 (ir_measures), index_s (index build; dense: FAISS build from
   the cached corpus embeddings, with ``encode_docs_per_s`` measured separately), search_qps (end to end, single
   thread, query encoding included for dense), and the reference figure with the difference where one exists.
+  Collections with graded qrels (Cranfield) also get ``ndcg@10_binary`` (every grade > 0 counted as 1).
 * ``overhead`` — recsparse ``BM25Retriever.batch_search`` (and batch search + evaluation) vs raw Pyserini
   ``LuceneSearcher.batch_search`` on the same SciFact index and queries, 1 and 2 threads, median of 9 interleaved
   rounds;
@@ -43,7 +44,7 @@ DATASETS = ("scifact", "cranfield")
 RETRIEVERS = ("bm25", "bm25-multifield", "dense", "dense-hnsw", "dense-ivfpq")
 COLUMNS = {
     "eval": ["dataset", "retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps",
-             "reference_ndcg@10", "delta_ndcg@10", "reference_recall@100", "delta_recall@100"],
+             "reference_ndcg@10", "delta_ndcg@10", "reference_recall@100", "delta_recall@100", "ndcg@10_binary"],
     "overhead": ["dataset", "retriever", "threads", "raw_pyserini_s", "recsparse_s", "overhead_ratio",
                  "recsparse_eval_s", "eval_overhead_ratio", "identical_hits"],
     "faiss": ["dataset", "retriever", "factory", "param", "build_s", "search_qps", "recall@10_vs_flat",
@@ -104,6 +105,7 @@ def encode_rate(dataset: Any, n: int = 256) -> float:
 def bench_eval(work: Path, datasets: tuple[str, ...]) -> list[dict[str, Any]]:
     from recsparse.data import load
     from recsparse.retrieval.cli import make_retriever
+    from recsparse.retrieval.evaluation import evaluate
     from recsparse.retrieval.harness import evaluate_retrievers, reference_figures
 
     records = []
@@ -112,8 +114,10 @@ def bench_eval(work: Path, datasets: tuple[str, ...]) -> list[dict[str, Any]]:
         refs = reference_figures(ds)
         rate = encode_rate(ds)
         t0 = time.perf_counter()
+        runs: dict[str, Any] = {}
         recs = evaluate_retrievers(
             ds, {r: make_retriever(r) for r in RETRIEVERS}, split="test", k=100, out_dir=work / name, threads=1,
+            keep_runs=runs,
             fusions=[{"name": "hybrid", "parts": ["bm25", "dense"], "method": "rrf", "k_rrf": 60},
                      {"name": "hybrid-interp", "parts": ["bm25", "dense"], "method": "interpolation", "alpha": 0.5}])
         wall = time.perf_counter() - t0
@@ -125,6 +129,9 @@ def bench_eval(work: Path, datasets: tuple[str, ...]) -> list[dict[str, Any]]:
                 if ref is not None:
                     rec[f"reference_{m}"] = ref
                     rec[f"delta_{m}"] = round(r[m] - ref, 4)
+            if (ds.qrels_for("test")["score"] > 1).any():  # graded qrels: also nDCG with every grade > 0 as 1
+                rec["ndcg@10_binary"] = round(evaluate(runs[r["retriever"]], ds.qrels_dict("test"), ["ndcg@10"],
+                                                       binary_relevance=True)["ndcg@10"], 4)
             if r["retriever"].startswith("dense"):
                 rec["encode_docs_per_s"] = round(rate, 1)
             records.append({**rec, **provenance(wall)})

@@ -90,6 +90,8 @@ def command(
     threads: int = typer.Option(1, "--threads", min=1, help="search threads."),
     drop_self_hits: bool = typer.Option(False, "--drop-self-hits", help="drop hits whose doc id equals the query id "
                                                                          "(ArguAna/Quora-style) before evaluation."),
+    binary_relevance: bool = typer.Option(False, "--binary-relevance", help="count every qrels grade > 0 as 1 "
+                                                                            "(nDCG without the grade scale)."),
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="where indexes live (default OUT/indexes); "
                                                                         "a matching saved index is reused."),
     fusion: str = typer.Option("rrf", "--fusion", help="hybrid fusion: rrf (k=60) | interpolation."),
@@ -124,7 +126,7 @@ def command(
     records = evaluate_retrievers(ds, {r.name if name.startswith("sparse:") else name: r
                                        for name, r in retrievers.items()},
                                   split=split, k=k, out_dir=out, threads=threads, drop_self_hits=drop_self_hits,
-                                  index_dir=index_dir, fusions=fusions)
+                                  index_dir=index_dir, fusions=fusions, binary_relevance=binary_relevance)
     print_table(records, COLUMNS, title=f"{ds.name} / {split}: {len(ds.split_queries(split))} queries, "
                                         f"{ds.corpus.height} documents")
     typer.echo(f"wrote {out / 'metrics.json'}, {out / 'report.md'}, {out / 'runs'}/")

@@ -49,12 +49,14 @@ def _ir_run(run: Run) -> dict[str, dict[str, float]]:
 
 
 def evaluate(run: Run, qrels: Mapping[str, Mapping[str, int]], measures: Sequence[str] = DEFAULT_MEASURES,
-             per_query: bool = False, drop_self_hits: bool = False
+             per_query: bool = False, drop_self_hits: bool = False, binary_relevance: bool = False
              ) -> dict[str, float] | tuple[dict[str, float], dict[str, dict[str, float]]]:
     """Score ``run`` against ``qrels`` (query id -> doc id -> graded relevance; > 0 counts as relevant).
 
     Returns ``{measure_key: mean}`` over every query in ``qrels``; with ``per_query=True`` also
     ``{query_id: {measure_key: value}}``. Queries absent from the run (or left empty) score 0 for every measure.
+    ``binary_relevance`` maps every grade > 0 to 1 first (nDCG then ignores the grade scale — for collections
+    such as Cranfield whose codes rank the other way round); the other measures are binary anyway.
     """
     import ir_measures
 
@@ -65,7 +67,8 @@ def evaluate(run: Run, qrels: Mapping[str, Mapping[str, int]], measures: Sequenc
     by_measure = {str(m): k for m, k in zip(ims, keys)}
     if drop_self_hits:
         run = drop_self(run)
-    qrels_d = {q: {d: int(s) for d, s in docs.items()} for q, docs in qrels.items()}
+    qrels_d = {q: {d: (int(s > 0) if binary_relevance else int(s)) for d, s in docs.items()}
+               for q, docs in qrels.items()}
     pq: dict[str, dict[str, float]] = {q: {k: 0.0 for k in keys} for q in qrels_d}
     judged_run = {q: v for q, v in _ir_run(run).items() if q in qrels_d}
     if judged_run:

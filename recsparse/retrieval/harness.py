@@ -102,10 +102,11 @@ def _record(dataset: BeirDataset, name: str, agg: Mapping[str, float], **extra: 
 class _Output:
     """metrics.json / runs / report.md of one out_dir, merged with what an earlier invocation left there."""
 
-    def __init__(self, out_dir: Path, dataset: BeirDataset, split: str, k: int, drop_self_hits: bool) -> None:
+    def __init__(self, out_dir: Path, dataset: BeirDataset, split: str, k: int, drop_self_hits: bool,
+                 binary_relevance: bool = False) -> None:
         self.dir = out_dir
         self.head = {"dataset": dataset.name, "folder": str(dataset.folder), "split": split, "k": k,
-                     "drop_self_hits": drop_self_hits}
+                     "drop_self_hits": drop_self_hits, "binary_relevance": binary_relevance}
         self.entries: dict[str, dict[str, Any]] = {}
         old = out_dir / "metrics.json"
         if old.is_file():
@@ -115,7 +116,8 @@ class _Output:
                     self.entries = dict(prev.get("retrievers", {}))
             except ValueError:
                 pass
-        self.refs = reference_figures(dataset)
+        # references were measured with the collection's own grades
+        self.refs = {} if binary_relevance else reference_figures(dataset)
 
     def add(self, record: dict[str, Any], per_query: Mapping[str, Mapping[str, float]], run: Run) -> None:
         name = record["retriever"]
@@ -132,7 +134,8 @@ def render_report(head: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
     measures = [m for m in ("ndcg@10", "recall@100", "mrr@10", "map@100") if any(m in r for r in records)]
     lines = [f"# Retrieval evaluation: {head['dataset']} ({head['split']})", "",
              f"Collection `{head['folder']}`; top-{head['k']} per query; metrics by ir_measures over every judged "
-             f"query{'; self hits dropped' if head.get('drop_self_hits') else ''}.", ""]
+             f"query{'; self hits dropped' if head.get('drop_self_hits') else ''}"
+             f"{'; binary relevance (grade > 0 = 1)' if head.get('binary_relevance') else ''}.", ""]
     cols = ["retriever", *measures, "index_s", "search_qps"]
     ref_cols = [m for m in measures if any(key.endswith(":" + m) for key in refs)]
     cols += [f"reference {m}" for m in ref_cols]
@@ -153,13 +156,13 @@ def render_report(head: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
 def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever], *, split: str = "test",
                         k: int = 100, out_dir: str | Path, threads: int = 1, drop_self_hits: bool = False,
                         index_dir: str | Path | None = None, measures: Sequence[str] = DEFAULT_MEASURES,
-                        fusions: Sequence[Mapping[str, Any]] = (), keep_runs: dict[str, Run] | None = None
-                        ) -> list[dict[str, Any]]:
+                        fusions: Sequence[Mapping[str, Any]] = (), keep_runs: dict[str, Run] | None = None,
+                        binary_relevance: bool = False) -> list[dict[str, Any]]:
     """Index (or reuse), batch-search ``split``'s queries to depth ``k``, evaluate and write the outputs.
 
     ``fusions``: specs ``{"name": "hybrid", "parts": ["bm25", "dense"], "method": "rrf"|"interpolation",
     "k_rrf": 60, "alpha": 0.5}`` fused from the parts' runs after they are searched. ``keep_runs``, if given, receives
-    every run by name. Returns one record per retriever (and fusion) with :data:`RECORD_KEYS` and more
+    every run by name. ``binary_relevance``: every grade > 0 counts as 1 (see :func:`evaluate`). Returns one record per retriever (and fusion) with :data:`RECORD_KEYS` and more
     (``num_queries``, ``reused_index``, ``search_s``).
     """
     check_positive("k", k)
@@ -170,7 +173,7 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
     qrels = dataset.qrels_dict(split)
     if not queries:
         raise ValueError(f"{dataset.folder}: split {split!r} judges no query that is in queries.jsonl")
-    out = _Output(out_dir, dataset, split, k, drop_self_hits)
+    out = _Output(out_dir, dataset, split, k, drop_self_hits, binary_relevance)
     sha = corpus_sha(dataset)
     runs: dict[str, Run] = {} if keep_runs is None else keep_runs
     records: list[dict[str, Any]] = []
@@ -180,7 +183,8 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
         run = retriever.batch_search(queries, k=k, threads=threads)
         search_s = time.perf_counter() - t0
         runs[name] = run
-        agg, pq = evaluate(run, qrels, measures, per_query=True, drop_self_hits=drop_self_hits)
+        agg, pq = evaluate(run, qrels, measures, per_query=True, drop_self_hits=drop_self_hits,
+                           binary_relevance=binary_relevance)
         rec = _record(dataset, name, agg, index_s=round(index_s, 3), search_qps=round(len(queries) / search_s, 2),
                       search_s=round(search_s, 3), num_queries=len(queries), reused_index=reused, k=k, split=split,
                       threads=threads)
@@ -189,7 +193,7 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
         out.write()  # after each retriever: an interrupted evaluation keeps what it finished
     for spec in fusions:
         rec, run, pq = fuse_record(dataset, runs, qrels, measures=measures, drop_self_hits=drop_self_hits, k=k,
-                                   split=split, records=records, **spec)
+                                   split=split, records=records, binary_relevance=binary_relevance, **spec)
         runs[rec["retriever"]] = run
         out.add(rec, pq, run)
         records.append(rec)
@@ -200,8 +204,8 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
 def fuse_record(dataset: BeirDataset, runs: Mapping[str, Run], qrels: Mapping[str, Mapping[str, int]], *,
                 name: str, parts: Sequence[str], method: str = "rrf", k_rrf: int = 60, alpha: float = 0.5,
                 k: int = 100, split: str = "test", measures: Sequence[str] = DEFAULT_MEASURES,
-                drop_self_hits: bool = False, records: Sequence[Mapping[str, Any]] = ()
-                ) -> tuple[dict[str, Any], Run, dict[str, dict[str, float]]]:
+                drop_self_hits: bool = False, records: Sequence[Mapping[str, Any]] = (),
+                binary_relevance: bool = False) -> tuple[dict[str, Any], Run, dict[str, dict[str, float]]]:
     """Fuse the named ``parts`` of ``runs`` into a run called ``name`` and evaluate it.
 
     Returns (record, fused run, per-query metrics). The record's ``search_qps`` is that of the parts run one after
@@ -215,7 +219,8 @@ def fuse_record(dataset: BeirDataset, runs: Mapping[str, Run], qrels: Mapping[st
     fuse_s = time.perf_counter() - t0
     parts_s = sum(float(r.get("search_s", 0.0)) for r in records if r.get("retriever") in parts)
     index_s = sum(float(r.get("index_s", 0.0)) for r in records if r.get("retriever") in parts)
-    agg, pq = evaluate(run, qrels, measures, per_query=True, drop_self_hits=drop_self_hits)
+    agg, pq = evaluate(run, qrels, measures, per_query=True, drop_self_hits=drop_self_hits,
+                       binary_relevance=binary_relevance)
     nq = len(run) or 1
     rec = _record(dataset, name, agg, index_s=round(index_s, 3), search_qps=round(nq / (parts_s + fuse_s), 2),
                   search_s=round(parts_s + fuse_s, 3), num_queries=len(run), k=k, split=split,

@@ -104,3 +104,21 @@ def test_trec_run_round_trip_and_malformed(tiny, tmp_path):
         read_trec_run(tmp_path / "bad.trec")
     with pytest.raises(ValueError, match="whitespace"):
         write_trec_run({"q 1": [Hit("d", 1.0)]}, tmp_path / "x.trec")
+
+
+def test_binary_relevance_on_cranfield_grades():
+    """Cranfield's codes 1-4 (1 = most relevant) and -1: binary mode is the library's nDCG on 0/1 qrels."""
+    import ir_measures
+
+    ds = load(dataset_path("cranfield"))
+    qrels = ds.qrels_dict("test")
+    q = next(q for q, d in qrels.items() if len(set(d.values())) >= 3)
+    docs = sorted(qrels[q], key=lambda d: qrels[q][d])  # grade 1 (and -1) first
+    run = {q: [Hit(d, float(len(docs) - i)) for i, d in enumerate(docs)]}
+    sub = {q: qrels[q]}
+    graded = evaluate(run, sub, ["ndcg@10"])["ndcg@10"]
+    binary = evaluate(run, sub, ["ndcg@10"], binary_relevance=True)["ndcg@10"]
+    ref = ir_measures.calc_aggregate([ir_measures.nDCG @ 10], {q: {d: int(s > 0) for d, s in qrels[q].items()}},
+                                     {q: {h.docid: h.score for h in run[q]}})[ir_measures.nDCG @ 10]
+    assert binary == pytest.approx(ref) and graded != pytest.approx(binary)
+    assert evaluate(run, sub, ["recall@100"], binary_relevance=True) == evaluate(run, sub, ["recall@100"])
