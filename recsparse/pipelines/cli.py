@@ -1,0 +1,26 @@
+"""``recsparse train CONFIG.yaml [KEY=VALUE ...]``: fit + test a recommender, write metrics JSON and checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+
+def command(config: Annotated[Path, typer.Argument(help="YAML config (see configs/).")],
+            overrides: Annotated[Optional[list[str]], typer.Argument(
+                help="Overrides KEY=VALUE, e.g. trainer.max_epochs=3 model.mapper=modulo.")] = None) -> None:
+    """Train and evaluate a recommender (MF, LightGCN, two-tower) from a YAML config."""
+    from recsparse.pipelines.config import load_config
+
+    try:
+        cfg = load_config(config, overrides or [])
+    except (ValueError, FileNotFoundError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+    from recsparse.pipelines.train import run, summary
+
+    rec = run(cfg)
+    typer.echo(summary(rec))
+    typer.echo(f"metrics: {cfg.output_dir / 'metrics.json'}")

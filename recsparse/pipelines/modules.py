@@ -1,0 +1,244 @@
+"""LightningModules, one per model family, sharing the optimiser set-up and full-ranking validation/test.
+
+* :class:`MFModule` — :class:`~recsparse.models.MatrixFactorization`, BPR or sampled softmax.
+* :class:`LightGCNModule` — :class:`~recsparse.models.LightGCN`, propagates the whole graph each step.
+* :class:`TwoTowerModule` — :class:`~recsparse.models.TwoTower` on ``KeyedJaggedTensor`` inputs.
+
+Validation and test each run one step that evaluates every held-out user (:func:`full_ranking_metrics`) and logs
+``val/<metric>`` / ``test/<metric>``. Hyper-parameters are saved as a plain dict (checkpoints load with
+``weights_only=True``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as L
+import torch
+
+from recsparse.models import (ItemFrequency, LightGCN, MatrixFactorization, TwoTower, bpr_loss, build_cf_mappers,
+                              cf_tables, sampled_softmax_loss, table_stats)
+from recsparse.pipelines.config import TrainConfig
+from recsparse.pipelines.data import RecSplit
+from recsparse.pipelines.evaluation import Interactions, full_ranking_metrics
+
+
+class RankingModule(L.LightningModule):
+    """Shared: optimiser, logQ counter, evaluation. Subclasses set ``self.model`` and implement ``batch_vectors``
+    (training vectors) and ``eval_vectors`` (user-vector function, all item vectors)."""
+
+    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.split = split
+        self.save_hyperparameters({"config": cfg.to_dict()})
+        self.item_freq = ItemFrequency(split.num_items)
+        self._train_inter: Interactions | None = None
+        self.last_metrics: dict[str, dict[str, float]] = {}
+
+    # ---- training -----------------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        t = self.cfg.trainer
+        params = [p for p in self.parameters() if p.requires_grad]
+        if t.optimizer == "adam":
+            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        if t.optimizer == "adagrad":
+            return torch.optim.Adagrad(params, lr=t.lr, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+
+    def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
+        """-> ``user [B, d]``, ``item [B, d]``, optional ``neg [B, d]``, ``uniform [M, d]``, ``reg`` (scalar)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        lc = self.cfg.loss
+        v = self.batch_vectors(batch)
+        B = batch["user"].numel()
+        if lc.name == "bpr":
+            pos = (v["user"] * v["item"]).sum(-1)
+            neg = (v["user"] * v["neg"]).sum(-1)
+            loss = bpr_loss(pos, neg)
+        else:
+            # the stream estimate includes this batch (Yi et al. update counts, then correct)
+            self.item_freq.update(batch["item"])
+            M = batch["uniform"].numel() if "uniform" in batch else 0
+            logq = self.item_freq.log_q(batch["item"], B, M) if lc.logq else None
+            neg_logq = self.item_freq.log_q(batch["uniform"], B, M) if (lc.logq and M) else None
+            loss = sampled_softmax_loss(v["user"], v["item"], lc.temperature, logq, batch["item"],
+                                        v.get("uniform"), neg_logq, batch.get("uniform"))
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
+        if lc.reg_weight > 0 and "reg" in v:
+            loss = loss + lc.reg_weight * v["reg"]
+        return loss
+
+    # ---- evaluation ---------------------------------------------------------------------------------------
+    def eval_vectors(self) -> tuple[Any, torch.Tensor]:  # pragma: no cover
+        raise NotImplementedError
+
+    def train_interactions(self) -> Interactions:
+        if self._train_inter is None:
+            self._train_inter = self.split.train_interactions()
+        return self._train_inter
+
+    @torch.no_grad()
+    def evaluate(self, stage: str) -> dict[str, float]:
+        """Full-ranking metrics on ``stage`` ('val' or 'test'); masks training items (and validation items at test)."""
+        truth = self.split.val if stage == "val" else self.split.test
+        if truth is None:
+            raise ValueError("no validation split (set data.val_fraction > 0 or use a leave_last_out dataset)")
+        exclude = self.train_interactions()
+        if stage == "test" and self.split.val is not None:
+            exclude = exclude.union(self.split.val)
+        was = self.training
+        self.eval()
+        user_fn, items = self.eval_vectors()
+        m = full_ranking_metrics(user_fn, items, truth, exclude, self.cfg.eval.ks, self.cfg.eval.chunk_size,
+                                 self.cfg.eval.backend)
+        self.train(was)
+        return m
+
+    def _eval_step(self, stage: str) -> None:
+        m = self.evaluate(stage)
+        self.last_metrics[stage] = m
+        for k, v in m.items():
+            if k != "num_users":
+                self.log(f"{stage}/{k}", float(v), prog_bar=(k == self.cfg.eval.monitor), batch_size=1)
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step("val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step("test")
+
+
+class _CFModule(RankingModule):
+    def _tables(self) -> Any:
+        s, m = self.split, self.cfg.model
+        um, im = build_cf_mappers(m.mapper, s.train, s.num_users, s.num_items, m.user_rows, m.item_rows,
+                                  m.budget_resolution, self.cfg.trainer.seed, m.mapper_kwargs)
+        return cf_tables(um, im, s.num_users, s.num_items, m.dim, m.backend, m.init_std, self.cfg.trainer.seed)
+
+    def table_stats(self) -> dict[str, int]:
+        return table_stats(self.model.tables)
+
+
+class MFModule(_CFModule):
+    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
+        super().__init__(cfg, split)
+        self.model = MatrixFactorization(self._tables(), split.num_users, split.num_items, cfg.model.normalize)
+
+    def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        mf = self.model
+        ru, ri = mf.raw_user(batch["user"]), mf.raw_item(batch["item"])
+        out = {"user": mf._out(ru), "item": mf._out(ri)}
+        reg = ru.pow(2).sum() + ri.pow(2).sum()
+        if "neg" in batch:
+            rn = mf.raw_item(batch["neg"])
+            out["neg"] = mf._out(rn)
+            reg = reg + rn.pow(2).sum()
+        if "uniform" in batch:
+            out["uniform"] = mf.item_vectors(batch["uniform"])
+        out["reg"] = reg / (2 * batch["user"].numel())
+        return out
+
+    def eval_vectors(self) -> tuple[Any, torch.Tensor]:
+        return self.model.user_vectors, self.model.item_vectors()
+
+
+class LightGCNModule(_CFModule):
+    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
+        super().__init__(cfg, split)
+        self.model = LightGCN.from_frame(self._tables(), split.train, split.num_users, split.num_items,
+                                         cfg.model.num_layers)
+
+    def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        g = self.model
+        ego = g.ego()
+        pu, pi = g.propagate(ego)
+        U = g.num_users
+        out = {"user": pu[batch["user"]], "item": pi[batch["item"]]}
+        reg = ego[batch["user"]].pow(2).sum() + ego[U + batch["item"]].pow(2).sum()
+        if "neg" in batch:
+            out["neg"] = pi[batch["neg"]]
+            reg = reg + ego[U + batch["neg"]].pow(2).sum()
+        if "uniform" in batch:
+            out["uniform"] = pi[batch["uniform"]]
+        if self.cfg.model.normalize:
+            out = {k: torch.nn.functional.normalize(v, dim=-1) for k, v in out.items()}
+        out["reg"] = reg / (2 * batch["user"].numel())
+        return out
+
+    def eval_vectors(self) -> tuple[Any, torch.Tensor]:
+        pu, pi = self.model.propagate()
+        if self.cfg.model.normalize:
+            pu, pi = torch.nn.functional.normalize(pu, dim=-1), torch.nn.functional.normalize(pi, dim=-1)
+        inside = self.model.num_users
+
+        def users(ids: torch.Tensor) -> torch.Tensor:
+            # an unseen user (no node in the graph) falls back to its mapped table row
+            known = ids < inside
+            vec = pu[ids.clamp(max=inside - 1)]
+            if not bool(known.all()):
+                raw = self.model.tables.embed("user", ids)
+                if self.cfg.model.normalize:
+                    raw = torch.nn.functional.normalize(raw, dim=-1)
+                vec = torch.where(known.unsqueeze(1), vec, raw)
+            return vec
+        return users, pi
+
+
+class TwoTowerModule(RankingModule):
+    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
+        super().__init__(cfg, split)
+        if split.user_features is None or split.item_features is None:
+            raise ValueError(f"two_tower needs user/item feature stores; {split.name} has none")
+        from recsparse.embeddings import FeatureConfig
+
+        m = cfg.model
+
+        def feats(store: Any, id_feature: str, n_ids: int) -> list[FeatureConfig]:
+            out = []
+            for f in store.names:
+                if f == id_feature and m.mapper != "full":
+                    rows = m.user_rows if id_feature == "user_id" else m.item_rows
+                    out.append(FeatureConfig(f, n_ids, m.dim, mapper=m.mapper, num_rows=rows,
+                                             mapper_kwargs=dict(m.mapper_kwargs)))
+                else:
+                    out.append(FeatureConfig(f, store.vocab_sizes[f], m.dim, mapper="full",
+                                             pooling="mean" if f == "genre" else "sum"))
+            return out
+
+        self.model = TwoTower(feats(split.user_features, "user_id", split.num_users),
+                              feats(split.item_features, "item_id", split.num_items), m.hidden, m.out_dim,
+                              m.backend, m.init_std, cfg.trainer.seed, m.dropout)
+
+    def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        s = self.split
+        assert s.user_features is not None and s.item_features is not None
+        out = {"user": self.model.user_tower(s.user_features.kjt(batch["user"])),
+               "item": self.model.item_tower(s.item_features.kjt(batch["item"]))}
+        if "uniform" in batch:
+            out["uniform"] = self.model.item_tower(s.item_features.kjt(batch["uniform"]))
+        return out
+
+    def eval_vectors(self) -> tuple[Any, torch.Tensor]:
+        s = self.split
+        assert s.user_features is not None and s.item_features is not None
+        items = self.model.item_tower(s.item_features.kjt(torch.arange(s.num_items)))
+
+        def users(ids: torch.Tensor) -> torch.Tensor:
+            if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= s.num_users):
+                raise ValueError(f"two_tower: user ids must be in [0, {s.num_users}) (no side features otherwise)")
+            return self.model.user_tower(s.user_features.kjt(ids))
+        return users, items
+
+    def table_stats(self) -> dict[str, int]:
+        return {"rows": sum(sum(t.ebc.num_rows().values()) for t in (self.model.user_tower, self.model.item_tower)),
+                "bytes": sum(t.ebc.num_bytes() for t in (self.model.user_tower, self.model.item_tower))}
+
+
+MODULES = {"mf": MFModule, "lightgcn": LightGCNModule, "two_tower": TwoTowerModule}
+
+
+def build_module(cfg: TrainConfig, split: RecSplit) -> RankingModule:
+    return MODULES[cfg.model.family](cfg, split)

@@ -1,0 +1,59 @@
+"""Config validation: every bad field is named in the error; YAML + overrides; shipped configs load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from recsparse.pipelines.config import TrainConfig, apply_overrides, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+@pytest.mark.parametrize("d,msg", [
+    ({"trainer": {"batch_size": 0}}, "trainer.batch_size must be > 0"),
+    ({"trainer": {"lr": -1}}, "trainer.lr must be > 0"),
+    ({"trainer": {"optimizer": "lbfgs"}}, "trainer.optimizer must be one of"),
+    ({"model": {"family": "dlrm"}}, "model.family must be one of"),
+    ({"model": {"mapper": "bloom"}}, "model.mapper must be one of"),
+    ({"model": {"dim": 0}}, "model.dim must be > 0"),
+    ({"model": {"num_layers": -1}}, "model.num_layers must be >= 0"),
+    ({"loss": {"name": "hinge"}}, "loss.name must be one of"),
+    ({"loss": {"temperature": 0}}, "loss.temperature must be > 0"),
+    ({"loss": {"num_uniform_negatives": -5}}, "loss.num_uniform_negatives"),
+    ({"data": {"val_fraction": 1.5}}, "data.val_fraction must be in"),
+    ({"data": {"split": "random"}}, "data.split must be one of"),
+    ({"eval": {"ks": [0]}}, "eval.ks"),
+    ({"eval": {"monitor": "recall@50"}}, "eval.monitor"),
+    ({"eval": {"backend": "annoy"}}, "eval.backend"),
+    ({"trainer": {"epochs": 3}}, "unknown key.*trainer.epochs"),
+    ({"optim": {}}, "unknown config section"),
+    ({"model": {"family": "two_tower"}, "loss": {"name": "bpr"}}, "loss.name must be 'softmax'"),
+])
+def test_validation_errors_name_the_field(d, msg):
+    with pytest.raises(ValueError, match=msg):
+        TrainConfig.from_dict(d)
+
+
+def test_overrides_are_typed_yaml(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {dataset: gowalla}\ntrainer: {max_epochs: 5}\n")
+    cfg = load_config(p, ["trainer.max_epochs=2", "eval.ks=[20,50]", "model.mapper=modulo",
+                          "model.mapper_kwargs.seed=3", "loss.logq=false"])
+    assert cfg.name == "c" and cfg.trainer.max_epochs == 2 and cfg.eval.ks == [20, 50]
+    assert cfg.model.mapper == "modulo" and cfg.model.mapper_kwargs == {"seed": 3} and cfg.loss.logq is False
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        apply_overrides({}, ["trainer.max_epochs"])
+    with pytest.raises(ValueError, match="trainer.max_epochs must be > 0"):
+        load_config(p, ["trainer.max_epochs=0"])
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.yaml")
+
+
+def test_shipped_configs_validate():
+    files = sorted(CONFIGS.glob("*.yaml"))
+    assert len(files) >= 4
+    for f in files:
+        cfg = load_config(f)
+        assert cfg.name == f.stem
