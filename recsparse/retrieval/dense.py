@@ -117,13 +117,17 @@ def doc_texts(corpus: "pl.DataFrame") -> list[str]:
     return [f"{t or ''} {x or ''}".strip() for t, x in zip(titles, corpus["text"].to_list())]
 
 
-def encode_corpus(encoder: Encoder, corpus: "pl.DataFrame", cache_dir: str | Path | None = None,
-                  progress: bool = True) -> np.ndarray:
-    """Corpus embeddings ``(num_docs, dim)``, from the disk cache when this encoder already encoded this corpus."""
+def embedding_cache_file(encoder: Encoder, corpus: "pl.DataFrame", cache_dir: str | Path | None = None) -> Path:
     from recsparse.retrieval.lucene import corpus_fingerprint
 
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    f = cache / f"{Path(encoder.model_name).name}-{encoder.key()}-{corpus_fingerprint(corpus)}.npy"
+    return cache / f"{Path(encoder.model_name).name}-{encoder.key()}-{corpus_fingerprint(corpus)}.npy"
+
+
+def encode_corpus(encoder: Encoder, corpus: "pl.DataFrame", cache_dir: str | Path | None = None,
+                  progress: bool = True) -> np.ndarray:
+    """Corpus embeddings ``(num_docs, dim)``, from the disk cache when this encoder already encoded this corpus."""
+    f = embedding_cache_file(encoder, corpus, cache_dir)
     if f.is_file():
         emb = np.load(f)
         if emb.shape[0] == corpus.height:
@@ -199,6 +203,13 @@ class DenseRetriever:
         self._index: Any = None
         self._docids: list[str] = []
         self.encode_s: float | None = None
+        self.embeddings_cached: bool | None = None
+
+    def index_info(self) -> dict[str, Any]:
+        """What the last ``index`` call did besides FAISS: corpus encoding seconds and whether it was a cache hit."""
+        if self.encode_s is None:
+            return {}
+        return {"encode_s": round(self.encode_s, 3), "embeddings_cached": bool(self.embeddings_cached)}
 
     def prepare(self) -> None:
         """Load the encoder (one-off cost kept out of index/search timings)."""
@@ -216,6 +227,8 @@ class DenseRetriever:
         from recsparse.retrieval.lucene import corpus_fingerprint
 
         t0 = time.perf_counter()
+        self.embeddings_cached = embeddings is not None or embedding_cache_file(
+            self.encoder, corpus, self.cache_dir).is_file()
         emb = embeddings if embeddings is not None else encode_corpus(self.encoder, corpus, self.cache_dir)
         self.encode_s = time.perf_counter() - t0
         if emb.shape[0] != corpus.height:

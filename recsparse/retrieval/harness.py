@@ -142,7 +142,8 @@ def render_report(head: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in records:
         cells = [str(r["retriever"])] + [f"{r[m]:.4f}" if m in r else "" for m in measures]
-        cells += [f"{r.get('index_s', float('nan')):.2f}" + (" (reused)" if r.get("reused_index") else ""),
+        note = " (reused)" if r.get("reused_index") else " (cached embeddings)" if r.get("embeddings_cached") else ""
+        cells += [f"{r.get('index_s', float('nan')):.2f}" + note,
                   f"{r.get('search_qps', float('nan')):.1f}"]
         base = str(r["retriever"]).split("(")[0]
         cells += [f"{refs[f'{base}:{m}']:.4f}" if f"{base}:{m}" in refs else "" for m in ref_cols]
@@ -188,6 +189,9 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
         rec = _record(dataset, name, agg, index_s=round(index_s, 3), search_qps=round(len(queries) / search_s, 2),
                       search_s=round(search_s, 3), num_queries=len(queries), reused_index=reused, k=k, split=split,
                       threads=threads)
+        info = getattr(retriever, "index_info", None)
+        if callable(info) and not reused:
+            rec.update(info())
         out.add(rec, pq, run)
         records.append(rec)
         out.write()  # after each retriever: an interrupted evaluation keeps what it finished

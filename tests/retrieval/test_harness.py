@@ -94,6 +94,9 @@ def test_cli_hybrid_with_dense(cranfield_tiny, tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())["retrievers"]
     assert list(m) == ["bm25", "dense", "dense-hnsw", "hybrid"]
+    # dense encoded the corpus (fresh cache); dense-hnsw found it in the cache
+    assert m["dense"]["record"]["embeddings_cached"] is False and m["dense-hnsw"]["record"]["embeddings_cached"]
+    assert "(cached embeddings)" in (tmp_path / "o" / "report.md").read_text()
     runs = {n: read_trec_run(tmp_path / "o" / "runs" / f"{n}.trec") for n in m}
     fused = rrf([runs["bm25"], runs["dense"]], k=60, top=20)  # ranks in the files are exact: same order
     assert {q: [h.docid for h in v] for q, v in runs["hybrid"].items()} == \
