@@ -31,8 +31,12 @@ def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor
 def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, temperature: float = 1.0,
                          item_logq: torch.Tensor | None = None, item_ids: torch.Tensor | None = None,
                          neg_item: torch.Tensor | None = None, neg_logq: torch.Tensor | None = None,
-                         neg_ids: torch.Tensor | None = None) -> torch.Tensor:
+                         neg_ids: torch.Tensor | None = None, in_batch: bool = True) -> torch.Tensor:
     """In-batch sampled softmax (+ optional extra negatives) with logQ correction.
+
+    ``in_batch=False``: the candidates of row ``b`` are its own positive and the shared ``neg_item`` only (sampled
+    softmax with uniform negatives, "SSM" of Wu et al., 2022 — ``B·(1+M)`` logits instead of ``B·(B+M)``); the
+    correction then applies to the negatives only (``neg_logq``; constant for uniform sampling).
 
     ``user [B, d]``, ``item [B, d]``: row ``b`` is a positive pair; candidates for row ``b`` are all ``B`` batch items
     plus the ``M`` rows of ``neg_item [M, d]``. Logits ``<u_b, v_j> / temperature - log q(j)`` where ``item_logq
@@ -42,6 +46,17 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, temperature: fl
     target = diagonal.
     """
     check_positive("temperature", temperature)
+    if not in_batch:
+        if neg_item is None:
+            raise ValueError("in_batch=False needs neg_item (the shared negatives)")
+        pos = (user * item).sum(-1, keepdim=True) / temperature  # [B, 1]
+        neg = user @ neg_item.T / temperature  # [B, M]
+        if neg_logq is not None:
+            neg = neg - neg_logq.unsqueeze(0)
+        if item_ids is not None and neg_ids is not None:
+            neg = neg.masked_fill(item_ids.unsqueeze(1) == neg_ids.unsqueeze(0), float("-inf"))
+        return F.cross_entropy(torch.cat([pos, neg], dim=1), torch.zeros(user.shape[0], dtype=torch.long,
+                                                                         device=user.device))
     logits = user @ item.T / temperature  # [B, B]
     if item_logq is not None:
         logits = logits - item_logq.unsqueeze(0)

@@ -94,16 +94,20 @@ class ModelConfig:
 class LossConfig:
     """``name``: ``bpr`` (one uniform negative per positive, not a training item of the user) or ``softmax``
     (in-batch sampled softmax + ``num_uniform_negatives`` shared uniform negatives; ``logq`` subtracts
-    ``log q(item)`` estimated from the training stream). ``reg_weight``: L2 on the batch's layer-0 embeddings."""
+    ``log q(item)`` estimated from the training stream); ``in_batch: false`` -> own positive + the uniform negatives
+    only (no in-batch candidates: ``B·(1+M)`` logits; logQ is then a constant and has no effect). ``reg_weight``: L2 on the batch's layer-0 embeddings."""
 
     name: str = "bpr"
     temperature: float = 1.0
     logq: bool = True
     num_uniform_negatives: int = 0
+    in_batch: bool = True
     reg_weight: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("loss.name", self.name, LOSSES)
+        if self.name == "softmax" and not self.in_batch and self.num_uniform_negatives == 0:
+            raise ValueError("loss.in_batch=false needs loss.num_uniform_negatives > 0")
         _pos("loss", "temperature", self.temperature)
         if self.num_uniform_negatives < 0:
             raise ValueError(f"loss.num_uniform_negatives must be >= 0, got {self.num_uniform_negatives}")

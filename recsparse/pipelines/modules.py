@@ -65,7 +65,7 @@ class RankingModule(L.LightningModule):
             logq = self.item_freq.log_q(batch["item"], B, M) if lc.logq else None
             neg_logq = self.item_freq.log_q(batch["uniform"], B, M) if (lc.logq and M) else None
             loss = sampled_softmax_loss(v["user"], v["item"], lc.temperature, logq, batch["item"],
-                                        v.get("uniform"), neg_logq, batch.get("uniform"))
+                                        v.get("uniform"), neg_logq, batch.get("uniform"), in_batch=lc.in_batch)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
         if lc.reg_weight > 0 and "reg" in v:
             loss = loss + lc.reg_weight * v["reg"]

@@ -70,8 +70,13 @@ def test_fit_writes_logs_checkpoints_and_learns(gowalla_small, tmp_path):
     assert rec["best_val"]["metric"] == "recall@20"
     saved = json.loads((out / "metrics.json").read_text())
     assert saved["test"]["num_users"] == 300 and saved["train_examples_per_s"] > 0
-    # a popularity-free random model scores ~20/I; training must beat it clearly
-    assert rec["test"]["recall@20"] > 0.05
+    # the same model untrained (random tables) is the floor; training must beat it clearly
+    from recsparse.pipelines.data import build_split
+    from recsparse.pipelines.modules import build_module
+
+    cfg = _cfg(gowalla_small, tmp_path / "untrained")
+    untrained = build_module(cfg, build_split(cfg)).evaluate("test")["recall@20"]
+    assert rec["test"]["recall@20"] > 3 * untrained + 0.01
 
 
 def test_early_stopping_stops(gowalla_small, tmp_path):

@@ -1,0 +1,131 @@
+"""Recommender benchmarks -> ``benchmarks/results/rec.json`` (+ ``.md``).
+
+Sections (``--sections``, comma-separated):
+
+* ``train`` — fit + test each ``--configs`` YAML (with ``--set`` overrides for all of them) via
+  :func:`recsparse.pipelines.train.run`; one record per config: Recall/NDCG@20 (capped and plain protocols),
+  rows, bytes, epochs, wall time, training examples/s, config file and overrides.
+* ``eval`` — full-ranking evaluation wall time and peak RSS of a trained Gowalla checkpoint in a FRESH process
+  (so RSS is the evaluation's own: data + model + score blocks); run it under ``flock /tmp/recsparse-timing.lock``.
+
+Examples::
+
+    python benchmarks/rec_bench.py --sections train --configs configs/gowalla_mf.yaml
+    python benchmarks/rec_bench.py --sections eval --checkpoint runs/gowalla_mf/checkpoints/last.ckpt \
+        --configs configs/gowalla_mf.yaml
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KEY = ["section", "name"]
+
+
+def train_record(config: str, overrides: list[str], tag: str | None) -> dict[str, Any]:
+    from recsparse.pipelines.config import load_config
+    from recsparse.pipelines.train import run
+    from recsparse.results import provenance
+
+    cfg = load_config(config, overrides)
+    t0 = time.perf_counter()
+    rec = run(cfg)
+    wall = time.perf_counter() - t0
+    t = rec["test"]
+    out = {"section": "train", "name": tag or cfg.name, "dataset": rec["dataset"], "model": rec["model"],
+           "mapper": rec["mapper"], "loss": rec["loss"]}
+    for k in cfg.eval.ks:
+        out[f"recall{k}"] = round(t[f"recall@{k}"], 4)
+        out[f"ndcg{k}"] = round(t[f"ndcg@{k}"], 4)
+        out[f"recall{k}_plain"] = round(t[f"recall_plain@{k}"], 4)
+    out.update({"rows": rec["rows"], "bytes": rec["bytes"], "epochs": rec["epochs"],
+                "train_examples_per_s": rec.get("train_examples_per_s"), "eval_s": rec.get("eval_s"),
+                "eval_users": t["num_users"], "config": config, "overrides": " ".join(overrides)})
+    if "best_val" in rec:
+        out["best_val"] = round(rec["best_val"]["value"], 4)
+    out.update(provenance(wall))
+    return out
+
+
+def eval_child(config: str, checkpoint: str, overrides: list[str], backend: str) -> None:
+    """Runs in a fresh process: load data + checkpoint, time one full-ranking test evaluation, print JSON."""
+    import torch
+
+    from recsparse.pipelines.config import load_config
+    from recsparse.pipelines.data import build_split
+    from recsparse.pipelines.modules import build_module
+
+    cfg = load_config(config, [*overrides, f"eval.backend={backend}"])
+    torch.set_num_threads(cfg.trainer.num_threads)
+    split = build_split(cfg)
+    module = build_module(cfg, split)
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    module.train_interactions()  # CSR of training items (masking) built outside the timed region
+    t0 = time.perf_counter()
+    m = module.evaluate("test")
+    dt = time.perf_counter() - t0
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB on Linux
+    print(json.dumps({"eval_s": dt, "peak_rss_mb": rss, "recall20": m["recall@20"], "users": m["num_users"]}))
+
+
+def eval_record(config: str, checkpoint: str, overrides: list[str], backend: str) -> dict[str, Any]:
+    from recsparse.results import provenance
+
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, __file__, "--eval-child", "--configs", config, "--checkpoint", checkpoint,
+                        "--eval-backend", backend, *sum((["--set", o] for o in overrides), [])],
+                       capture_output=True, text=True, env=os.environ.copy())
+    if r.returncode != 0:
+        raise SystemExit(r.stderr[-3000:])
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"section": "eval", "name": f"full_ranking_{backend}", "dataset": "gowalla",
+            "eval_users": res["users"], "eval_s": round(res["eval_s"], 2), "peak_rss_mb": round(res["peak_rss_mb"], 1),
+            "recall20": round(res["recall20"], 4), "config": config, "checkpoint": checkpoint,
+            **provenance(time.perf_counter() - t0)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sections", default="train")
+    p.add_argument("--configs", nargs="+", default=["configs/gowalla_mf.yaml"])
+    p.add_argument("--set", action="append", default=[], help="override KEY=VALUE for every config")
+    p.add_argument("--tag", default=None, help="record name (one config only)")
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--eval-backend", default="torch")
+    p.add_argument("--eval-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-save", action="store_true")
+    a = p.parse_args()
+    if a.eval_child:
+        eval_child(a.configs[0], a.checkpoint, a.set, a.eval_backend)
+        return
+    from recsparse.results import print_table, save_results
+
+    for section in a.sections.split(","):
+        for config in a.configs:
+            if section == "train":
+                recs = [train_record(config, a.set, a.tag)]
+            elif section == "eval":
+                if not a.checkpoint:
+                    raise SystemExit("--sections eval needs --checkpoint")
+                recs = [eval_record(config, a.checkpoint, a.set, a.eval_backend)]
+            else:
+                raise SystemExit(f"unknown section {section!r} (train, eval)")
+            print_table(recs)
+            if not a.no_save:
+                save_results("rec", recs, KEY)
+
+
+if __name__ == "__main__":
+    main()
