@@ -121,3 +121,26 @@ def test_cli_train(gowalla_small, tmp_path):
     assert (tmp_path / "run" / "metrics.json").is_file()
     bad = CliRunner().invoke(app, ["train", str(cfg), "trainer.batch_size=0"])
     assert bad.exit_code == 2 and "trainer.batch_size must be > 0" in bad.output
+
+
+@pytest.mark.parametrize("family", ["mf", "lightgcn"])
+def test_unseen_users_at_evaluation(gowalla_small, tmp_path, family):
+    """A user with no training row (id beyond the training users) is scored through the mapper's OOV row and
+    counted; its exclusion set is empty."""
+    from recsparse.pipelines.data import build_split
+    from recsparse.pipelines.evaluation import Interactions, full_ranking_metrics
+    from recsparse.pipelines.modules import build_module
+
+    cfg = _cfg(gowalla_small, tmp_path, model__family=family)
+    split = build_split(cfg)
+    module = build_module(cfg, split)
+    user_fn, items = module.eval_vectors()
+    nu = split.num_users
+    ids = torch.tensor([0, nu + 5])
+    vec = user_fn(ids)
+    assert vec.shape == (2, 16) and torch.isfinite(vec).all()
+    oov = module.model.tables.embed("user", torch.tensor([nu + 5]))
+    assert torch.allclose(vec[1], torch.nn.functional.normalize(oov, dim=-1)[0])
+    truth = Interactions.from_pairs([0, nu + 5], [1, 2], nu + 6, split.num_items)
+    m = full_ranking_metrics(user_fn, items, truth, module.train_interactions(), ks=[20])
+    assert m["num_users"] == 2
