@@ -5,6 +5,7 @@ Sections (``--sections``, comma-separated):
 * ``train`` — fit + test each ``--configs`` YAML (with ``--set`` overrides for all of them) via
   :func:`recsparse.pipelines.train.run`; one record per config: Recall/NDCG@20 (capped and plain protocols),
   rows, bytes, epochs, wall time, training examples/s, config file and overrides.
+* ``throughput`` — training examples/s over ``--batches`` steps (no evaluation), under the timing lock.
 * ``eval`` — full-ranking evaluation wall time and peak RSS of a trained Gowalla checkpoint in a FRESH process
   (so RSS is the evaluation's own: data + model + score blocks); run it under ``flock /tmp/recsparse-timing.lock``.
 
@@ -58,6 +59,23 @@ def train_record(config: str, overrides: list[str], tag: str | None) -> dict[str
     return out
 
 
+def throughput_record(config: str, overrides: list[str], batches: int) -> dict[str, Any]:
+    """Training examples/s over ``batches`` steps of one epoch (no evaluation); run under the timing lock."""
+    from recsparse.pipelines.config import load_config
+    from recsparse.pipelines.train import run
+    from recsparse.results import provenance
+
+    cfg = load_config(config, [*overrides, "trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
+                               "trainer.progress_bar=false", f"name={Path(config).stem}_throughput",
+                               "trainer.output_dir=/tmp/recsparse-rec-throughput/{name}"])
+    t0 = time.perf_counter()
+    rec = run(cfg, test=False)
+    return {"section": "throughput", "name": f"{cfg.name}", "dataset": rec["dataset"], "model": rec["model"],
+            "loss": rec["loss"], "batch_size": cfg.trainer.batch_size, "batches": batches,
+            "train_examples_per_s": rec["train_examples_per_s"], "threads": cfg.trainer.num_threads,
+            "config": config, **provenance(time.perf_counter() - t0)}
+
+
 def eval_child(config: str, checkpoint: str, overrides: list[str], backend: str) -> None:
     """Runs in a fresh process: load data + checkpoint, time one full-ranking test evaluation, print JSON."""
     import torch
@@ -105,6 +123,7 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--eval-backend", default="torch")
     p.add_argument("--eval-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--batches", type=int, default=30, help="steps timed by --sections throughput")
     p.add_argument("--no-save", action="store_true")
     a = p.parse_args()
     if a.eval_child:
@@ -116,12 +135,14 @@ def main() -> None:
         for config in a.configs:
             if section == "train":
                 recs = [train_record(config, a.set, a.tag)]
+            elif section == "throughput":
+                recs = [throughput_record(config, a.set, a.batches)]
             elif section == "eval":
                 if not a.checkpoint:
                     raise SystemExit("--sections eval needs --checkpoint")
                 recs = [eval_record(config, a.checkpoint, a.set, a.eval_backend)]
             else:
-                raise SystemExit(f"unknown section {section!r} (train, eval)")
+                raise SystemExit(f"unknown section {section!r} (train, throughput, eval)")
             print_table(recs)
             if not a.no_save:
                 save_results("rec", recs, KEY)
