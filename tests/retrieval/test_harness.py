@@ -108,3 +108,21 @@ def test_open_retriever_on_another_corpus_is_refused(cranfield_small, cranfield_
     r.index(load(cranfield_tiny).corpus, tmp_path / "tiny-idx")
     with pytest.raises(ValueError, match="another corpus"):
         evaluate_retrievers(load(cranfield_small), {"bm25": r}, out_dir=tmp_path / "o")
+
+
+def test_drop_self_hits_in_the_harness(cranfield_small, tmp_path):
+    """Cranfield's query ids (1..225) collide with doc ids (1..1400) though the documents are unrelated: exactly the
+    case where the option changes results, which is why it is off by default."""
+    from recsparse.retrieval.evaluation import drop_self
+
+    ds = load(cranfield_small)
+    runs: dict = {}
+    keep = evaluate_retrievers(ds, {"bm25": BM25Retriever()}, out_dir=tmp_path / "a", keep_runs=runs)[0]
+    dropped = evaluate_retrievers(ds, {"bm25": BM25Retriever()}, out_dir=tmp_path / "b", drop_self_hits=True,
+                                  index_dir=tmp_path / "a" / "indexes")[0]
+    selfish = [q for q, hits in runs["bm25"].items() if any(h.docid == q for h in hits)]
+    assert selfish, "no query retrieved the document with its own id"
+    assert dropped["recall@100"] == pytest.approx(round(evaluate(drop_self(runs["bm25"]), ds.qrels_dict("test"))[
+        "recall@100"], 4))
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["drop_self_hits"] is True
+    assert dropped["reused_index"] and not keep["reused_index"]  # same index, evaluated differently
