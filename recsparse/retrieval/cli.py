@@ -46,6 +46,8 @@ def make_retriever(spec: str, *, model: str = "all-MiniLM-L6-v2", cache_dir: Opt
         path = spec.split(":", 1)[1]
         if not path:
             raise typer.BadParameter("sparse:PATH needs a path, e.g. sparse:runs/splade/index", param_hint="--retriever")
+        if not Path(path).is_dir():
+            raise typer.BadParameter(f"{spec}: no saved sparse retriever at {path}", param_hint="--retriever")
         try:
             from recsparse.retrieval.sparse import open_retriever
         except ImportError as e:

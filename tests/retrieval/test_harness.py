@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import pytest
@@ -85,6 +86,9 @@ def test_cli_usage_errors(cranfield_small, tmp_path):
     assert r.exit_code == 2 and "no qrels/train.tsv" in r.output
     r = CliRunner().invoke(app, ["beir", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
     assert r.exit_code == 2 and "neither a registered dataset" in r.output
+    r = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_small), "-r", f"sparse:{tmp_path / 'nope'}",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "no saved sparse retriever at" in re.sub(r"[\s│]+", " ", r.output)
 
 
 @pytest.mark.slow
