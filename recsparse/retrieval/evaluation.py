@@ -88,7 +88,7 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "recsparse") -> Path:
             for rank, h in enumerate(hits, 1):
                 if not h.docid or any(c.isspace() for c in h.docid) or any(c.isspace() for c in q):
                     raise ValueError(f"query {q!r} / doc {h.docid!r}: ids in a TREC run must not contain whitespace")
-                f.write(f"{q} Q0 {h.docid} {rank} {h.score:.6f} {tag}\n")
+                f.write(f"{q} Q0 {h.docid} {rank} {h.score:.10g} {tag}\n")  # enough digits to keep RRF ties apart
     return path
 
 
