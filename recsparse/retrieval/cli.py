@@ -64,17 +64,21 @@ def make_retriever(spec: str, *, model: str = "all-MiniLM-L6-v2", cache_dir: Opt
                              param_hint="--retriever")
 
 
-def plan(specs: List[str], fusion: str, alpha: float) -> tuple[list[str], list[dict[str, Any]]]:
-    """Split requested names into base retrievers (deduplicated, in order) and fusion specs (``hybrid``)."""
+def plan(specs: List[str], fusion: str, alpha: float, parts: tuple[str, str] = ("bm25", "dense"),
+         k_rrf: int = 60) -> tuple[list[str], list[dict[str, Any]]]:
+    """Split requested names into base retrievers (deduplicated, in order) and fusion specs (``hybrid`` = fusion of
+    ``parts``, which are added to the base retrievers when not requested)."""
+    if len(parts) != 2 or "hybrid" in parts or parts[0] == parts[1]:
+        raise typer.BadParameter(f"need two different retrievers, got {','.join(parts)!r}", param_hint="--hybrid-of")
     base: list[str] = []
     fusions: list[dict[str, Any]] = []
     for s in specs:
         if s == "hybrid":
-            for part in ("bm25", "dense"):
+            for part in parts:
                 if part not in base:
                     base.append(part)
-            fusions.append({"name": "hybrid", "parts": ["bm25", "dense"], "method": fusion, "alpha": alpha,
-                            "k_rrf": 60})
+            fusions.append({"name": "hybrid", "parts": list(parts), "method": fusion, "alpha": alpha,
+                            "k_rrf": k_rrf})
         elif s not in base:
             base.append(s)
     return base, fusions
@@ -97,7 +101,11 @@ def command(
     index_dir: Optional[Path] = typer.Option(None, "--index-dir", help="where indexes live (default OUT/indexes); "
                                                                         "a matching saved index is reused."),
     fusion: str = typer.Option("rrf", "--fusion", help="hybrid fusion: rrf (k=60) | interpolation."),
-    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="interpolation weight of BM25."),
+    alpha: float = typer.Option(0.5, "--alpha", min=0.0, max=1.0, help="interpolation weight of the first "
+                                                                       "hybrid part."),
+    hybrid_of: str = typer.Option("bm25,dense", "--hybrid-of", help="the two retrievers 'hybrid' fuses, e.g. "
+                                                                      "bm25,sparse:PATH."),
+    k_rrf: int = typer.Option(60, "--k-rrf", min=1, help="RRF constant k."),
     model: str = typer.Option("all-MiniLM-L6-v2", "--model", help="dense encoder: all-MiniLM-L6-v2 (offline "
                                                                   "package) or a sentence-transformers folder."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="embedding cache (default "
@@ -123,10 +131,13 @@ def command(
         typer.echo(f"error: {ds.folder}: no qrels/{split}.tsv (splits: {', '.join(sorted(ds.qrels)) or 'none'})",
                    err=True)
         raise typer.Exit(2)
-    base, fusions = plan(list(retriever), fusion, alpha)
+    base, fusions = plan(list(retriever), fusion, alpha, tuple(p.strip() for p in hybrid_of.split(",")), k_rrf)
     retrievers = {name: make_retriever(name, model=model, cache_dir=cache_dir) for name in base}
-    records = evaluate_retrievers(ds, {r.name if name.startswith("sparse:") else name: r
-                                       for name, r in retrievers.items()},
+    # a sparse retriever reports under its own name (from its saved metadata)
+    key = {name: (r.name if name.startswith("sparse:") else name) for name, r in retrievers.items()}
+    for f in fusions:
+        f["parts"] = [key[p] for p in f["parts"]]
+    records = evaluate_retrievers(ds, {key[name]: r for name, r in retrievers.items()},
                                   split=split, k=k, out_dir=out, threads=threads, drop_self_hits=drop_self_hits,
                                   index_dir=index_dir, fusions=fusions, binary_relevance=binary_relevance)
     print_table(records, COLUMNS, title=f"{ds.name} / {split}: {len(ds.split_queries(split))} queries, "

@@ -91,6 +91,20 @@ def test_cli_usage_errors(cranfield_small, tmp_path):
     assert r.exit_code != 0 and "no saved sparse retriever at" in re.sub(r"[\s│]+", " ", r.output)
 
 
+def test_cli_hybrid_of_any_two(cranfield_small, tmp_path):
+    res = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_small), "-r", "hybrid", "--hybrid-of",
+                                   "bm25,bm25-multifield", "--fusion", "interpolation", "--alpha", "0.3",
+                                   "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "metrics.json").read_text())["retrievers"]
+    assert list(m) == ["bm25", "bm25-multifield", "hybrid"]
+    rec = m["hybrid"]["record"]
+    assert rec["fusion"] == "interpolation" and rec["alpha"] == 0.3 and rec["parts"] == "bm25+bm25-multifield"
+    r = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_small), "-r", "hybrid", "--hybrid-of", "bm25",
+                                 "--out", str(tmp_path)])
+    assert r.exit_code == 2 and "two different retrievers" in r.output
+
+
 @pytest.mark.slow
 def test_cli_hybrid_with_dense(cranfield_tiny, tmp_path):
     res = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_tiny), "-r", "hybrid", "-r", "dense-hnsw",
