@@ -17,6 +17,7 @@ import json
 import math
 import os
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
@@ -204,6 +205,7 @@ class DenseRetriever:
         self._docids: list[str] = []
         self.encode_s: float | None = None
         self.embeddings_cached: bool | None = None
+        self.on_gpu = False
 
     def index_info(self) -> dict[str, Any]:
         """What the last ``index`` call did besides FAISS: corpus encoding seconds and whether it was a cache hit."""
@@ -285,8 +287,12 @@ class DenseRetriever:
         import faiss
 
         self._tune(idx, build=False)
+        self.on_gpu = False
         if gpu_count() > 0:  # search on every GPU when FAISS has them; the saved index stays a CPU index
-            idx = faiss.index_cpu_to_all_gpus(idx)
+            try:
+                idx, self.on_gpu = faiss.index_cpu_to_all_gpus(idx), True
+            except RuntimeError as e:  # e.g. HNSW has no GPU implementation: search it on the CPU
+                warnings.warn(f"{self.name}: FAISS index stays on the CPU ({str(e).splitlines()[0]})", stacklevel=2)
         self._index, self._docids, self.path = idx, docids, path
 
     def _tune(self, idx: Any, build: bool) -> None:
