@@ -43,7 +43,7 @@ def _run_dir(out: Path, variant: str, reg: str) -> Path:
 def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[str] = typer.Option(list(CONFIGS)),
             dataset: str = typer.Option("scifact"), eval_: list[str] = typer.Option(["cranfield"], "--eval"),
             max_steps: int = typer.Option(150), train_missing: bool = typer.Option(True),
-            matched: bool = typer.Option(True)) -> None:
+            matched: bool = typer.Option(True), fuse: bool = typer.Option(True)) -> None:
     """Train (or reuse) each config, collect test metrics and sparse statistics, add matched-sparsity rows."""
     from recsparse.retrieval.sparse.pipeline import run
     from recsparse.retrieval.sparse.training import TrainConfig
@@ -75,6 +75,8 @@ def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[s
     seen: set[tuple[str, str]] = set()
     records = [r for r in records if not (r["retriever"] == "bm25" and ((r["dataset"], "bm25") in seen
                                                                         or seen.add((r["dataset"], "bm25"))))]
+    if fuse:
+        records += fusion_rows(summaries, out)
     if matched:
         records += matched_sparsity(summaries, out)
     records += means(records)
@@ -86,6 +88,26 @@ def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[s
     print_table([r for r in records if r["measure"] != "latency"],
                 columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "avg_query_nnz", "flops",
                          "index_bytes", "train_wall_s", "encode_docs_per_s"])
+
+
+def fusion_rows(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """RRF hybrid of BM25 and each sparse model (the harness's fusion, from the saved TREC runs)."""
+    from recsparse.retrieval.evaluation import read_trec_run
+    from recsparse.retrieval.harness import fuse_record
+
+    recs: list[dict[str, Any]] = []
+    for (variant, reg), s in summaries.items():
+        for ds in s["eval"]:
+            folder = _run_dir(out, variant, reg) / ds
+            m = json.loads((folder / "metrics.json").read_text())
+            runs = {n: read_trec_run(folder / e["run_file"]) for n, e in m["retrievers"].items()}
+            name = next(n for n in runs if n != "bm25")
+            dataset = _load(ds)
+            rec, _, _ = fuse_record(dataset, runs, dataset.qrels_dict("test"), name=f"rrf(bm25+{name})",
+                                    parts=["bm25", name], method="rrf", k=100)
+            recs.append({k: v for k, v in rec.items() if k not in ("index_s", "search_qps", "search_s")}
+                        | {"measure": "quality", "variant": variant, "reg": reg})
+    return recs
 
 
 def matched_sparsity(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[dict[str, Any]]:
@@ -165,20 +187,8 @@ def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = 
     first = _run_dir(out, *configs[0].split(":")) / ds.name / "indexes"
     bm25 = BM25Retriever.open(bm25_index or first / "bm25")
 
-    def timed(fn) -> list[float]:  # noqa: ANN001
-        for q in queries:  # warm-up pass (JIT, caches)
-            fn(q)
-        ts = []
-        for _ in range(repeats):
-            for q in queries:
-                s = time.perf_counter()
-                fn(q)
-                ts.append(time.perf_counter() - s)
-        return ts
-
-    rows = []
-    base = _percentiles(timed(lambda q: bm25.search(q, k)))
-    rows.append({"dataset": ds.name, "retriever": "bm25", "measure": "latency", **base})
+    systems: dict[str, Any] = {"bm25": lambda q: bm25.search(q, k)}
+    opened = []
     for c in configs:
         variant, reg = c.split(":")
         d = _run_dir(out, variant, reg) / ds.name / "indexes"
@@ -187,15 +197,37 @@ def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = 
             typer.echo(f"skip {c}: no index at {d / name}")
             continue
         r = open_retriever(d / name)
-        full = _percentiles(timed(lambda q: r.search(q, k)))
+        opened.append(r)
         vecs = dict(zip(queries, r.query_vectors(queries)))
-        lucene = _percentiles(timed(lambda q: r.search_vector(vecs[q], k)))
-        rows.append({"dataset": ds.name, "retriever": name, "measure": "latency", **full,
+        systems[name] = (lambda r: lambda q: r.search(q, k))(r)
+        systems[name + "|lucene-only"] = (lambda r, vecs: lambda q: r.search_vector(vecs[q], k))(r, vecs)
+        systems[name + "|nnz"] = statistics.fmean(len(v) for v in vecs.values())
+    fns = {n: f for n, f in systems.items() if callable(f)}
+    for q in queries:  # warm-up pass (JIT, caches)
+        for f in fns.values():
+            f(q)
+    times: dict[str, list[float]] = {n: [] for n in fns}
+    # interleaved: each query runs on every system back to back, so load on the shared machine hits all alike
+    for _ in range(repeats):
+        for q in queries:
+            for n, f in fns.items():
+                s = time.perf_counter()
+                f(q)
+                times[n].append(time.perf_counter() - s)
+    base = _percentiles(times["bm25"])
+    rows = [{"dataset": ds.name, "retriever": "bm25", "measure": "latency", **base}]
+    for n in fns:
+        if n == "bm25" or n.endswith("|lucene-only"):
+            continue
+        full, lucene = _percentiles(times[n]), _percentiles(times[n + "|lucene-only"])
+        rows.append({"dataset": ds.name, "retriever": n, "measure": "latency", **full,
                      "p50_vs_bm25": round(full["p50_ms"] / base["p50_ms"], 3),
                      "p99_vs_bm25": round(full["p99_ms"] / base["p99_ms"], 3),
                      "lucene_only_p50_ms": lucene["p50_ms"], "lucene_only_p99_ms": lucene["p99_ms"],
                      "lucene_only_p50_vs_bm25": round(lucene["p50_ms"] / base["p50_ms"], 3),
-                     "avg_query_nnz": round(statistics.fmean(len(v) for v in vecs.values()), 2)})
+                     "lucene_only_p99_vs_bm25": round(lucene["p99_ms"] / base["p99_ms"], 3),
+                     "avg_query_nnz": round(systems[n + "|nnz"], 2)})
+    for r in opened:
         r.close()
     prov = provenance(time.perf_counter() - t0)
     for row in rows:

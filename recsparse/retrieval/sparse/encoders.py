@@ -297,8 +297,13 @@ class IDFQueryEncoder(nn.Module):
     def query_terms(self, text: str) -> dict[int, float]:
         """Fast path without building a |V| tensor: word-piece id -> weight (used at search time)."""
         ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
-        idf = torch.relu(self.idf.detach())
-        return {i: float(idf[i]) for i in dict.fromkeys(ids) if not self.special[i]}
+        key = (self.idf._version, self.idf.data_ptr())
+        if getattr(self, "_table_key", None) != key:  # python lists: per-token tensor indexing costs ~us each
+            self._table = torch.relu(self.idf.detach()).tolist()
+            self._special_list = self.special.tolist()
+            self._table_key = key
+        idf, special = self._table, self._special_list
+        return {i: idf[i] for i in dict.fromkeys(ids) if not special[i]}
 
 
 VARIANTS = ("inference-free", "splade")
