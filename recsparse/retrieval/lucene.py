@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -71,10 +73,25 @@ def run_index_collection(input_dir: str | Path, index_dir: str | Path, *, collec
     return {k: int(getattr(c, k).get()) for k in ("indexed", "empty", "unindexable", "skipped", "errors")}
 
 
+def run_index_collection_isolated(input_dir: str | Path, index_dir: str | Path, *, collection: str = "JsonCollection",
+                                  generator: str = "DefaultLuceneDocumentGenerator", threads: int = 1,
+                                  extra_args: Sequence[str] = DEFAULT_INDEX_ARGS) -> dict[str, int]:
+    """:func:`run_index_collection` in a child Python process with its own JVM (``python -m
+    recsparse.retrieval.lucene``): for processes whose signal handlers may no longer suit the JVM (heavy torch
+    training was seen to make in-process Anserini indexing threads die of SIGSEGV)."""
+    cmd = [sys.executable, "-m", "recsparse.retrieval.lucene", json.dumps(
+        {"input_dir": str(input_dir), "index_dir": str(index_dir), "collection": collection, "generator": generator,
+         "threads": int(threads), "extra_args": list(extra_args)})]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise IndexBuildError(f"indexer child process for {input_dir} exited {out.returncode}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def build_lucene_index(docs: Iterable[Mapping[str, Any]], path: str | Path, *, collection: str = "JsonCollection",
                        generator: str = "DefaultLuceneDocumentGenerator", threads: int = 1,
                        extra_args: Sequence[str] = DEFAULT_INDEX_ARGS, meta: Mapping[str, Any] | None = None,
-                       file_name: str = "docs.jsonl",
+                       file_name: str = "docs.jsonl", isolate: bool = False,
                        _after_write: Callable[[Path], None] | None = None) -> dict[str, int]:
     """Build a Lucene index at ``path`` from ``docs`` atomically; returns Anserini's counters.
 
@@ -83,7 +100,8 @@ def build_lucene_index(docs: Iterable[Mapping[str, Any]], path: str | Path, *, c
     ``{"id", "vector": {term: int weight}}`` for ``JsonVectorCollection`` (with ``extra_args=("-impact",
     "-pretokenized")``). The collection file is written to a temp folder; the index is built in a temp dir beside
     ``path`` and renamed over it only after Anserini reports no errors, so an interrupted or failed build leaves the
-    previous index intact. ``meta`` (JSON-able) is stored as ``recsparse.json`` inside the index.
+    previous index intact. ``meta`` (JSON-able) is stored as ``recsparse.json`` inside the index. ``isolate`` runs
+    Anserini in a child process (see :func:`run_index_collection_isolated`).
     """
     path = Path(path)
     t0 = time.perf_counter()
@@ -91,8 +109,9 @@ def build_lucene_index(docs: Iterable[Mapping[str, Any]], path: str | Path, *, c
         n = write_jsonl(docs, Path(coll) / file_name)
         if _after_write is not None:  # test hook: fail between writing the collection and indexing
             _after_write(tmp)
-        counters = run_index_collection(coll, tmp, collection=collection, generator=generator, threads=threads,
-                                        extra_args=extra_args)
+        runner = run_index_collection_isolated if isolate else run_index_collection
+        counters = runner(coll, tmp, collection=collection, generator=generator, threads=threads,
+                          extra_args=extra_args)
         if counters["errors"] or counters["indexed"] == 0 and n > 0:
             raise IndexBuildError(f"Anserini IndexCollection({collection}) into {path}: {counters} for {n} documents")
         write_json(tmp / META_FILE, {**(meta or {}), "collection": collection, "generator": generator,
@@ -165,14 +184,15 @@ class BM25Retriever:
         pyserini_module("pyserini.search.lucene")
 
     # --- index ---------------------------------------------------------------------------------------------------
-    def index(self, corpus: "pl.DataFrame", path: str | Path, threads: int = 1) -> None:
-        """Index ``corpus`` (``_id``, ``title``, ``text``) at ``path`` and open it for search."""
+    def index(self, corpus: "pl.DataFrame", path: str | Path, threads: int = 1, isolate: bool = False) -> None:
+        """Index ``corpus`` (``_id``, ``title``, ``text``) at ``path`` and open it for search (``isolate``: run
+        Anserini's indexer in a child process, see :func:`run_index_collection_isolated`)."""
         extra = list(DEFAULT_INDEX_ARGS)
         if self.config.fields == "multifield":
             extra += ["-fields", "title"]
         self.close()
         build_lucene_index(beir_docs(corpus), path, collection=_COLLECTION[self.config.fields], threads=threads,
-                           extra_args=extra, file_name="corpus.jsonl",
+                           extra_args=extra, file_name="corpus.jsonl", isolate=isolate,
                            meta={"kind": "bm25", "config": asdict(self.config),
                                  "corpus_sha": corpus_fingerprint(corpus), "num_docs": corpus.height})
         self._open(path)
@@ -238,3 +258,10 @@ class BM25Retriever:
         res = self.searcher.batch_search([queries[q] for q in qids], qids, int(k), int(threads),
                                          fields=self._fields())
         return {q: [Hit(h.docid, float(h.score)) for h in res.get(q, [])] for q in qids}
+
+
+if __name__ == "__main__":  # child of run_index_collection_isolated: one JSON argument, prints the counters as JSON
+    _a = json.loads(sys.argv[1])
+    print(json.dumps(run_index_collection(_a["input_dir"], _a["index_dir"], collection=_a["collection"],
+                                          generator=_a["generator"], threads=_a["threads"],
+                                          extra_args=_a["extra_args"])))

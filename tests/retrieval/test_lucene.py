@@ -117,3 +117,17 @@ def test_impact_index_through_the_general_builder(cran, tmp_path):
     w = next(iter(docs[3]["vector"]))
     hits = s.search(w, 40)  # no query encoder: the query string's whitespace tokens, weight 1 each
     assert docs[3]["id"] in [h.docid for h in hits]
+
+
+def test_isolated_build_in_a_child_jvm(cran, tmp_path):
+    """The same index built by a child process (own JVM) searches like the in-process one."""
+    docs = list(zip(cran.corpus["_id"].to_list()[:80], cran.corpus["text"].to_list()[:80]))
+    for iso in (False, True):
+        c = build_lucene_index(({"id": d, "contents": t} for d, t in docs), tmp_path / f"i{iso}", isolate=iso)
+        assert c["indexed"] == 80
+    a, b = (BM25Retriever.open(tmp_path / f"i{iso}") for iso in (False, True))
+    assert a.search("supersonic wing", 10) == b.search("supersonic wing", 10)
+    with pytest.raises(IndexBuildError, match="exited"):  # a failing child is reported, nothing renamed into place
+        build_lucene_index([{"id": "x", "contents": "y"}], tmp_path / "iTrue", isolate=True,
+                           extra_args=("-no-such-flag",))
+    assert b.search("supersonic wing", 10) == a.search("supersonic wing", 10)
