@@ -237,5 +237,45 @@ def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = 
                                "lucene_only_p50_ms", "lucene_only_p50_vs_bm25", "avg_query_nnz"])
 
 
+@app.command()
+def throughput(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = typer.Option("scifact"),
+               config: str = typer.Option("inference-free:idf-flops"), docs: int = typer.Option(512),
+               steps: int = typer.Option(8)) -> None:
+    """Document encoding docs/s and training s/step of a trained model, 2 threads (run under flock)."""
+    import torch
+
+    from recsparse.retrieval.sparse.encoders import SparseModel, text_of
+    from recsparse.retrieval.sparse.impact import encode_corpus
+    from recsparse.retrieval.sparse.losses import InfoNCELoss
+
+    torch.set_num_threads(2)
+    t0 = time.perf_counter()
+    ds = _load(dataset)
+    variant, reg = config.split(":")
+    model = SparseModel.load(_run_dir(out, variant, reg) / "train" / "model")
+    texts = [text_of(a, b) for a, b in zip(ds.corpus["title"].to_list()[:docs], ds.corpus["text"].to_list()[:docs])]
+    _, dps = encode_corpus(model, ds.corpus["_id"].to_list()[:docs], texts, batch_size=32, progress=False)
+    # training step cost at the default shape: 16 queries x (1 positive + 1 negative) documents, 128 word pieces
+    model.train()
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+    qs = list(ds.queries["text"].to_list()[:16])
+    times = []
+    for i in range(steps + 1):
+        s = time.perf_counter()
+        q = model.encode_queries(qs)
+        d = model.encode_docs(texts[32 * i % (len(texts) - 32):][:32])
+        InfoNCELoss()(q, d[:16].repeat(2, 1)[:32]).backward()
+        opt.step()
+        opt.zero_grad()
+        if i:  # first step warms up
+            times.append(time.perf_counter() - s)
+    row = {"dataset": ds.name, "retriever": f"sparse-{variant}-{reg}", "measure": "throughput",
+           "encode_docs_per_s": round(dps, 2), "encoded_docs": len(texts), "doc_max_length": model.config.max_length,
+           "train_step_s": round(statistics.median(times), 3), "train_steps_timed": steps, "threads": 2,
+           **provenance(time.perf_counter() - t0)}
+    save_results("sparse", [row], KEY)
+    print_table([row], columns=["dataset", "retriever", "encode_docs_per_s", "train_step_s", "doc_max_length"])
+
+
 if __name__ == "__main__":
     app()

@@ -100,3 +100,14 @@ def test_config_validation():
         EncoderConfig(freeze_layers=-1)
     with pytest.raises(ValueError, match="variant"):
         SparseModel("colbert")
+
+
+def test_trainable_idf_receives_gradient(tiny_model):
+    idf = torch.ones(tiny_model.doc_encoder.vocab_size)
+    m = SparseModel("inference-free", tiny_model.config, idf=idf, train_idf=True)
+    q = m.encode_queries(["white matter"])
+    d = m.encode_docs(TEXTS[:1])
+    (q * d).sum().backward()
+    g = m.query_encoder.idf.grad
+    white = m.tokenizer.convert_tokens_to_ids("white")
+    assert g is not None and g[white] > 0 and g.count_nonzero() <= 2  # only the query's own word pieces
