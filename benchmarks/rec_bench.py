@@ -53,6 +53,8 @@ def train_record(config: str, overrides: list[str], tag: str | None) -> dict[str
     out.update({"rows": rec["rows"], "bytes": rec["bytes"], "epochs": rec["epochs"],
                 "train_examples_per_s": rec.get("train_examples_per_s"), "eval_s": rec.get("eval_s"),
                 "eval_users": t["num_users"], "config": config, "overrides": " ".join(overrides)})
+    if rec.get("resumed_from"):
+        out["resumed_from"] = rec["resumed_from"]  # wall_s / throughput cover the continuation only
     if "best_val" in rec:
         out["best_val"] = round(rec["best_val"]["value"], 4)
     out.update(provenance(wall))

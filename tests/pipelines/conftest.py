@@ -22,15 +22,15 @@ def ml100k_path():
 
 @pytest.fixture(scope="session")
 def gowalla_small(gowalla, tmp_path_factory):
-    """A LightGCN-format folder with Gowalla's first 300 users (train and test lines kept as published; items
+    """A LightGCN-format folder with Gowalla's first 150 users (train and test lines kept as published; items
     renumbered densely) — a real slice the whole pipeline can train on in seconds."""
     import polars as pl
 
-    tr = gowalla.train.filter(pl.col("user_id") < 300)
-    te = gowalla.test.filter(pl.col("user_id") < 300)
+    tr = gowalla.train.filter(pl.col("user_id") < 150)
+    te = gowalla.test.filter(pl.col("user_id") < 150)
     items = pl.concat([tr["item_id"], te["item_id"]]).unique().sort()
     remap = dict(zip(items.to_list(), range(items.len())))
-    d = tmp_path_factory.mktemp("gowalla300")
+    d = tmp_path_factory.mktemp("gowalla150")
     for name, f in (("train.txt", tr), ("test.txt", te)):
         g = f.with_columns(pl.col("item_id").replace_strict(remap, return_dtype=pl.Int64)) \
             .group_by("user_id", maintain_order=True).agg("item_id")

@@ -17,7 +17,7 @@ def _cfg(folder, out, **over) -> TrainConfig:
     d = {"name": "t", "data": {"dataset": str(folder), "val_fraction": 0.1},
          "model": {"family": "mf", "dim": 16, "normalize": True},
          "loss": {"name": "softmax", "temperature": 0.2, "num_uniform_negatives": 64},
-         "trainer": {"max_epochs": 3, "batch_size": 512, "lr": 0.01, "output_dir": str(out), "progress_bar": False,
+         "trainer": {"max_epochs": 3, "batch_size": 256, "lr": 0.01, "output_dir": str(out), "progress_bar": False,
                      "patience": 10},
          "eval": {"ks": [20]}}
     for k, v in over.items():
@@ -42,14 +42,15 @@ def _weights(out):
     return ck["state_dict"]
 
 
-@pytest.mark.parametrize("family,loss", [("mf", "softmax"), ("lightgcn", "bpr")])
+@pytest.mark.parametrize("family,loss", [("mf", "softmax"), pytest.param("lightgcn", "bpr", marks=pytest.mark.slow)])
 def test_kill_and_resume_is_identical(gowalla_small, tmp_path, family, loss):
-    a = run(_cfg(gowalla_small, tmp_path / "a", model__family=family, loss__name=loss))
-    crashed = _cfg(gowalla_small, tmp_path / "b", model__family=family, loss__name=loss)
+    kw = dict(model__family=family, loss__name=loss, trainer__max_epochs=2)
+    a = run(_cfg(gowalla_small, tmp_path / "a", **kw))
+    crashed = _cfg(gowalla_small, tmp_path / "b", **kw)
     with pytest.raises(RuntimeError, match="killed"):
         run(crashed, extra_callbacks=[Crash(1)])
     assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
-    b = run(_cfg(gowalla_small, tmp_path / "b", model__family=family, loss__name=loss, trainer__resume="last"))
+    b = run(_cfg(gowalla_small, tmp_path / "b", trainer__resume="last", **kw))
     assert b["resumed_from"] is not None
     wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
     assert wa.keys() == wb.keys()
@@ -58,18 +59,18 @@ def test_kill_and_resume_is_identical(gowalla_small, tmp_path, family, loss):
             assert torch.equal(wa[k], wb[k]), k
     assert a["best_val"]["value"] == b["best_val"]["value"], (a["best_val"], b["best_val"])
     assert a["test"] == b["test"]
-    assert a["epochs"] == b["epochs"] == 3
+    assert a["epochs"] == b["epochs"] == 2
 
 
 def test_fit_writes_logs_checkpoints_and_learns(gowalla_small, tmp_path):
-    rec = run(_cfg(gowalla_small, tmp_path, trainer__max_epochs=4))
+    rec = run(_cfg(gowalla_small, tmp_path, trainer__max_epochs=2))
     out = tmp_path
     assert (out / "metrics.json").is_file() and (out / "csv" / "metrics.csv").is_file()
     assert any((out / "tb").rglob("events.out.tfevents*"))
     assert (out / "checkpoints" / "best.ckpt").is_file()
     assert rec["best_val"]["metric"] == "recall@20"
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["test"]["num_users"] == 300 and saved["train_examples_per_s"] > 0
+    assert saved["test"]["num_users"] == 150 and saved["train_examples_per_s"] > 0
     # the same model untrained (random tables) is the floor; training must beat it clearly
     from recsparse.pipelines.data import build_split
     from recsparse.pipelines.modules import build_module
@@ -79,17 +80,17 @@ def test_fit_writes_logs_checkpoints_and_learns(gowalla_small, tmp_path):
     assert rec["test"]["recall@20"] > 3 * untrained + 0.01
 
 
+@pytest.mark.slow
 def test_early_stopping_stops(gowalla_small, tmp_path):
-    rec = run(_cfg(gowalla_small, tmp_path, trainer__max_epochs=30, trainer__patience=1, trainer__lr=0.2))
-    assert rec["epochs"] < 30
+    rec = run(_cfg(gowalla_small, tmp_path, trainer__max_epochs=15, trainer__patience=1, trainer__lr=0.2))
+    assert rec["epochs"] < 15
 
 
-@pytest.mark.parametrize("mapper,kw", [("graphhash", {"resolution": 5.0}), ("modulo", {}), ("double_graphhash",
-                                                                                           {"resolution": 2.0})])
+@pytest.mark.parametrize("mapper,kw", [("graphhash", {"resolution": 5.0}), ("double_graphhash", {"resolution": 2.0})])
 def test_compressed_tables_train(gowalla_small, tmp_path, mapper, kw):
     rec = run(_cfg(gowalla_small, tmp_path, model__mapper=mapper, model__mapper_kwargs=kw,
                    model__budget_resolution=None if mapper == "graphhash" else 5.0, trainer__max_epochs=1))
-    assert rec["rows"] < 300 + 5000 and rec["test"]["num_users"] == 300
+    assert rec["rows"] < 150 + 5000 and rec["test"]["num_users"] == 150
 
 
 def test_two_tower_ml100k_side_features(ml100k_path, tmp_path):
@@ -97,7 +98,7 @@ def test_two_tower_ml100k_side_features(ml100k_path, tmp_path):
          "model": {"family": "two_tower", "dim": 16, "hidden": [32], "out_dim": 16, "init_std": 0.1},
          "loss": {"name": "softmax", "temperature": 0.1, "logq": True, "num_uniform_negatives": 128},
          "trainer": {"max_epochs": 1, "batch_size": 1024, "lr": 0.005, "output_dir": str(tmp_path),
-                     "progress_bar": False},
+                     "progress_bar": False, "limit_train_batches": 10},
          "eval": {"ks": [20, 50], "monitor": "recall@50"}}
     rec = run(TrainConfig.from_dict(d))
     assert rec["test"]["num_users"] == 943
