@@ -1,0 +1,53 @@
+"""Splits and loaders on real data: leave-last-out on MovieLens-100K, side features -> KeyedJaggedTensor, negative
+sampling that never returns a training item, deterministic batches."""
+
+from __future__ import annotations
+
+import polars as pl
+import torch
+
+from recsparse.pipelines.config import TrainConfig
+from recsparse.pipelines.data import InteractionBatches, build_split
+
+
+def _ml_cfg(tmp_path) -> TrainConfig:
+    return TrainConfig.from_dict({"data": {"dataset": "ml-100k", "split": "leave_last_out"},
+                                  "model": {"family": "two_tower"}, "loss": {"name": "softmax"},
+                                  "trainer": {"output_dir": str(tmp_path)}})
+
+
+def test_leave_last_out_and_side_features(ml100k_path, tmp_path):
+    from recsparse.data import load
+
+    s = build_split(_ml_cfg(tmp_path))
+    ds = load("ml-100k")
+    assert (s.num_users, s.num_items) == (943, 1682)
+    assert s.train.height + 2 * 943 == ds.inter.height
+    assert int(s.test.lengths().sum()) == 943 and int(s.val.lengths().sum()) == 943
+    # the test item of user "1" is their latest rating (ties broken by item id)
+    u1 = ds.inter.filter(pl.col("user_id") == "1").with_columns(pl.col("item_id").cast(pl.Int64)) \
+        .sort(["timestamp", "item_id"])
+    last_item = str(u1["item_id"][-1])
+    items = sorted(ds.item["item_id"].to_list(), key=lambda x: (len(x), x))
+    assert s.test.rows(torch.tensor([0]))[1].tolist() == [items.index(last_item)]
+    # genres of item "1" (Toy Story: Animation, Children's, Comedy) arrive as a 3-id bag in the KJT
+    kjt = s.item_features.kjt(torch.tensor([items.index("1"), items.index("2")]))
+    genre = kjt["genre"]
+    assert genre.lengths().tolist()[0] == 3
+    assert set(kjt.keys()) == {"item_id", "genre", "year"}
+    assert set(s.user_features.names) == {"user_id", "age", "gender", "occupation"}
+
+
+def test_bpr_negatives_are_not_training_items(gowalla_small, tmp_path):
+    cfg = TrainConfig.from_dict({"data": {"dataset": str(gowalla_small)}, "trainer": {"output_dir": str(tmp_path)}})
+    s = build_split(cfg)
+    train = s.train_interactions()
+    ds = InteractionBatches(train, 256, seed=1, num_neg_per_pos=1, num_uniform=32)
+    b = ds[(0, 0)]
+    known = set(zip(s.train["user_id"].to_list(), s.train["item_id"].to_list()))
+    assert all((u, i) in known for u, i in zip(b["user"].tolist(), b["item"].tolist()))
+    assert not any((u, n) in known for u, n in zip(b["user"].tolist(), b["neg"].tolist()))
+    assert b["uniform"].shape == (32,)
+    again = InteractionBatches(train, 256, seed=1, num_neg_per_pos=1, num_uniform=32)[(0, 0)]
+    assert all(torch.equal(b[k], again[k]) for k in b)
+    assert not torch.equal(b["user"], ds[(1, 0)]["user"])  # a new permutation each epoch
