@@ -1,7 +1,7 @@
 """Fit + test one config with Lightning: loggers, checkpoints (resume, ``weights_only``), early stopping, metrics.
 
 ``run(cfg)`` writes under ``cfg.output_dir``: ``checkpoints/`` (``last.ckpt`` every epoch, ``best.ckpt`` by the
-validation monitor), ``csv/`` (CSVLogger), ``tb/`` (TensorBoard), and ``metrics.json`` (test metrics, best
+validation monitor), ``csv/version_N/`` (CSVLogger), ``tb/version_N/`` (TensorBoard; one version per (re)start), and ``metrics.json`` (test metrics, best
 validation metrics, epochs, wall time, training throughput, table rows/bytes, the resolved config).
 """
 
@@ -78,7 +78,8 @@ def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callbac
     callbacks += list(extra_callbacks or [])
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator="cpu", devices=1, deterministic=cfg.trainer.deterministic,
-        logger=[CSVLogger(out, name="csv", version=""), TensorBoardLogger(out, name="tb", version="")],
+        # versioned log dirs (csv/version_N): a resumed run adds a version instead of overwriting the history
+        logger=[CSVLogger(out, name="csv"), TensorBoardLogger(out, name="tb")],
         callbacks=callbacks, enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
         num_sanity_val_steps=0, limit_val_batches=1.0 if has_val else 0,
         check_val_every_n_epoch=cfg.trainer.check_val_every_n_epoch,
