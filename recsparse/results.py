@@ -134,4 +134,5 @@ def print_table(records: Sequence[dict[str, Any]], columns: Sequence[str] | None
         t.add_column(c, justify="left" if c in ("dataset", "model", "retriever", "mapper", "name") else "right")
     for r in records:
         t.add_row(*(_fmt(r.get(c)) for c in cols))
-    Console().print(t)
+    # without a terminal rich assumes 80 columns and elides cells; logs and CI want the whole table
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
