@@ -39,6 +39,26 @@ def _run_dir(out: Path, variant: str, reg: str) -> Path:
     return out / f"{variant}_{reg}"
 
 
+def _summary(d: Path) -> dict[str, Any]:
+    """What a run folder holds so far: training info and every dataset whose evaluation finished (metrics.json with
+    the sparse model, and sparse_stats.json), so a run still evaluating its last dataset is usable."""
+    tc = json.loads((d / "train" / "train_config.json").read_text())
+    out: dict[str, Any] = {"train": {"dataset": tc.get("dataset", "scifact"), "wall_s": tc["wall_s"],
+                                     "steps": tc["steps"], "config": tc}, "eval": {}}
+    if (d / "summary.json").is_file():
+        out["train"]["dataset"] = json.loads((d / "summary.json").read_text())["train"]["dataset"]
+    for m in sorted(d.glob("*/metrics.json")):
+        st = m.parent / "sparse_stats.json"
+        if not st.is_file():
+            continue
+        stats = json.loads(st.read_text())
+        recs = []
+        for name, e in json.loads(m.read_text())["retrievers"].items():
+            recs.append({**e["record"], **stats.get(name, {})})
+        out["eval"][m.parent.name] = recs
+    return out
+
+
 @app.command()
 def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[str] = typer.Option(list(CONFIGS)),
             dataset: str = typer.Option("scifact"), eval_: list[str] = typer.Option(["cranfield"], "--eval"),
@@ -54,12 +74,15 @@ def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[s
     for c in configs:
         variant, reg = c.split(":")
         d = _run_dir(out, variant, reg)
-        if not (d / "summary.json").is_file():
+        if not (d / "train" / "train_config.json").is_file():
             if not train_missing:
-                typer.echo(f"skip {c}: no {d / 'summary.json'}")
+                typer.echo(f"skip {c}: not trained in {d}")
                 continue
             run(dataset, TrainConfig(variant=variant, reg=reg, max_steps=max_steps), d, eval_datasets=eval_)
-        s = json.loads((d / "summary.json").read_text())
+        s = _summary(d)  # a run still evaluating contributes the datasets it finished
+        if not s["eval"]:
+            typer.echo(f"skip {c}: nothing evaluated yet in {d}")
+            continue
         summaries[(variant, reg)] = s
         tr = s["train"]
         for ds, recs in s["eval"].items():
@@ -111,10 +134,11 @@ def fusion_rows(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> 
 
 
 def matched_sparsity(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """For each variant trained with both FLOPS and IDF-FLOPS: prune the denser model's quantised documents (global
-    impact threshold) to the sparser one's average non-zeros, re-index and re-evaluate — equal document sparsity."""
+    """For each variant trained with both FLOPS and IDF-FLOPS: prune the model with more document non-zeros (one
+    global impact threshold) down to (a) the other's average document non-zeros ("@matched-nnz") and (b) the other's
+    FLOPS over the test queries ("@matched-flops"), re-index and re-evaluate: a comparison at equal sparsity."""
     from recsparse.retrieval.harness import evaluate_retrievers
-    from recsparse.retrieval.sparse.impact import ImpactRetriever, read_json_vector_collection
+    from recsparse.retrieval.sparse.impact import ImpactRetriever, flops_estimate, read_json_vector_collection
     from recsparse.retrieval.sparse.pipeline import sparse_stats
     from recsparse.retrieval.sparse.quantize import prune_threshold, threshold_for_nnz
 
@@ -123,28 +147,35 @@ def matched_sparsity(summaries: dict[tuple[str, str], dict[str, Any]], out: Path
         a, b = summaries.get((variant, "flops")), summaries.get((variant, "idf-flops"))
         if a is None or b is None:
             continue
-        for ds in set(a["eval"]) & set(b["eval"]):
+        for ds in sorted(set(a["eval"]) & set(b["eval"])):
             ra = next(r for r in a["eval"][ds] if r["retriever"] != "bm25")
             rb = next(r for r in b["eval"][ds] if r["retriever"] != "bm25")
             dense_reg, sparse_rec = ("flops", rb) if ra["avg_doc_nnz"] >= rb["avg_doc_nnz"] else ("idf-flops", ra)
             dense_rec = ra if dense_reg == "flops" else rb
             src = _run_dir(out, variant, dense_reg) / ds / "indexes" / dense_rec["retriever"]
             ids, vecs = read_json_vector_collection(src / "collection")
-            thr = threshold_for_nnz(vecs, sparse_rec["avg_doc_nnz"])
-            pruned = prune_threshold(vecs, thr)
-            name = f"{dense_rec['retriever']}@nnz{sparse_rec['avg_doc_nnz']:.0f}"
-            r = ImpactRetriever.open(src, name=name)
-            r.refit_idf = False
-            dest = _run_dir(out, variant, dense_reg) / ds / "matched"
-            r.write(dest / "indexes" / "pruned", ids, pruned, extra={"pruned_min_impact": thr, "source": str(src)})
             dataset = _load(ds)
-            rows = evaluate_retrievers(dataset, {name: r}, split="test", k=100, out_dir=dest)
-            st = sparse_stats(r, dataset.split_queries("test"))
-            r.close()
-            rec = {k: v for k, v in rows[0].items() if k not in ("index_s", "reused_index", "search_s", "threads")}
-            rec.update(st, measure="quality", variant=variant, reg=dense_reg, matched_to=sparse_rec["retriever"],
-                       pruned_min_impact=thr, run_dir=str(dest))
-            recs.append(rec)
+            probe = ImpactRetriever.open(src)
+            qv = probe.query_vectors(list(dataset.split_queries("test").values()))
+            probe.close()
+            thr_nnz = threshold_for_nnz(vecs, sparse_rec["avg_doc_nnz"])
+            thr_flops = thr_nnz
+            while flops_estimate(qv, prune_threshold(vecs, thr_flops)) > sparse_rec["flops"] and thr_flops < 10**5:
+                thr_flops += 1
+            for tag, thr in (("matched-nnz", thr_nnz), ("matched-flops", thr_flops)):
+                name = f"{dense_rec['retriever']}@{tag}"
+                r = ImpactRetriever.open(src, name=name)
+                r.refit_idf = False
+                dest = _run_dir(out, variant, dense_reg) / ds / tag
+                r.write(dest / "indexes" / "pruned", ids, prune_threshold(vecs, thr),
+                        extra={"pruned_min_impact": thr, "source": str(src)})
+                rows = evaluate_retrievers(dataset, {name: r}, split="test", k=100, out_dir=dest)
+                st = sparse_stats(r, dataset.split_queries("test"))
+                r.close()
+                rec = {k: v for k, v in rows[0].items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+                rec.update(st, measure="quality", variant=variant, reg=dense_reg, matched_to=sparse_rec["retriever"],
+                           pruned_min_impact=thr, run_dir=str(dest))
+                recs.append(rec)
     return recs
 
 
