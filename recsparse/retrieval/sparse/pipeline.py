@@ -38,6 +38,30 @@ def model_name(cfg: TrainConfig) -> str:
     return f"sparse-{cfg.variant}-{cfg.reg}"
 
 
+_BM25_CHILD = """
+import sys
+from recsparse.data import load
+from recsparse.retrieval.harness import corpus_sha
+from recsparse.retrieval.lucene import BM25Retriever
+ds = load(sys.argv[1])
+r = BM25Retriever()
+if not r.reuse(sys.argv[2], corpus_sha(ds)):
+    r.index(ds.corpus, sys.argv[2])
+"""
+
+
+def _prebuild_bm25(dataset: BeirDataset, path: Path) -> None:
+    """Build (or keep) the BM25 index the harness will reuse, in a child process: Lucene indexing threads in a
+    process that already trained/ran torch models were seen to die of SIGSEGV (see impact.build_impact_index)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _BM25_CHILD, str(dataset.folder), str(path)], capture_output=True,
+                         text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"BM25 index build for {dataset.folder} exited {out.returncode}: {out.stderr[-2000:]}")
+
+
 def evaluate_model(model: SparseModel, dataset: BeirDataset, out_dir: str | Path, name: str, *, split: str = "test",
                    k: int = 100, with_bm25: bool = True, threads: int = 1) -> list[dict[str, Any]]:
     """Index ``dataset`` with ``model`` and evaluate (BM25 beside it) through the BEIR harness; adds sparse stats."""
@@ -47,6 +71,7 @@ def evaluate_model(model: SparseModel, dataset: BeirDataset, out_dir: str | Path
     out_dir = Path(out_dir)
     retrievers: dict[str, Any] = {name: ImpactRetriever(model, name=name)}
     if with_bm25:
+        _prebuild_bm25(dataset, out_dir / "indexes" / "bm25")
         retrievers["bm25"] = BM25Retriever()
     records = evaluate_retrievers(dataset, retrievers, split=split, k=k, out_dir=out_dir, threads=threads)
     stats = sparse_stats(retrievers[name], dataset.split_queries(split))
