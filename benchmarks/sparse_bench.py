@@ -119,11 +119,21 @@ def fusion_rows(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> 
     from recsparse.retrieval.harness import fuse_record
 
     recs: list[dict[str, Any]] = []
+    bm25_file: dict[str, Path] = {}  # one BM25 run per dataset, from whichever run folder evaluated it
     for (variant, reg), s in summaries.items():
         for ds in s["eval"]:
             folder = _run_dir(out, variant, reg) / ds
             m = json.loads((folder / "metrics.json").read_text())
-            runs = {n: read_trec_run(folder / e["run_file"]) for n, e in m["retrievers"].items()}
+            if "bm25" in m["retrievers"]:
+                bm25_file.setdefault(ds, folder / m["retrievers"]["bm25"]["run_file"])
+    for (variant, reg), s in summaries.items():
+        for ds in s["eval"]:
+            folder = _run_dir(out, variant, reg) / ds
+            m = json.loads((folder / "metrics.json").read_text())
+            runs = {n: read_trec_run(folder / e["run_file"]) for n, e in m["retrievers"].items() if n != "bm25"}
+            if ds not in bm25_file:
+                continue
+            runs["bm25"] = read_trec_run(bm25_file[ds])
             name = next(n for n in runs if n != "bm25")
             dataset = _load(ds)
             rec, _, _ = fuse_record(dataset, runs, dataset.qrels_dict("test"), name=f"rrf(bm25+{name})",
