@@ -279,6 +279,28 @@ def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = 
 
 
 @app.command()
+def baseline(out: Path = typer.Option(Path("runs/sparse-bench")), datasets: list[str] = typer.Option(["cranfield"]),
+             variant: str = typer.Option("inference-free")) -> None:
+    """The untrained starting checkpoint (splade-tiny as shipped), to show what training on SciFact changed."""
+    from recsparse.retrieval.sparse.encoders import SparseModel
+    from recsparse.retrieval.sparse.pipeline import evaluate_model
+
+    t0 = time.perf_counter()
+    name = f"sparse-{variant}-untrained"
+    rows = []
+    for ds in datasets:
+        recs = evaluate_model(SparseModel(variant).eval(), _load(ds), out / "untrained" / ds, name, with_bm25=False)
+        rows += [{k: v for k, v in r.items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+                 | {"measure": "quality", "variant": variant, "train_steps": 0, "backbone": "splade-tiny"}
+                 for r in recs]
+    prov = provenance(time.perf_counter() - t0)
+    for r in rows:
+        r.update({k: v for k, v in prov.items() if k != "wall_s"})
+    save_results("sparse", rows, KEY)
+    print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
+
+
+@app.command()
 def throughput(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = typer.Option("scifact"),
                config: str = typer.Option("inference-free:idf-flops"), docs: int = typer.Option(512),
                steps: int = typer.Option(8)) -> None:
