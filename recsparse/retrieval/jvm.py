@@ -15,8 +15,10 @@ from __future__ import annotations
 import glob
 import importlib.resources
 import os
+import sys
 import threading
 from types import ModuleType
+from typing import Any
 
 _lock = threading.Lock()
 _started = False
@@ -45,10 +47,48 @@ def anserini_jar() -> str:
     return max(jars)
 
 
+# The JVM handles these signals itself (SIGSEGV for implicit null checks and safepoints in compiled code). Code
+# that runs later in the same process may replace its handlers — Lightning's Trainer restores "previous" handlers
+# as SIG_DFL when fit() ends — and the next Lucene search then kills the process with SIGSEGV. We keep the JVM's
+# sigaction records and re-install them whenever recsparse enters Java.
+_JVM_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL")
+_jvm_actions: dict[int, Any] = {}
+
+
+def _libc() -> Any:
+    import ctypes
+    import ctypes.util
+
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _save_jvm_signal_handlers() -> None:
+    import ctypes
+    import signal
+
+    libc = _libc()
+    for name in _JVM_SIGNALS:
+        num = int(getattr(signal, name))
+        buf = ctypes.create_string_buffer(512)  # > sizeof(struct sigaction) on every Linux/glibc ABI
+        if libc.sigaction(num, None, buf) == 0:
+            _jvm_actions[num] = buf
+
+
+def restore_jvm_signal_handlers() -> None:
+    """Re-install the JVM's own handlers (see above). Cheap: one ``sigaction`` call per signal."""
+    if not _jvm_actions:
+        return
+    libc = _libc()
+    for num, buf in _jvm_actions.items():
+        libc.sigaction(num, buf, None)
+
+
 def ensure_jvm() -> None:
-    """Start the JVM once per process (thread-safe, idempotent)."""
+    """Start the JVM once per process (thread-safe, idempotent); on later calls re-install the JVM's signal
+    handlers in case other libraries replaced them since."""
     global _started
     if _started:
+        restore_jvm_signal_handlers()
         return
     with _lock:
         if _started:
@@ -63,6 +103,8 @@ def ensure_jvm() -> None:
             jnius_config.add_classpath(anserini_jar())
         import jnius  # noqa: F401  (starts the JVM)
 
+        if sys.platform.startswith("linux"):
+            _save_jvm_signal_handlers()
         _started = True
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from recsparse.io import atomic_dir, write_json
-from recsparse.retrieval.jvm import autoclass, pyserini_module
+from recsparse.retrieval.jvm import autoclass, ensure_jvm, pyserini_module
 from recsparse.types import Hit, Run, check_choice, check_positive
 
 if TYPE_CHECKING:
@@ -248,12 +248,14 @@ class BM25Retriever:
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         check_positive("k", k)
+        ensure_jvm()  # re-installs the JVM's signal handlers if a library (e.g. Lightning) replaced them
         hits = self.searcher.search(query, int(k), fields=self._fields())
         return [Hit(h.docid, float(h.score)) for h in hits]
 
     def batch_search(self, queries: Mapping[str, str], k: int = 10, threads: int = 1) -> Run:
         check_positive("k", k)
         check_positive("threads", threads)
+        ensure_jvm()
         qids = list(queries)
         res = self.searcher.batch_search([queries[q] for q in qids], qids, int(k), int(threads),
                                          fields=self._fields())

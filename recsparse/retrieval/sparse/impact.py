@@ -238,6 +238,7 @@ class ImpactRetriever:
             raise RuntimeError("no index: call index(corpus, path) or ImpactRetriever.open(path) first")
         if not vec:
             return []
+        ensure_jvm()  # re-installs the JVM's signal handlers if a library (e.g. Lightning) replaced them
         return [Hit(h.docid, float(h.score)) for h in self._searcher.search(self._jquery(vec), int(k))]
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
