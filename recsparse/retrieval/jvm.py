@@ -12,6 +12,7 @@ Call :func:`ensure_jvm` (or import names through :func:`pyserini_lucene`) before
 
 from __future__ import annotations
 
+import functools
 import glob
 import importlib.resources
 import os
@@ -55,7 +56,8 @@ _JVM_SIGNALS = ("SIGSEGV", "SIGBUS", "SIGFPE", "SIGILL")
 _jvm_actions: dict[int, Any] = {}
 
 
-def _libc() -> Any:
+@functools.lru_cache(maxsize=1)
+def _libc() -> Any:  # cached: find_library may spawn ldconfig, and restore runs on every search call
     import ctypes
     import ctypes.util
 
