@@ -60,3 +60,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     os.replace(tmp, path)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# Every recsparse index folder (Lucene BM25 / impact, FAISS) carries this JSON beside the engine's own files:
+# kind, config, corpus hash, build seconds ... The engines ignore unknown file names.
+INDEX_META = "recsparse.json"
+
+
+def read_index_meta(path: str | Path) -> dict[str, Any]:
+    """The metadata of the index folder ``path``; ``{}`` when it has none."""
+    p = Path(path) / INDEX_META
+    return dict(json.loads(p.read_text())) if p.is_file() else {}

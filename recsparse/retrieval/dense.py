@@ -24,13 +24,12 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from recsparse.io import atomic_dir, atomic_write, write_json
+from recsparse.io import INDEX_META, atomic_dir, atomic_write, read_index_meta, write_json
 from recsparse.types import Hit, Run, check_choice, check_positive
 
 if TYPE_CHECKING:
     import polars as pl
 
-META_FILE = "recsparse.json"
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 
@@ -249,7 +248,7 @@ class DenseRetriever:
         with atomic_dir(path) as tmp:
             faiss.write_index(idx, str(tmp / "faiss.index"))
             (tmp / "docids.json").write_text(json.dumps(docids))
-            write_json(tmp / META_FILE, {"kind": "dense", "config": asdict(self.config), "factory": spec,
+            write_json(tmp / INDEX_META, {"kind": "dense", "config": asdict(self.config), "factory": spec,
                                          "corpus_sha": corpus_fingerprint(corpus), "num_docs": corpus.height,
                                          "dim": int(emb.shape[1]), "encoder_key": self.encoder.key(),
                                          "encode_s": round(self.encode_s, 3), "add_s": round(add_s, 3),
@@ -258,7 +257,7 @@ class DenseRetriever:
 
     def reuse(self, path: str | Path, corpus_sha: str) -> bool:
         """Open the index at ``path`` if this configuration built it from the corpus ``corpus_sha``."""
-        meta = _read_meta(path)
+        meta = read_index_meta(path)
         if (meta.get("kind") != "dense" or meta.get("corpus_sha") != corpus_sha
                 or meta.get("config") != asdict(self.config) or meta.get("encoder_key") != self.encoder.key()):
             return False
@@ -267,7 +266,7 @@ class DenseRetriever:
 
     @classmethod
     def open(cls, path: str | Path, config: DenseConfig | None = None, name: str | None = None) -> "DenseRetriever":
-        meta = _read_meta(path)
+        meta = read_index_meta(path)
         if config is None:
             config = DenseConfig(**meta["config"]) if "config" in meta else DenseConfig()
         r = cls(config, name=name)
@@ -339,7 +338,3 @@ class DenseRetriever:
         return {qid: [Hit(self._docids[r], float(s)) for s, r in zip(scores[i], rows[i]) if r >= 0]
                 for i, qid in enumerate(qids)}
 
-
-def _read_meta(path: str | Path) -> dict[str, Any]:
-    p = Path(path) / META_FILE
-    return json.loads(p.read_text()) if p.is_file() else {}

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from recsparse.data import BeirDataset
-from recsparse.io import atomic_write, write_json
+from recsparse.io import atomic_write, read_index_meta, write_json
 from recsparse.retrieval.evaluation import DEFAULT_MEASURES, evaluate, write_trec_run
 from recsparse.retrieval.fusion import fuse
 from recsparse.types import Retriever, Run, check_positive
@@ -86,7 +86,7 @@ def index_or_reuse(retriever: Retriever, dataset: BeirDataset, path: Path, sha: 
 
 def _meta(path: Path) -> dict[str, Any]:
     try:
-        return dict(json.loads((path / "recsparse.json").read_text()))
+        return read_index_meta(path)
     except (OSError, ValueError):
         return {}
 

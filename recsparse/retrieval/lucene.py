@@ -22,14 +22,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from recsparse.io import atomic_dir, write_json
+from recsparse.io import INDEX_META, atomic_dir, read_index_meta as read_meta, write_json
 from recsparse.retrieval.jvm import autoclass, ensure_jvm, pyserini_module
 from recsparse.types import Hit, Run, check_choice, check_positive
 
 if TYPE_CHECKING:
     import polars as pl
 
-META_FILE = "recsparse.json"  # our metadata beside the Lucene files (Lucene ignores unknown file names)
 DEFAULT_INDEX_ARGS: tuple[str, ...] = ("-storePositions", "-storeDocvectors", "-storeRaw")
 
 
@@ -114,15 +113,10 @@ def build_lucene_index(docs: Iterable[Mapping[str, Any]], path: str | Path, *, c
                           extra_args=extra_args)
         if counters["errors"] or counters["indexed"] == 0 and n > 0:
             raise IndexBuildError(f"Anserini IndexCollection({collection}) into {path}: {counters} for {n} documents")
-        write_json(tmp / META_FILE, {**(meta or {}), "collection": collection, "generator": generator,
+        write_json(tmp / INDEX_META, {**(meta or {}), "collection": collection, "generator": generator,
                                      "index_args": list(extra_args), "documents_written": n, "counters": counters,
                                      "build_s": round(time.perf_counter() - t0, 3)})
     return counters
-
-
-def read_meta(path: str | Path) -> dict[str, Any]:
-    p = Path(path) / META_FILE
-    return json.loads(p.read_text()) if p.is_file() else {}
 
 
 def corpus_fingerprint(corpus: "pl.DataFrame", columns: Sequence[str] = ("_id", "title", "text")) -> str:

@@ -27,14 +27,13 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from recsparse.io import atomic_dir, atomic_write, write_json
+from recsparse.io import INDEX_META, atomic_dir, atomic_write, write_json
 from recsparse.retrieval.jvm import autoclass, ensure_jvm
 from recsparse.retrieval.sparse.encoders import SparseModel, corpus_idf, text_of
 from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, quantize, to_term_dicts
 from recsparse.types import Hit, Run
 
 COLLECTION_FILE = "docs00.jsonl"
-META = "recsparse.json"  # same name as the BM25 indexes' metadata, so the BEIR harness reads build_s from it
 
 
 def write_json_vector_collection(folder: str | Path, docids: Sequence[str], vectors: Sequence[Mapping[str, int]]) -> Path:
@@ -179,14 +178,14 @@ class ImpactRetriever:
             meta = {"kind": "sparse-impact", "name": self.name, "variant": self.model.variant, "scale": self.scale,
                     **collection_stats(vectors), "index_bytes": dir_bytes(tmp / "index"), "counters": counters,
                     "build_s": round(time.perf_counter() - t0, 3), **(extra or {})}
-            write_json(tmp / META, meta)
+            write_json(tmp / INDEX_META, meta)
         self._attach(path)
 
     # ---- opening ----
     @classmethod
     def open(cls, path: str | Path, name: str | None = None) -> "ImpactRetriever":
         path = Path(path)
-        meta = json.loads((path / META).read_text())
+        meta = json.loads((path / INDEX_META).read_text())
         r = cls(SparseModel.load(path / "model"), name=name or meta.get("name"), scale=meta["scale"])
         r._attach(path)
         return r
@@ -194,7 +193,7 @@ class ImpactRetriever:
     def _attach(self, path: Path) -> None:
         ensure_jvm()
         self.path = path
-        self.meta = json.loads((path / META).read_text())
+        self.meta = json.loads((path / INDEX_META).read_text())
         self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(path / "index"))
 
     def close(self) -> None:
