@@ -280,20 +280,52 @@ def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = 
 
 @app.command()
 def baseline(out: Path = typer.Option(Path("runs/sparse-bench")), datasets: list[str] = typer.Option(["cranfield"]),
-             variant: str = typer.Option("inference-free")) -> None:
+             variant: str = typer.Option("inference-free"), doc_windows: int = typer.Option(1)) -> None:
     """The untrained starting checkpoint (splade-tiny as shipped), to show what training on SciFact changed."""
-    from recsparse.retrieval.sparse.encoders import SparseModel
+    from recsparse.retrieval.sparse.encoders import EncoderConfig, SparseModel
     from recsparse.retrieval.sparse.pipeline import evaluate_model
 
     t0 = time.perf_counter()
-    name = f"sparse-{variant}-untrained"
+    name = f"sparse-{variant}-untrained" + (f"-w{doc_windows}" if doc_windows > 1 else "")
     rows = []
     for ds in datasets:
-        recs = evaluate_model(SparseModel(variant).eval(), _load(ds), out / "untrained" / ds, name, with_bm25=False)
+        model = SparseModel(variant, EncoderConfig(doc_windows=doc_windows)).eval()
+        recs = evaluate_model(model, _load(ds), out / name / ds, name, with_bm25=False)
         rows += [{k: v for k, v in r.items() if k not in ("index_s", "reused_index", "search_s", "threads")}
-                 | {"measure": "quality", "variant": variant, "train_steps": 0, "backbone": "splade-tiny"}
-                 for r in recs]
+                 | {"measure": "quality", "variant": variant, "train_steps": 0, "backbone": "splade-tiny",
+                    "doc_windows": doc_windows} for r in recs]
     prov = provenance(time.perf_counter() - t0)
+    for r in rows:
+        r.update({k: v for k, v in prov.items() if k != "wall_s"})
+    save_results("sparse", rows, KEY)
+    print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
+
+
+@app.command()
+def collect(run_dir: Path = typer.Argument(..., help="A `recsparse sparse run --out` folder."),
+            label: str = typer.Option(..., help="Suffix for the retriever name, e.g. 'lowlam-w4'.")) -> None:
+    """Record a finished `recsparse sparse run` (any settings) as labelled quality rows, with its command line."""
+    s = _summary(run_dir)
+    if not s["eval"]:
+        raise typer.BadParameter(f"{run_dir}: no finished evaluation (no */metrics.json with sparse_stats.json)")
+    tr, cfg = s["train"], s["train"]["config"]
+    if (run_dir / "summary.json").is_file():  # the settings of the last evaluation (indexing options included)
+        cfg = json.loads((run_dir / "summary.json").read_text())["train"]["config"]
+    rows = []
+    for recs in s["eval"].values():
+        for r in recs:
+            if r["retriever"] == "bm25":
+                continue
+            rows.append({k: v for k, v in r.items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+                        | {"retriever": f"{r['retriever']}|{label}", "measure": "quality", "variant": cfg["variant"],
+                           "reg": cfg["reg"], "train_dataset": tr["dataset"], "train_steps": tr["steps"],
+                           "train_wall_s": tr["wall_s"], "backbone": cfg["encoder"]["backbone"],
+                           "doc_max_length": cfg["encoder"]["max_length"], "lambda_doc": cfg["lambda_doc"],
+                           "doc_windows": cfg["encoder"].get("doc_windows", 1),
+                           "lr": cfg["lr"], "distill": cfg["distill"], "run_dir": str(run_dir),
+                           "run_command": (run_dir / "command.txt").read_text().strip()
+                           if (run_dir / "command.txt").is_file() else None})
+    prov = provenance(0.0)
     for r in rows:
         r.update({k: v for k, v in prov.items() if k != "wall_s"})
     save_results("sparse", rows, KEY)

@@ -31,7 +31,8 @@ def run_command(
     max_steps: int = typer.Option(150, help="Optimiser steps."),
     batch_size: int = typer.Option(16, help="Queries per step (each with 1 positive + --negatives BM25 negatives)."),
     negatives: int = typer.Option(1, help="BM25 hard negatives per query."),
-    max_length: int = typer.Option(128, help="Document word pieces."),
+    max_length: int = typer.Option(128, help="Document word pieces (per window)."),
+    doc_windows: int = typer.Option(1, help="Index up to this many max_length windows per document (max-pooled)."),
     lambda_doc: float = typer.Option(5e-3, help="Document regulariser weight (after warm-up)."),
     lambda_query: float = typer.Option(5e-3, help="Query FLOPS weight (siamese only)."),
     lr: float = typer.Option(5e-5, help="AdamW learning rate."),
@@ -50,11 +51,20 @@ def run_command(
 
     try:
         cfg = TrainConfig(variant=variant, reg=reg, encoder=EncoderConfig(backbone=backbone, max_length=max_length,
-                                                                          freeze_layers=freeze_layers),
+                                                                          freeze_layers=freeze_layers,
+                                                                          doc_windows=doc_windows),
                           max_steps=max_steps, batch_size=batch_size, negatives=negatives, lambda_doc=lambda_doc,
                           lambda_query=lambda_query, lr=lr, train_idf=train_idf, distill=distill, seed=seed)
     except ValueError as e:
         raise typer.BadParameter(str(e)) from e
+    import shlex
+    import sys
+
+    from recsparse.io import atomic_write
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_write(out / "command.txt", "w") as f:  # how to reproduce this folder
+        f.write(shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]]) + "\n")
     summary = run(dataset, cfg, out, eval_datasets=eval_, k=k, with_bm25=bm25)
     rows = [r for recs in summary["eval"].values() for r in recs]
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "avg_query_nnz",

@@ -133,10 +133,18 @@ class EncoderConfig:
     max_length: int = 128  # document tokens (SciFact abstracts are ~300 word pieces; the head carries most signal)
     query_max_length: int = 32
     freeze_layers: int = 0  # freeze embeddings + this many lower transformer layers (CPU budget)
+    # Indexing only: a document longer than max_length is cut into up to doc_windows windows of max_length pieces
+    # (doc_stride pieces of overlap) and the window vectors are max-pooled -- eq. (1) over the whole text, since max
+    # pooling over tokens is max pooling over windows. Training always sees the first window.
+    doc_windows: int = 1
+    doc_stride: int = 16
 
     def __post_init__(self) -> None:
         check_choice("backbone", self.backbone, BACKBONES)
         check_positive("max_length", self.max_length)
+        check_positive("doc_windows", self.doc_windows)
+        if not 0 <= self.doc_stride < self.max_length // 2:
+            raise ValueError(f"doc_stride must be in [0, max_length/2), got {self.doc_stride}")
         check_positive("query_max_length", self.query_max_length)
         if self.max_length > 512 or self.query_max_length > 512:
             raise ValueError("max_length and query_max_length must be <= 512 (BERT positions)")
@@ -350,8 +358,21 @@ class SparseModel(nn.Module):
         return self.query_encoder.encode_texts(texts, self.config.query_max_length)
 
     def encode_docs(self, texts: Sequence[str]) -> torch.Tensor:
-        """``(B, V)`` document vectors."""
-        return self.doc_encoder.encode_texts(texts, self.config.max_length)
+        """``(B, V)`` document vectors; with ``config.doc_windows > 1`` the max over each text's first windows."""
+        cfg = self.config
+        if cfg.doc_windows == 1:
+            return self.doc_encoder.encode_texts(texts, cfg.max_length)
+        t = self.tokenizer(list(texts), padding=True, truncation=True, max_length=cfg.max_length,
+                           stride=cfg.doc_stride, return_overflowing_tokens=True, return_tensors="pt")
+        owner = t["overflow_to_sample_mapping"]
+        # k-th window of its text: windows of one text are consecutive
+        first = torch.searchsorted(owner, owner, right=False)
+        keep = (torch.arange(len(owner)) - first) < cfg.doc_windows
+        ids, mask, owner = t["input_ids"][keep], t["attention_mask"][keep], owner[keep]
+        width = int(mask.sum(1).max())  # the kept windows may all be shorter than the padding
+        w = self.doc_encoder(ids[:, :width], mask[:, :width])
+        return torch.zeros(len(texts), w.shape[1], dtype=w.dtype).index_reduce_(0, owner, w, "amax",
+                                                                                  include_self=True)
 
     # -- persistence: a folder with model.json + model.pt (a plain state dict, loadable with weights_only=True) --
     def save(self, folder: str | Path) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -29,9 +29,25 @@ def sparse_stats(retriever: ImpactRetriever, queries: Mapping[str, str]) -> dict
             **({"encode_docs_per_s": round(m["encode_docs_per_s"], 2)} if "encode_docs_per_s" in m else {})}
 
 
+# encoder settings that only change how documents are indexed, not what is trained
+INDEX_ONLY = ("doc_windows", "doc_stride")
+
+
 def _same_config(path: Path, cfg: TrainConfig) -> bool:
-    prev = json.loads(path.read_text())
-    return all(prev.get(k) == v for k, v in json.loads(json.dumps(asdict(cfg))).items())
+    """Was ``path``'s training run made with ``cfg`` (indexing-only settings aside)?"""
+    def training_part(c: dict) -> dict:
+        c = dict(c)
+        c["encoder"] = {k: v for k, v in (c.get("encoder") or {}).items() if k not in INDEX_ONLY}
+        return c
+
+    prev = training_part(json.loads(path.read_text()))
+    return all(prev.get(k) == v for k, v in training_part(json.loads(json.dumps(asdict(cfg)))).items())
+
+
+def with_index_settings(model: SparseModel, cfg: TrainConfig) -> SparseModel:
+    """``model`` set to index documents as ``cfg.encoder`` says (windows), whatever it was trained with."""
+    model.config = replace(model.config, **{k: getattr(cfg.encoder, k) for k in INDEX_ONLY})
+    return model
 
 
 def model_name(cfg: TrainConfig) -> str:
@@ -107,7 +123,8 @@ def run(dataset: str, cfg: TrainConfig, out: str | Path, *, eval_datasets: Seque
                                          "examples": res.examples, "config": asdict(cfg)}, "eval": {}}
     for ev in [dataset, *[e for e in eval_datasets if e != dataset]]:
         eds = ds if ev == dataset else load(ev)
-        model = SparseModel.load(res.model_dir)  # fresh copy: indexing refits the inference-free IDF per corpus
+        # fresh copy: indexing refits the inference-free IDF per corpus
+        model = with_index_settings(SparseModel.load(res.model_dir), cfg)
         recs = evaluate_model(model, eds, out / eds.name, name, k=k, with_bm25=with_bm25, threads=threads)
         summary["eval"][eds.name] = recs
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")

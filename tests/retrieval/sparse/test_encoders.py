@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -111,3 +112,35 @@ def test_trainable_idf_receives_gradient(tiny_model):
     g = m.query_encoder.idf.grad
     white = m.tokenizer.convert_tokens_to_ids("white")
     assert g is not None and g[white] > 0 and g.count_nonzero() <= 2  # only the query's own word pieces
+
+
+def test_doc_windows_max_pool_over_the_whole_text(tiny_model):
+    from dataclasses import replace
+
+    from tests.conftest import dataset_path
+
+    lines = (dataset_path("scifact") / "corpus.jsonl").read_text(encoding="utf-8").splitlines()[:40]
+    texts = [json.loads(x)["text"] for x in lines]
+    tok = tiny_model.tokenizer
+    long_i = next(i for i, t in enumerate(texts) if len(tok(t, add_special_tokens=False)["input_ids"]) > 150)
+    batch = [texts[long_i], json.loads(lines[0])["title"]]  # a long abstract and a title (one window)
+    one = tiny_model.eval()
+    with torch.no_grad():
+        w1 = one.encode_docs(batch)
+        one.config = replace(one.config, max_length=64, doc_windows=1)
+        first = one.encode_docs(batch)
+        one.config = replace(one.config, doc_windows=8, doc_stride=8)
+        win = one.encode_docs(batch)
+        # the long text's windows, encoded one by one, max-pooled by hand
+        t = tok([texts[long_i]], truncation=True, max_length=64, stride=8, return_overflowing_tokens=True,
+                padding=True, return_tensors="pt")
+        ref = torch.stack([one.doc_encoder(t["input_ids"][j:j + 1], t["attention_mask"][j:j + 1])[0]
+                           for j in range(min(8, len(t["input_ids"])))]).amax(0)
+        one.config = replace(one.config, max_length=128, doc_windows=1, doc_stride=16)
+    assert len(t["input_ids"]) >= 3
+    assert torch.allclose(win[0], ref, atol=1e-5)
+    assert (win[0] >= first[0] - 1e-6).all() and (win[0] > 0).sum() > (first[0] > 0).sum()
+    assert torch.allclose(win[1], first[1], atol=1e-5)  # a text within one window is unchanged
+    assert torch.allclose(w1[1], first[1], atol=1e-5)
+    with pytest.raises(ValueError, match="doc_windows"):
+        EncoderConfig(doc_windows=0)
