@@ -302,16 +302,25 @@ class IDFQueryEncoder(nn.Module):
         t = self.tokenize(texts, max_length)
         return self(t["input_ids"], t["attention_mask"])
 
+    def token_ids(self, text: str) -> list[int]:
+        """Word-piece ids of ``text`` (no special tokens, first ``max_length``), as the HF call with
+        ``truncation=True`` gives them; through the Rust tokenizer directly, because at search time the HF call's
+        argument handling costs more than the tokenisation itself."""
+        bt = self.tokenizer.backend_tokenizer
+        if bt.truncation is not None or bt.padding is not None:  # state left behind by an earlier batched HF call
+            bt.no_truncation()
+            bt.no_padding()
+        return bt.encode(text, add_special_tokens=False).ids[: self.max_length]
+
     def query_terms(self, text: str) -> dict[int, float]:
         """Fast path without building a |V| tensor: word-piece id -> weight (used at search time)."""
-        ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_length)["input_ids"]
         key = (self.idf._version, self.idf.data_ptr())
         if getattr(self, "_table_key", None) != key:  # python lists: per-token tensor indexing costs ~us each
             self._table = torch.relu(self.idf.detach()).tolist()
             self._special_list = self.special.tolist()
             self._table_key = key
         idf, special = self._table, self._special_list
-        return {i: idf[i] for i in dict.fromkeys(ids) if not special[i]}
+        return {i: idf[i] for i in dict.fromkeys(self.token_ids(text)) if not special[i]}
 
 
 VARIANTS = ("inference-free", "splade")

@@ -202,21 +202,18 @@ class ImpactRetriever:
             self._searcher = None
 
     # ---- querying ----
-    @torch.inference_mode()
     def query_vectors(self, queries: Sequence[str]) -> list[dict[str, int]]:
         """Queries -> ``{word piece: integer weight}`` (IDF table look-up for inference-free, model for siamese)."""
         qe = self.model.query_encoder
-        if self.model.variant == "inference-free":
-            out = []
-            for q in queries:
-                terms = qe.query_terms(q)
-                out.append({self._id_to_token[i]: int(v) for i, v in
-                            ((i, round(w * self.scale)) for i, w in terms.items()) if v > 0})
-            return out
+        if self.model.variant == "inference-free":  # no tensor work: plain Python is the per-query latency here
+            tokens, scale = self._id_to_token, self.scale
+            return [{tokens[i]: v for i, w in qe.query_terms(q).items() if (v := round(w * scale)) > 0}
+                    for q in queries]
         res: list[dict[str, int]] = []
-        for s in range(0, len(queries), self.batch_size):
-            w = self.model.encode_queries(list(queries[s:s + self.batch_size]))
-            res.extend(to_term_dicts(w, self._id_to_token, self.scale))
+        with torch.inference_mode():
+            for s in range(0, len(queries), self.batch_size):
+                w = self.model.encode_queries(list(queries[s:s + self.batch_size]))
+                res.extend(to_term_dicts(w, self._id_to_token, self.scale))
         return res
 
     def _jquery(self, vec: Mapping[str, int]):  # noqa: ANN202

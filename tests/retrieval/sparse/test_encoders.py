@@ -144,3 +144,17 @@ def test_doc_windows_max_pool_over_the_whole_text(tiny_model):
     assert torch.allclose(w1[1], first[1], atol=1e-5)
     with pytest.raises(ValueError, match="doc_windows"):
         EncoderConfig(doc_windows=0)
+
+
+def test_query_token_ids_equal_the_hf_call_whatever_state_it_left(tiny_model):
+    from tests.conftest import dataset_path
+
+    lines = (dataset_path("scifact") / "queries.jsonl").read_text(encoding="utf-8").splitlines()[:200]
+    queries = [json.loads(x)["text"] for x in lines]
+    tok = tiny_model.tokenizer
+    qe = IDFQueryEncoder(tok, torch.ones(tiny_model.doc_encoder.vocab_size), max_length=8)
+    for state in ({"truncation": True, "max_length": 5}, {"padding": "max_length", "max_length": 40}, {}):
+        tok(queries[:3], **state)  # a batched call leaves truncation/padding set on the Rust tokenizer
+        for q in queries:
+            assert qe.token_ids(q) == tok(q, add_special_tokens=False, truncation=True, max_length=8)["input_ids"]
+    assert any(len(tok(q, add_special_tokens=False)["input_ids"]) > 8 for q in queries)  # truncation exercised
