@@ -19,6 +19,7 @@ from recsparse.types import check_choice, check_positive
 FAMILIES = ("mf", "lightgcn", "two_tower")
 LOSSES = ("bpr", "softmax")
 OPTIMIZERS = ("adam", "adagrad", "sgd")
+LR_SCHEDULES = ("constant", "cosine")
 SPLITS = ("given", "leave_last_out")
 
 
@@ -118,13 +119,17 @@ class LossConfig:
 @dataclass
 class TrainerConfig:
     """Optimisation and Lightning settings. ``resume``: ``"last"`` (``<output_dir>/checkpoints/last.ckpt`` if it
-    exists) or a checkpoint path; checkpoints are loaded with ``weights_only=True``."""
+    exists) or a checkpoint path; checkpoints are loaded with ``weights_only=True``. ``lr_schedule``: ``constant``
+    or ``cosine`` (per epoch from ``lr`` down to ``lr * lr_final_ratio`` at ``max_epochs``; a resumed run keeps the
+    schedule of the checkpoint's ``max_epochs``)."""
 
     max_epochs: int = 10
     batch_size: int = 2048
     lr: float = 1e-3
     optimizer: str = "adam"
     weight_decay: float = 0.0
+    lr_schedule: str = "constant"
+    lr_final_ratio: float = 0.01
     seed: int = 0
     deterministic: bool = True
     num_threads: int = 2
@@ -140,6 +145,9 @@ class TrainerConfig:
                   "limit_train_batches"):
             _pos("trainer", n, getattr(self, n))
         check_choice("trainer.optimizer", self.optimizer, OPTIMIZERS)
+        check_choice("trainer.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0.0 <= self.lr_final_ratio <= 1.0:
+            raise ValueError(f"trainer.lr_final_ratio must be in [0, 1], got {self.lr_final_ratio}")
         if self.weight_decay < 0:
             raise ValueError(f"trainer.weight_decay must be >= 0, got {self.weight_decay}")
 

@@ -41,10 +41,17 @@ class RankingModule(L.LightningModule):
         t = self.cfg.trainer
         params = [p for p in self.parameters() if p.requires_grad]
         if t.optimizer == "adam":
-            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
-        if t.optimizer == "adagrad":
-            return torch.optim.Adagrad(params, lr=t.lr, weight_decay=t.weight_decay)
-        return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+            opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        elif t.optimizer == "adagrad":
+            opt = torch.optim.Adagrad(params, lr=t.lr, weight_decay=t.weight_decay)
+        else:
+            opt = torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay)
+        if t.lr_schedule == "constant":
+            return opt
+        # cosine, stepped once per epoch: the last epoch trains at lr * lr_final_ratio
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.max_epochs - 1),
+                                                           eta_min=t.lr * t.lr_final_ratio)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
         """-> ``user [B, d]``, ``item [B, d]``, optional ``neg [B, d]``, ``uniform [M, d]``, ``reg`` (scalar)."""

@@ -15,6 +15,8 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
     ({"trainer": {"batch_size": 0}}, "trainer.batch_size must be > 0"),
     ({"trainer": {"lr": -1}}, "trainer.lr must be > 0"),
     ({"trainer": {"optimizer": "lbfgs"}}, "trainer.optimizer must be one of"),
+    ({"trainer": {"lr_schedule": "linear"}}, "trainer.lr_schedule must be one of"),
+    ({"trainer": {"lr_final_ratio": 2.0}}, "trainer.lr_final_ratio must be in"),
     ({"model": {"family": "dlrm"}}, "model.family must be one of"),
     ({"model": {"mapper": "bloom"}}, "model.mapper must be one of"),
     ({"model": {"dim": 0}}, "model.dim must be > 0"),

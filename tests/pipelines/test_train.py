@@ -42,9 +42,10 @@ def _weights(out):
     return ck["state_dict"]
 
 
-@pytest.mark.parametrize("family,loss", [("mf", "softmax"), pytest.param("lightgcn", "bpr", marks=pytest.mark.slow)])
-def test_kill_and_resume_is_identical(gowalla_small, tmp_path, family, loss):
-    kw = dict(model__family=family, loss__name=loss, trainer__max_epochs=2)
+@pytest.mark.parametrize("family,loss,schedule", [("mf", "softmax", "constant"), ("mf", "softmax", "cosine"),
+                                                  pytest.param("lightgcn", "bpr", "constant", marks=pytest.mark.slow)])
+def test_kill_and_resume_is_identical(gowalla_small, tmp_path, family, loss, schedule):
+    kw = dict(model__family=family, loss__name=loss, trainer__max_epochs=2, trainer__lr_schedule=schedule)
     a = run(_cfg(gowalla_small, tmp_path / "a", **kw))
     crashed = _cfg(gowalla_small, tmp_path / "b", **kw)
     with pytest.raises(RuntimeError, match="killed"):
@@ -60,6 +61,25 @@ def test_kill_and_resume_is_identical(gowalla_small, tmp_path, family, loss):
     assert a["best_val"]["value"] == b["best_val"]["value"], (a["best_val"], b["best_val"])
     assert a["test"] == b["test"]
     assert a["epochs"] == b["epochs"] == 2
+
+
+def test_cosine_schedule_decays_to_the_final_ratio(gowalla_small, tmp_path):
+    from recsparse.pipelines.data import build_split
+    from recsparse.pipelines.modules import build_module
+
+    cfg = _cfg(gowalla_small, tmp_path, trainer__lr_schedule="cosine", trainer__max_epochs=5,
+               trainer__lr_final_ratio=0.1)
+    conf = build_module(cfg, build_split(cfg)).configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    assert conf["lr_scheduler"]["interval"] == "epoch"
+    lrs = []
+    for _ in range(5):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == pytest.approx(0.01) and lrs[-1] == pytest.approx(0.001)
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    assert lrs[2] == pytest.approx(0.001 + 0.009 * 0.5)  # half-way down the cosine
 
 
 def test_fit_writes_logs_checkpoints_and_learns(gowalla_small, tmp_path):
