@@ -294,11 +294,26 @@ def baseline(out: Path = typer.Option(Path("runs/sparse-bench")), datasets: list
         rows += [{k: v for k, v in r.items() if k not in ("index_s", "reused_index", "search_s", "threads")}
                  | {"measure": "quality", "variant": variant, "train_steps": 0, "backbone": "splade-tiny",
                     "doc_windows": doc_windows} for r in recs]
+    rows += means(rows) if len(datasets) > 1 else []
     prov = provenance(time.perf_counter() - t0)
     for r in rows:
         r.update({k: v for k, v in prov.items() if k != "wall_s"})
     save_results("sparse", rows, KEY)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
+
+
+@app.command("means")
+def means_command() -> None:
+    """Recompute the mean rows of every retriever in sparse.json from its recorded quality rows."""
+    from recsparse.results import RESULTS_DIR
+
+    recs = json.loads((RESULTS_DIR / "sparse.json").read_text())
+    rows = [r for r in means([r for r in recs if r.get("measure") == "quality"]) if "+" in r["dataset"]]
+    prov = provenance(0.0)
+    for r in rows:
+        r.update({k: v for k, v in prov.items() if k != "wall_s"})
+    save_results("sparse", rows, KEY)
+    print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100"])
 
 
 @app.command()
@@ -325,6 +340,7 @@ def collect(run_dir: Path = typer.Argument(..., help="A `recsparse sparse run --
                            "lr": cfg["lr"], "distill": cfg["distill"], "run_dir": str(run_dir),
                            "run_command": (run_dir / "command.txt").read_text().strip()
                            if (run_dir / "command.txt").is_file() else None})
+    rows += means(rows)
     prov = provenance(0.0)
     for r in rows:
         r.update({k: v for k, v in prov.items() if k != "wall_s"})
