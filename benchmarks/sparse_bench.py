@@ -143,15 +143,45 @@ def fusion_rows(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> 
     return recs
 
 
-def matched_sparsity(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """For each variant trained with both FLOPS and IDF-FLOPS: prune the model with more document non-zeros (one
-    global impact threshold) down to (a) the other's average document non-zeros ("@matched-nnz") and (b) the other's
-    FLOPS over the test queries ("@matched-flops"), re-index and re-evaluate: a comparison at equal sparsity."""
+def prune_and_evaluate(src: Path, ds: str, nnz: float, flops: float, dest: Path,
+                       tags: tuple[str, ...] = ("matched-nnz", "matched-flops")) -> list[dict[str, Any]]:
+    """Prune the impact index ``src`` (one global impact threshold) down to ``nnz`` average document non-zeros
+    ("matched-nnz") and to ``flops`` over ``ds``'s test queries ("matched-flops"), re-index, re-evaluate."""
     from recsparse.retrieval.harness import evaluate_retrievers
     from recsparse.retrieval.sparse.impact import ImpactRetriever, flops_estimate, read_json_vector_collection
     from recsparse.retrieval.sparse.pipeline import sparse_stats
     from recsparse.retrieval.sparse.quantize import prune_threshold, threshold_for_nnz
 
+    ids, vecs = read_json_vector_collection(src / "collection")
+    dataset = _load(ds)
+    probe = ImpactRetriever.open(src)
+    base, qv = probe.name, probe.query_vectors(list(dataset.split_queries("test").values()))
+    probe.close()
+    thr_nnz = threshold_for_nnz(vecs, nnz)
+    thr_flops = thr_nnz
+    while flops_estimate(qv, prune_threshold(vecs, thr_flops)) > flops and thr_flops < 10**5:
+        thr_flops += 1
+    recs = []
+    for tag, thr in (("matched-nnz", thr_nnz), ("matched-flops", thr_flops)):
+        if tag not in tags:
+            continue
+        name = f"{base}@{tag}"
+        r = ImpactRetriever.open(src, name=name)
+        r.refit_idf = False
+        r.write(dest / tag / "indexes" / "pruned", ids, prune_threshold(vecs, thr),
+                extra={"pruned_min_impact": thr, "source": str(src)})
+        rows = evaluate_retrievers(dataset, {name: r}, split="test", k=100, out_dir=dest / tag)
+        st = sparse_stats(r, dataset.split_queries("test"))
+        r.close()
+        rec = {k: v for k, v in rows[0].items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+        rec.update(st, measure="quality", pruned_min_impact=thr, run_dir=str(dest / tag))
+        recs.append(rec)
+    return recs
+
+
+def matched_sparsity(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[dict[str, Any]]:
+    """For each variant trained with both FLOPS and IDF-FLOPS: prune the model with more document non-zeros down to
+    the other's average document non-zeros and FLOPS (:func:`prune_and_evaluate`): a comparison at equal sparsity."""
     recs: list[dict[str, Any]] = []
     for variant in ("inference-free", "splade"):
         a, b = summaries.get((variant, "flops")), summaries.get((variant, "idf-flops"))
@@ -163,30 +193,34 @@ def matched_sparsity(summaries: dict[tuple[str, str], dict[str, Any]], out: Path
             dense_reg, sparse_rec = ("flops", rb) if ra["avg_doc_nnz"] >= rb["avg_doc_nnz"] else ("idf-flops", ra)
             dense_rec = ra if dense_reg == "flops" else rb
             src = _run_dir(out, variant, dense_reg) / ds / "indexes" / dense_rec["retriever"]
-            ids, vecs = read_json_vector_collection(src / "collection")
-            dataset = _load(ds)
-            probe = ImpactRetriever.open(src)
-            qv = probe.query_vectors(list(dataset.split_queries("test").values()))
-            probe.close()
-            thr_nnz = threshold_for_nnz(vecs, sparse_rec["avg_doc_nnz"])
-            thr_flops = thr_nnz
-            while flops_estimate(qv, prune_threshold(vecs, thr_flops)) > sparse_rec["flops"] and thr_flops < 10**5:
-                thr_flops += 1
-            for tag, thr in (("matched-nnz", thr_nnz), ("matched-flops", thr_flops)):
-                name = f"{dense_rec['retriever']}@{tag}"
-                r = ImpactRetriever.open(src, name=name)
-                r.refit_idf = False
-                dest = _run_dir(out, variant, dense_reg) / ds / tag
-                r.write(dest / "indexes" / "pruned", ids, prune_threshold(vecs, thr),
-                        extra={"pruned_min_impact": thr, "source": str(src)})
-                rows = evaluate_retrievers(dataset, {name: r}, split="test", k=100, out_dir=dest)
-                st = sparse_stats(r, dataset.split_queries("test"))
-                r.close()
-                rec = {k: v for k, v in rows[0].items() if k not in ("index_s", "reused_index", "search_s", "threads")}
-                rec.update(st, measure="quality", variant=variant, reg=dense_reg, matched_to=sparse_rec["retriever"],
-                           pruned_min_impact=thr, run_dir=str(dest))
+            for rec in prune_and_evaluate(src, ds, sparse_rec["avg_doc_nnz"], sparse_rec["flops"],
+                                          _run_dir(out, variant, dense_reg) / ds):
+                rec.update(variant=variant, reg=dense_reg, matched_to=sparse_rec["retriever"])
                 recs.append(rec)
     return recs
+
+
+@app.command()
+def prune(index: Path = typer.Argument(..., help="Impact index folder to prune."),
+          like: Path = typer.Argument(..., help="Impact index whose document nnz / FLOPS to match."),
+          dataset: str = typer.Option(...), out: Path = typer.Option(...)) -> None:
+    """Prune INDEX to LIKE's average document non-zeros and FLOPS on DATASET's test queries, and evaluate: e.g. the
+    untrained model cut to a trained model's sparsity, to see what training bought at equal cost."""
+    from recsparse.retrieval.sparse import open_retriever
+    from recsparse.retrieval.sparse.pipeline import sparse_stats
+
+    ref = open_retriever(like)
+    st = sparse_stats(ref, _load(dataset).split_queries("test"))
+    ref.close()
+    rows = prune_and_evaluate(index, dataset, st["avg_doc_nnz"], st["flops"], out)
+    for r in rows:
+        r.update(matched_to=str(like), matched_nnz=st["avg_doc_nnz"], matched_flops=st["flops"])
+    rows += means(rows) if len({r["dataset"] for r in rows}) > 1 else []
+    prov = provenance(0.0)
+    for r in rows:
+        r.update({k: v for k, v in prov.items() if k != "wall_s"})
+    save_results("sparse", rows, KEY)
+    print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
 
 
 def means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
