@@ -27,7 +27,7 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from recsparse.io import INDEX_META, atomic_dir, atomic_write, write_json
+from recsparse.io import INDEX_META, atomic_dir, atomic_write, read_index_meta, write_json
 from recsparse.retrieval.jvm import autoclass, ensure_jvm
 from recsparse.retrieval.sparse.encoders import SparseModel, corpus_idf, text_of
 from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, quantize, to_term_dicts
@@ -185,15 +185,17 @@ class ImpactRetriever:
     @classmethod
     def open(cls, path: str | Path, name: str | None = None) -> "ImpactRetriever":
         path = Path(path)
-        meta = json.loads((path / INDEX_META).read_text())
+        meta = read_index_meta(path)
+        if not meta:
+            raise FileNotFoundError(f"{path}: no {INDEX_META} (not an index written by ImpactRetriever)")
         r = cls(SparseModel.load(path / "model"), name=name or meta.get("name"), scale=meta["scale"])
-        r._attach(path)
+        r._attach(path, meta)
         return r
 
-    def _attach(self, path: Path) -> None:
+    def _attach(self, path: Path, meta: dict | None = None) -> None:
         ensure_jvm()
         self.path = path
-        self.meta = json.loads((path / INDEX_META).read_text())
+        self.meta = meta if meta is not None else read_index_meta(path)
         self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(path / "index"))
 
     def close(self) -> None:

@@ -45,3 +45,11 @@ def test_stats_and_flops_hand_computed():
     assert s == {"documents": 3, "postings": 6, "terms": 5, "avg_doc_nnz": 2.0}
     # P_q(cell) = 1, P_q(plasma) = 1/2; P_d(cell) = 2/3, P_d(plasma) = 1/3 -> 2/3 + 1/6
     assert flops_estimate([{"cell": 1}, {"cell": 2, "plasma": 1}], list(DOCS.values())) == pytest.approx(5 / 6)
+
+
+def test_open_names_the_missing_metadata(tmp_path):
+    from recsparse.io import INDEX_META
+    from recsparse.retrieval.sparse.impact import ImpactRetriever
+
+    with pytest.raises(FileNotFoundError, match=INDEX_META):
+        ImpactRetriever.open(tmp_path)
