@@ -27,6 +27,19 @@ from recsparse.results import print_table, provenance, save_results
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 KEY = ("dataset", "retriever", "measure")
 CONFIGS = ("inference-free:idf-flops", "inference-free:flops", "splade:idf-flops", "splade:flops")
+RUN_TIMINGS = ("index_s", "reused_index", "search_s", "threads")  # per-invocation harness fields, not results
+
+
+def _without_timings(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in record.items() if k not in RUN_TIMINGS}
+
+
+def _save(rows: list[dict[str, Any]]) -> None:
+    """Stamp ``rows`` with this invocation's command, commit and machine, and merge them into sparse.json."""
+    prov = {k: v for k, v in provenance().items() if k != "wall_s"}
+    for r in rows:
+        r.update(prov)
+    save_results("sparse", rows, KEY)
 
 
 def _load(name: str):  # noqa: ANN202
@@ -68,7 +81,6 @@ def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[s
     from recsparse.retrieval.sparse.pipeline import run
     from recsparse.retrieval.sparse.training import TrainConfig
 
-    t0 = time.perf_counter()
     records: list[dict[str, Any]] = []
     summaries: dict[tuple[str, str], dict[str, Any]] = {}
     for c in configs:
@@ -87,7 +99,7 @@ def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[s
         tr = s["train"]
         for ds, recs in s["eval"].items():
             for r in recs:
-                rec = {k: v for k, v in r.items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+                rec = _without_timings(r)
                 rec["measure"] = "quality"
                 if r["retriever"] != "bm25":
                     rec.update(variant=variant, reg=reg, train_dataset=tr["dataset"], train_steps=tr["steps"],
@@ -103,11 +115,7 @@ def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[s
     if matched:
         records += matched_sparsity(summaries, out)
     records += means(records)
-    prov = provenance(time.perf_counter() - t0)
-    for r in records:
-        r.setdefault("command", prov["command"])
-        r.update({k: v for k, v in prov.items() if k != "wall_s"})
-    save_results("sparse", records, KEY)
+    _save(records)
     print_table([r for r in records if r["measure"] != "latency"],
                 columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "avg_query_nnz", "flops",
                          "index_bytes", "train_wall_s", "encode_docs_per_s"])
@@ -173,7 +181,7 @@ def prune_and_evaluate(src: Path, ds: str, nnz: float, flops: float, dest: Path,
         rows = evaluate_retrievers(dataset, {name: r}, split="test", k=100, out_dir=dest / tag)
         st = sparse_stats(r, dataset.split_queries("test"))
         r.close()
-        rec = {k: v for k, v in rows[0].items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+        rec = _without_timings(rows[0])
         rec.update(st, measure="quality", pruned_min_impact=thr, run_dir=str(dest / tag))
         recs.append(rec)
     return recs
@@ -216,10 +224,7 @@ def prune(index: Path = typer.Argument(..., help="Impact index folder to prune."
     for r in rows:
         r.update(matched_to=str(like), matched_nnz=st["avg_doc_nnz"], matched_flops=st["flops"])
     rows += means(rows) if len({r["dataset"] for r in rows}) > 1 else []
-    prov = provenance(0.0)
-    for r in rows:
-        r.update({k: v for k, v in prov.items() if k != "wall_s"})
-    save_results("sparse", rows, KEY)
+    _save(rows)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
 
 
@@ -319,20 +324,16 @@ def baseline(out: Path = typer.Option(Path("runs/sparse-bench")), datasets: list
     from recsparse.retrieval.sparse.encoders import EncoderConfig, SparseModel
     from recsparse.retrieval.sparse.pipeline import evaluate_model
 
-    t0 = time.perf_counter()
     name = f"sparse-{variant}-untrained" + (f"-w{doc_windows}" if doc_windows > 1 else "")
     rows = []
     for ds in datasets:
         model = SparseModel(variant, EncoderConfig(doc_windows=doc_windows)).eval()
         recs = evaluate_model(model, _load(ds), out / name / ds, name, with_bm25=False)
-        rows += [{k: v for k, v in r.items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+        rows += [_without_timings(r)
                  | {"measure": "quality", "variant": variant, "train_steps": 0, "backbone": "splade-tiny",
                     "doc_windows": doc_windows} for r in recs]
     rows += means(rows) if len(datasets) > 1 else []
-    prov = provenance(time.perf_counter() - t0)
-    for r in rows:
-        r.update({k: v for k, v in prov.items() if k != "wall_s"})
-    save_results("sparse", rows, KEY)
+    _save(rows)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
 
 
@@ -343,10 +344,7 @@ def means_command() -> None:
 
     recs = json.loads((RESULTS_DIR / "sparse.json").read_text())
     rows = [r for r in means([r for r in recs if r.get("measure") == "quality"]) if "+" in r["dataset"]]
-    prov = provenance(0.0)
-    for r in rows:
-        r.update({k: v for k, v in prov.items() if k != "wall_s"})
-    save_results("sparse", rows, KEY)
+    _save(rows)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100"])
 
 
@@ -365,7 +363,7 @@ def collect(run_dir: Path = typer.Argument(..., help="A `recsparse sparse run --
         for r in recs:
             if r["retriever"] == "bm25":
                 continue
-            rows.append({k: v for k, v in r.items() if k not in ("index_s", "reused_index", "search_s", "threads")}
+            rows.append(_without_timings(r)
                         | {"retriever": f"{r['retriever']}|{label}", "measure": "quality", "variant": cfg["variant"],
                            "reg": cfg["reg"], "train_dataset": tr["dataset"], "train_steps": tr["steps"],
                            "train_wall_s": tr["wall_s"], "backbone": cfg["encoder"]["backbone"],
@@ -375,10 +373,7 @@ def collect(run_dir: Path = typer.Argument(..., help="A `recsparse sparse run --
                            "run_command": (run_dir / "command.txt").read_text().strip()
                            if (run_dir / "command.txt").is_file() else None})
     rows += means(rows)
-    prov = provenance(0.0)
-    for r in rows:
-        r.update({k: v for k, v in prov.items() if k != "wall_s"})
-    save_results("sparse", rows, KEY)
+    _save(rows)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
 
 
