@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from recsparse.io import INDEX_META, atomic_dir, read_index_meta as read_meta, write_json
+from recsparse.io import INDEX_META, atomic_dir, read_index_meta, write_json
 from recsparse.retrieval.jvm import autoclass, ensure_jvm, pyserini_module
 from recsparse.types import Hit, Run, check_choice, check_positive
 
@@ -193,7 +193,7 @@ class BM25Retriever:
 
     def reuse(self, path: str | Path, corpus_sha: str) -> bool:
         """Open the index at ``path`` if it was built by this configuration from the corpus ``corpus_sha``."""
-        meta = read_meta(path)
+        meta = read_index_meta(path)
         if meta.get("kind") != "bm25" or meta.get("corpus_sha") != corpus_sha or meta.get("config") != asdict(self.config):
             return False
         self.close()
@@ -203,7 +203,7 @@ class BM25Retriever:
     @classmethod
     def open(cls, path: str | Path, config: BM25Config | None = None, name: str | None = None) -> "BM25Retriever":
         """Open a saved index; the field setting is read from its metadata unless ``config`` overrides it."""
-        meta = read_meta(path)
+        meta = read_index_meta(path)
         if config is None:
             config = BM25Config(**meta["config"]) if "config" in meta else BM25Config()
         r = cls(config, name=name)

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from recsparse.data import load
-from recsparse.retrieval.lucene import (BM25Config, BM25Retriever, IndexBuildError, build_lucene_index, read_meta)
+from recsparse.io import read_index_meta
+from recsparse.retrieval.lucene import BM25Config, BM25Retriever, IndexBuildError, build_lucene_index
 from recsparse.types import Hit, Retriever
 
 
@@ -59,7 +60,7 @@ def test_open_saved_index(bm25):
 def test_multifield_differs_from_flat(cran, bm25, tmp_path):
     mf = BM25Retriever(BM25Config(fields="multifield"))
     mf.index(cran.corpus, tmp_path / "mf")
-    assert mf.name == "bm25-multifield" and read_meta(tmp_path / "mf")["collection"] == "BeirMultifieldCollection"
+    assert mf.name == "bm25-multifield" and read_index_meta(tmp_path / "mf")["collection"] == "BeirMultifieldCollection"
     q = "heat transfer in hypersonic flow"
     assert mf.search(q, 10) != bm25.search(q, 10)
 
