@@ -6,6 +6,9 @@ Sections (``--sections``, comma-separated):
   :func:`recsparse.pipelines.train.run`; one record per config: Recall/NDCG@20 (capped and plain protocols),
   rows, bytes, epochs, wall time, training examples/s, config file and overrides.
 * ``throughput`` — training examples/s over ``--batches`` steps (no evaluation), under the timing lock.
+* ``loss`` — one forward + backward of the shared-negative sampled softmax on a real Gowalla LightGCN batch
+  (``--configs`` gives the model; ``--negatives`` the sizes): the chunked kernel against the materialised-logits
+  graph, median of ``--batches`` repeats, under the timing lock; also checks that both give the same loss.
 * ``eval`` — full-ranking evaluation wall time and peak RSS of a trained Gowalla checkpoint in a FRESH process
   (so RSS is the evaluation's own: data + model + score blocks); run it under ``flock /tmp/recsparse-timing.lock``.
 
@@ -78,6 +81,52 @@ def throughput_record(config: str, overrides: list[str], batches: int) -> dict[s
             "config": config, **provenance(time.perf_counter() - t0)}
 
 
+def loss_records(config: str, overrides: list[str], negatives: list[int], repeats: int) -> list[dict[str, Any]]:
+    """Time the chunked vs materialised shared-negative softmax (fwd + bwd) on the config's model at init, one real
+    training batch (``trainer.batch_size`` pairs from the head of the training stream) and ``M`` uniform negatives."""
+    import statistics
+
+    import torch
+
+    from recsparse.kernels.softmax import materialized_shared_negative_softmax_loss, shared_negative_softmax_loss
+    from recsparse.pipelines.config import load_config
+    from recsparse.pipelines.data import build_split
+    from recsparse.pipelines.modules import build_module
+    from recsparse.results import provenance
+
+    cfg = load_config(config, overrides)
+    torch.set_num_threads(cfg.trainer.num_threads)
+    torch.manual_seed(cfg.trainer.seed)
+    split = build_split(cfg)
+    module = build_module(cfg, split)
+    B = cfg.trainer.batch_size
+    users = torch.from_numpy(split.train["user_id"].to_numpy()[:B].copy())
+    items = torch.from_numpy(split.train["item_id"].to_numpy()[:B].copy())
+    out = []
+    for M in negatives:
+        t0 = time.perf_counter()
+        neg_ids = torch.randint(0, split.num_items, (M,))
+        v = module.batch_vectors({"user": users, "item": items, "uniform": neg_ids})
+        u, p, n = (x.detach() for x in (v["user"], v["item"], v["uniform"]))
+        rec: dict[str, Any] = {"section": "loss", "name": f"{Path(config).stem}_softmax_B{B}_M{M}",
+                               "batch_size": B, "negatives": M, "dim": u.shape[1], "repeats": repeats}
+        for label, fn in (("chunked", shared_negative_softmax_loss),
+                          ("materialized", materialized_shared_negative_softmax_loss)):
+            times = []
+            for _ in range(repeats + 1):  # +1: the first call warms the allocator
+                xs = [x.clone().requires_grad_() for x in (u, p, n)]
+                s = time.perf_counter()
+                loss = fn(*xs, cfg.loss.temperature, None, items, neg_ids)
+                loss.backward()
+                times.append(time.perf_counter() - s)
+            rec[f"{label}_ms"] = round(1000 * statistics.median(times[1:]), 1)
+            rec[f"{label}_loss"] = round(loss.item(), 6)
+        rec["speedup"] = round(rec["materialized_ms"] / rec["chunked_ms"], 2)
+        rec.update(provenance(time.perf_counter() - t0))
+        out.append(rec)
+    return out
+
+
 def eval_child(config: str, checkpoint: str, overrides: list[str], backend: str) -> None:
     """Runs in a fresh process: load data + checkpoint, time one full-ranking test evaluation, print JSON."""
     import torch
@@ -125,7 +174,8 @@ def main() -> None:
     p.add_argument("--checkpoint", default=None)
     p.add_argument("--eval-backend", default="torch")
     p.add_argument("--eval-child", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--batches", type=int, default=30, help="steps timed by --sections throughput")
+    p.add_argument("--batches", type=int, default=30, help="steps timed by --sections throughput (loss: repeats)")
+    p.add_argument("--negatives", type=int, nargs="+", default=[4096, 16384, 40981], help="sizes for --sections loss")
     p.add_argument("--no-save", action="store_true")
     a = p.parse_args()
     if a.eval_child:
@@ -139,12 +189,14 @@ def main() -> None:
                 recs = [train_record(config, a.set, a.tag)]
             elif section == "throughput":
                 recs = [throughput_record(config, a.set, a.batches)]
+            elif section == "loss":
+                recs = loss_records(config, a.set, a.negatives, a.batches)
             elif section == "eval":
                 if not a.checkpoint:
                     raise SystemExit("--sections eval needs --checkpoint")
                 recs = [eval_record(config, a.checkpoint, a.set, a.eval_backend)]
             else:
-                raise SystemExit(f"unknown section {section!r} (train, throughput, eval)")
+                raise SystemExit(f"unknown section {section!r} (train, throughput, loss, eval)")
             print_table(recs)
             if not a.no_save:
                 save_results("rec", recs, KEY)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsparse.kernels.softmax import shared_negative_softmax_loss
 from recsparse.types import check_positive
 
 
@@ -49,14 +50,10 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, temperature: fl
     if not in_batch:
         if neg_item is None:
             raise ValueError("in_batch=False needs neg_item (the shared negatives)")
-        pos = (user * item).sum(-1, keepdim=True) / temperature  # [B, 1]
-        neg = user @ neg_item.T / temperature  # [B, M]
-        if neg_logq is not None:
-            neg = neg - neg_logq.unsqueeze(0)
-        if item_ids is not None and neg_ids is not None:
-            neg = neg.masked_fill(item_ids.unsqueeze(1) == neg_ids.unsqueeze(0), float("-inf"))
-        return F.cross_entropy(torch.cat([pos, neg], dim=1), torch.zeros(user.shape[0], dtype=torch.long,
-                                                                         device=user.device))
+        # chunked kernel: never materialises the [B, M] logits (the step's cost at thousands of negatives)
+        if item_ids is None or neg_ids is None:
+            item_ids = neg_ids = None
+        return shared_negative_softmax_loss(user, item, neg_item, temperature, neg_logq, item_ids, neg_ids)
     logits = user @ item.T / temperature  # [B, B]
     if item_logq is not None:
         logits = logits - item_logq.unsqueeze(0)
