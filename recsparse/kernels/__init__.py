@@ -1,11 +1,13 @@
-"""Embedding kernels: the FBGEMM TBE path (fused backward + optimizer) and a plain ``nn.EmbeddingBag`` fallback with
-the same layout and numerics. :func:`make_tables` picks TBE when FBGEMM imports."""
+"""Kernels: the FBGEMM TBE path (fused backward + optimizer) and a plain ``nn.EmbeddingBag`` fallback with the same
+layout and numerics (:func:`make_tables` picks TBE when FBGEMM imports); the chunked shared-negative sampled softmax
+(:func:`shared_negative_softmax_loss`) beside its materialised-logits reference."""
 
 from __future__ import annotations
 
 import torch
 
 from recsparse.kernels.fallback import EmbeddingBagTables
+from recsparse.kernels.softmax import materialized_shared_negative_softmax_loss, shared_negative_softmax_loss
 from recsparse.kernels.tbe import OPTIMIZERS, FusedTBE, TBEConfig, fbgemm_available
 
 
@@ -21,4 +23,5 @@ def make_tables(rows: list[int], dims: list[int], config: TBEConfig | None = Non
     raise ValueError(f"backend must be one of ['auto', 'fbgemm', 'torch'], got {backend!r}")
 
 
-__all__ = ["FusedTBE", "EmbeddingBagTables", "TBEConfig", "OPTIMIZERS", "fbgemm_available", "make_tables"]
+__all__ = ["FusedTBE", "EmbeddingBagTables", "TBEConfig", "OPTIMIZERS", "fbgemm_available", "make_tables",
+           "shared_negative_softmax_loss", "materialized_shared_negative_softmax_loss"]

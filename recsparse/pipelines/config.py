@@ -53,7 +53,8 @@ class ModelConfig:
     """``family``: mf | lightgcn | two_tower. ``mapper``: id-mapper of the user/item id tables (``recsparse
     embeddings mappers``); ``mapper_kwargs`` go to it (``resolution`` for GraphHash, ``num_hashes`` ...). Row budget
     of hashing mappers: ``user_rows``/``item_rows`` or ``budget_resolution`` (GraphHash's rows at that resolution).
-    ``normalize``: cosine scores (MF). ``hidden``/``out_dim``/``side_features``: two-tower towers."""
+    ``normalize``: cosine scores (MF, LightGCN). ``item_bias``: add a learned per-item bias to every score (MF,
+    LightGCN; :class:`~recsparse.models.ItemBias`). ``hidden``/``out_dim``/``side_features``: two-tower towers."""
 
     family: str = "mf"
     dim: int = 64
@@ -64,6 +65,7 @@ class ModelConfig:
     budget_resolution: float | None = None
     num_layers: int = 3
     normalize: bool = False
+    item_bias: bool = False
     init_std: float | None = 0.1
     backend: str = "torch"
     hidden: list[int] = field(default_factory=lambda: [128])
@@ -192,6 +194,8 @@ class TrainConfig:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
         if self.model.family == "two_tower" and self.loss.name != "softmax":
             raise ValueError("loss.name must be 'softmax' for model.family='two_tower' (in-batch sampled softmax)")
+        if self.model.item_bias and self.model.family not in ("mf", "lightgcn"):
+            raise ValueError(f"model.item_bias is for model.family 'mf' or 'lightgcn', got {self.model.family!r}")
         if self.model.family == "lightgcn" and self.model.mapper in ("universal", "qr", "double_graphhash") \
                 and self.model.backend == "fbgemm":
             raise ValueError("model.backend='fbgemm' is not supported for LightGCN (whole-table embed per step)")

@@ -16,7 +16,7 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
-from recsparse.models import (ItemFrequency, LightGCN, MatrixFactorization, TwoTower, bpr_loss, build_cf_mappers,
+from recsparse.models import (ItemBias, ItemFrequency, LightGCN, MatrixFactorization, TwoTower, bpr_loss, build_cf_mappers,
                               cf_tables, sampled_softmax_loss, table_stats)
 from recsparse.pipelines.config import TrainConfig
 from recsparse.pipelines.data import RecSplit
@@ -119,6 +119,33 @@ class RankingModule(L.LightningModule):
 
 
 class _CFModule(RankingModule):
+    """MF / LightGCN: user and item tables from the embedding core, optional learned item bias."""
+
+    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
+        super().__init__(cfg, split)
+        self.item_bias = ItemBias(split.num_items) if cfg.model.item_bias else None
+
+    def _bias_user_constant(self) -> float:
+        # softmax divides the whole inner product by the temperature: a user constant of τ leaves b_j unscaled
+        return self.cfg.loss.temperature if self.cfg.loss.name == "softmax" else 1.0
+
+    def _with_bias(self, out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Fold the item bias into the training vectors (no-op without ``model.item_bias``)."""
+        if self.item_bias is None:
+            return out
+        ib = self.item_bias
+        out["user"] = ib.user(out["user"], self._bias_user_constant())
+        for k, ids in (("item", "item"), ("neg", "neg"), ("uniform", "uniform")):
+            if k in out:
+                out[k] = ib.item(out[k], batch[ids])
+        return out
+
+    def _eval_with_bias(self, users: Any, items: torch.Tensor) -> tuple[Any, torch.Tensor]:
+        if self.item_bias is None:
+            return users, items
+        ib, c = self.item_bias, self._bias_user_constant()
+        return (lambda ids: ib.user(users(ids), c)), ib.item(items)
+
     def _tables(self) -> Any:
         s, m = self.split, self.cfg.model
         um, im = build_cf_mappers(m.mapper, s.train, s.num_users, s.num_items, m.user_rows, m.item_rows,
@@ -126,7 +153,10 @@ class _CFModule(RankingModule):
         return cf_tables(um, im, s.num_users, s.num_items, m.dim, m.backend, m.init_std, self.cfg.trainer.seed)
 
     def table_stats(self) -> dict[str, int]:
-        return table_stats(self.model.tables)
+        st = table_stats(self.model.tables)
+        if self.item_bias is not None:  # one fp32 per raw item, outside the id-mapped tables
+            st["bytes"] += self.item_bias.bias.numel() * self.item_bias.bias.element_size()
+        return st
 
 
 class MFModule(_CFModule):
@@ -146,10 +176,10 @@ class MFModule(_CFModule):
         if "uniform" in batch:
             out["uniform"] = mf.item_vectors(batch["uniform"])
         out["reg"] = reg / (2 * batch["user"].numel())
-        return out
+        return self._with_bias(out, batch)
 
     def eval_vectors(self) -> tuple[Any, torch.Tensor]:
-        return self.model.user_vectors, self.model.item_vectors()
+        return self._eval_with_bias(self.model.user_vectors, self.model.item_vectors())
 
 
 class LightGCNModule(_CFModule):
@@ -173,7 +203,7 @@ class LightGCNModule(_CFModule):
         if self.cfg.model.normalize:
             out = {k: torch.nn.functional.normalize(v, dim=-1) for k, v in out.items()}
         out["reg"] = reg / (2 * batch["user"].numel())
-        return out
+        return self._with_bias(out, batch)
 
     def eval_vectors(self) -> tuple[Any, torch.Tensor]:
         pu, pi = self.model.propagate()
@@ -191,7 +221,7 @@ class LightGCNModule(_CFModule):
                     raw = torch.nn.functional.normalize(raw, dim=-1)
                 vec = torch.where(known.unsqueeze(1), vec, raw)
             return vec
-        return users, pi
+        return self._eval_with_bias(users, pi)
 
 
 class TwoTowerModule(RankingModule):

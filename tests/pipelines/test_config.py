@@ -32,6 +32,7 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
     ({"trainer": {"epochs": 3}}, "unknown key.*trainer.epochs"),
     ({"optim": {}}, "unknown config section"),
     ({"model": {"family": "two_tower"}, "loss": {"name": "bpr"}}, "loss.name must be 'softmax'"),
+    ({"model": {"family": "two_tower", "item_bias": True}, "loss": {"name": "softmax"}}, "model.item_bias is for"),
 ])
 def test_validation_errors_name_the_field(d, msg):
     with pytest.raises(ValueError, match=msg):
