@@ -16,8 +16,8 @@ from typing import Any
 import lightning.pytorch as L
 import torch
 
-from recsparse.models import (ItemBias, ItemFrequency, LightGCN, MatrixFactorization, TwoTower, bpr_loss, build_cf_mappers,
-                              cf_tables, sampled_softmax_loss, table_stats)
+from recsparse.models import (ItemBias, ItemFrequency, LightGCN, MatrixFactorization, TwoTower, bpr_loss,
+                              build_cf_mappers, cf_tables, sampled_softmax_loss, table_stats)
 from recsparse.pipelines.config import TrainConfig
 from recsparse.pipelines.data import RecSplit
 from recsparse.pipelines.evaluation import Interactions, full_ranking_metrics
@@ -135,9 +135,9 @@ class _CFModule(RankingModule):
             return out
         ib = self.item_bias
         out["user"] = ib.user(out["user"], self._bias_user_constant())
-        for k, ids in (("item", "item"), ("neg", "neg"), ("uniform", "uniform")):
+        for k in ("item", "neg", "uniform"):  # each vector set is indexed by the batch's ids of the same name
             if k in out:
-                out[k] = ib.item(out[k], batch[ids])
+                out[k] = ib.item(out[k], batch[k])
         return out
 
     def _eval_with_bias(self, users: Any, items: torch.Tensor) -> tuple[Any, torch.Tensor]:
