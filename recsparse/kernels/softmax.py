@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import torch
 
+from recsparse.types import check_positive
+
 # rows per chunk: about 2^20 logits (4 MiB fp32) per chunk, so a chunk stays in cache
 _CHUNK_LOGITS = 1 << 20
 
@@ -25,10 +27,11 @@ def _chunk_rows(num_neg: int, chunk_rows: int | None) -> int:
     return max(1, _CHUNK_LOGITS // max(1, num_neg))
 
 
-def _neg_logits(u: torch.Tensor, neg: torch.Tensor, inv_t: float, neg_logq: torch.Tensor | None,
-                pos_ids: torch.Tensor | None, neg_ids: torch.Tensor | None) -> torch.Tensor:
-    """``u [c, d]`` -> ``[c, M]`` logits ``<u, n_j>/t - log q(j)``, ``-inf`` where ``n_j`` is the row's positive."""
-    s = (u @ neg.T).mul_(inv_t)
+def negative_logits(u: torch.Tensor, neg: torch.Tensor, temperature: float, neg_logq: torch.Tensor | None = None,
+                    pos_ids: torch.Tensor | None = None, neg_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """``u [c, d]``, ``neg [M, d]`` -> ``[c, M]`` logits ``<u, n_j>/t - log q(j)``; with ``pos_ids [c]`` and
+    ``neg_ids [M]``, ``-inf`` where ``n_j`` is the row's own positive (an accidental hit)."""
+    s = (u @ neg.T).div_(temperature)
     if neg_logq is not None:
         s.sub_(neg_logq)
     if pos_ids is not None and neg_ids is not None:
@@ -38,31 +41,32 @@ def _neg_logits(u: torch.Tensor, neg: torch.Tensor, inv_t: float, neg_logq: torc
 
 class _SharedNegativeSoftmax(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, user, pos, neg, inv_t, neg_logq, pos_ids, neg_ids, chunk):  # type: ignore[override]
+    def forward(ctx, user, pos, neg, temperature, neg_logq, pos_ids, neg_ids, chunk):  # type: ignore[override]
         B = user.shape[0]
-        pos_s = (user * pos).sum(-1) * inv_t
+        pos_s = (user * pos).sum(-1) / temperature
         lse = torch.empty_like(pos_s)
         for a in range(0, B, chunk):
             b = min(B, a + chunk)
-            s = _neg_logits(user[a:b], neg, inv_t, neg_logq, None if pos_ids is None else pos_ids[a:b], neg_ids)
+            s = negative_logits(user[a:b], neg, temperature, neg_logq,
+                                None if pos_ids is None else pos_ids[a:b], neg_ids)
             m = torch.maximum(s.amax(1), pos_s[a:b])  # the positive is finite, so m is too
             lse[a:b] = m + torch.log(s.sub_(m.unsqueeze(1)).exp_().sum(1) + (pos_s[a:b] - m).exp())
         ctx.save_for_backward(user, pos, neg, neg_logq, pos_ids, neg_ids, lse, pos_s)
-        ctx.inv_t, ctx.chunk = inv_t, chunk
+        ctx.temperature, ctx.chunk = temperature, chunk
         return (lse - pos_s).mean()
 
     @staticmethod
     def backward(ctx, grad):  # type: ignore[override]
         user, pos, neg, neg_logq, pos_ids, neg_ids, lse, pos_s = ctx.saved_tensors
-        inv_t, chunk = ctx.inv_t, ctx.chunk
+        temperature, chunk = ctx.temperature, ctx.chunk
         B = user.shape[0]
-        scale = grad / B * inv_t  # d(mean CE)/d(logit) = softmax - onehot, then d(logit)/d(dot) = 1/t
+        scale = grad / B / temperature  # d(mean CE)/d(logit) = softmax - onehot, then d(logit)/d(dot) = 1/t
         g_user = torch.empty_like(user)
         g_neg = torch.zeros_like(neg)
         for a in range(0, B, chunk):
             b = min(B, a + chunk)
             u = user[a:b]
-            p = _neg_logits(u, neg, inv_t, neg_logq, None if pos_ids is None else pos_ids[a:b], neg_ids)
+            p = negative_logits(u, neg, temperature, neg_logq, None if pos_ids is None else pos_ids[a:b], neg_ids)
             p.sub_(lse[a:b].unsqueeze(1)).exp_()  # softmax over the negatives of each row
             g_user[a:b] = p @ neg
             g_neg.addmm_(p.T, u)
@@ -78,11 +82,7 @@ def materialized_shared_negative_softmax_loss(user: torch.Tensor, pos: torch.Ten
     """The same loss as :func:`shared_negative_softmax_loss` through plain autograd over the full ``[B, 1+M]``
     logits: the reference the kernel is tested and benchmarked against."""
     p = (user * pos).sum(-1, keepdim=True) / temperature
-    n = user @ neg.T / temperature
-    if neg_logq is not None:
-        n = n - neg_logq
-    if pos_ids is not None and neg_ids is not None:
-        n = n.masked_fill(pos_ids.unsqueeze(1) == neg_ids.unsqueeze(0), float("-inf"))
+    n = negative_logits(user, neg, temperature, neg_logq, pos_ids, neg_ids)
     return torch.nn.functional.cross_entropy(torch.cat([p, n], 1),
                                              torch.zeros(user.shape[0], dtype=torch.long, device=user.device))
 
@@ -101,9 +101,8 @@ def shared_negative_softmax_loss(user: torch.Tensor, pos: torch.Tensor, neg: tor
     if user.dim() != 2 or pos.shape != user.shape or neg.dim() != 2 or neg.shape[1] != user.shape[1]:
         raise ValueError(f"need user [B, d], pos [B, d], neg [M, d]; got {tuple(user.shape)}, {tuple(pos.shape)}, "
                          f"{tuple(neg.shape)}")
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_positive("temperature", temperature)
     if (pos_ids is None) != (neg_ids is None):
         raise ValueError("pass both pos_ids and neg_ids (to mask accidental hits) or neither")
     chunk = _chunk_rows(neg.shape[0], chunk_rows)
-    return _SharedNegativeSoftmax.apply(user, pos, neg, 1.0 / float(temperature), neg_logq, pos_ids, neg_ids, chunk)
+    return _SharedNegativeSoftmax.apply(user, pos, neg, float(temperature), neg_logq, pos_ids, neg_ids, chunk)

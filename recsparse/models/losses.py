@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsparse.kernels.softmax import shared_negative_softmax_loss
+from recsparse.kernels.softmax import negative_logits, shared_negative_softmax_loss
 from recsparse.types import check_positive
 
 
@@ -63,11 +63,7 @@ def sampled_softmax_loss(user: torch.Tensor, item: torch.Tensor, temperature: fl
         dup.fill_diagonal_(False)
         logits = logits.masked_fill(dup, float("-inf"))
     if neg_item is not None:
-        neg = user @ neg_item.T / temperature  # [B, M]
-        if neg_logq is not None:
-            neg = neg - neg_logq.unsqueeze(0)
-        if item_ids is not None and neg_ids is not None:
-            neg = neg.masked_fill(item_ids.unsqueeze(1) == neg_ids.unsqueeze(0), float("-inf"))
+        neg = negative_logits(user, neg_item, temperature, neg_logq, item_ids, neg_ids)  # [B, M]
         logits = torch.cat([logits, neg], dim=1)
     target = torch.arange(B, device=user.device)
     return F.cross_entropy(logits, target)
