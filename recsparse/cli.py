@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 
 import typer
+
+from recsparse.errors import UserError
 
 app = typer.Typer(help="recsparse: recommendation and retrieval with sparse embeddings.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -37,8 +41,19 @@ def _register() -> None:
 _register()
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI. A :class:`~recsparse.errors.UserError` anywhere below becomes one line on stderr and exit 2;
+    ``--debug`` (anywhere on the command line) or ``RECSPARSE_DEBUG=1`` keeps the traceback instead."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("RECSPARSE_DEBUG", "") not in ("", "0")
+    args = [a for a in args if a != "--debug"]
+    try:
+        app(args=args, prog_name="recsparse", standalone_mode=True)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"recsparse: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

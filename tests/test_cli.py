@@ -48,3 +48,20 @@ def test_data_verify_counts_on_shared_data():
 def test_data_list():
     res = runner.invoke(app, ["data", "list"])
     assert res.exit_code == 0 and "gowalla" in res.output and "beir" in res.output
+
+
+def _cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    import os
+
+    return subprocess.run([sys.executable, "-m", "recsparse", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, **(env or {})})
+
+
+def test_user_error_is_one_line_exit_2_and_debug_keeps_traceback(tmp_path):
+    missing = tmp_path / "nope.yaml"
+    out = _cli("train", str(missing))
+    assert out.returncode == 2, out.stderr
+    lines = [ln for ln in out.stderr.splitlines() if ln.strip()]
+    assert len(lines) <= 2 and str(missing) in out.stderr and "Traceback" not in out.stderr, out.stderr
+    dbg = _cli("--debug", "train", str(missing))
+    assert dbg.returncode != 0 and "Traceback" in dbg.stderr

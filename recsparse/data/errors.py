@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from recsparse.errors import UserError
 
-class DataError(Exception):
+
+class DataError(UserError):
     """Base class of recsparse data errors."""
 
 

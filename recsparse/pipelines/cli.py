@@ -17,8 +17,9 @@ def command(config: Annotated[Path, typer.Argument(help="YAML config (see config
     try:
         cfg = load_config(config, overrides or [])
     except (ValueError, FileNotFoundError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        from recsparse.errors import ConfigError
+
+        raise ConfigError(str(e)) from e
     from recsparse.pipelines.train import run, summary
 
     rec = run(cfg)
