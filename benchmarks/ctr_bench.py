@@ -61,10 +61,16 @@ COMMON_DIFFERENCES = ("embedding init: DeepCTR N(0, 1e-4), recsparse U(+-1/sqrt(
 
 
 def _save(records: list[dict[str, Any]], no_save: bool) -> None:
-    from recsparse.results import save_results
+    """Merge rows into ctr.json under a file lock (several study processes, e.g. one per seed, may save at once)."""
+    import fcntl
+
+    from recsparse.results import RESULTS_DIR, save_results
 
     if records and not no_save:
-        save_results("ctr", records, KEY)
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        with open(RESULTS_DIR / ".ctr.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            save_results("ctr", records, KEY)
 
 
 def _row(section: str, rec: dict[str, Any], t0: float, **extra: Any) -> dict[str, Any]:

@@ -164,7 +164,8 @@ class CTRModule(L.LightningModule):
         self.last_metrics: dict[str, dict[str, float]] = {}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # fused: one multi-tensor kernel per step instead of a Python loop over parameters (CPU and CUDA)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         if device.type == "cpu":
