@@ -250,7 +250,8 @@ class TwoTowerModule(RankingModule):
 
         def feats(store: Any, id_feature: str, n_ids: int) -> list[FeatureConfig]:
             out = []
-            for f in store.names:
+            # the split builds every side feature; the tower uses them with model.side_features (else the id only)
+            for f in (store.names if m.side_features else [id_feature]):
                 if f == id_feature and m.mapper != "full":
                     rows = m.user_rows if id_feature == "user_id" else m.item_rows
                     out.append(FeatureConfig(f, n_ids, m.dim, mapper=m.mapper, num_rows=rows,
