@@ -335,12 +335,10 @@ def run_throughput(args: argparse.Namespace) -> None:
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
     try:
-        from fbgemm_gpu.split_embedding_configs import EmbOptimType
-
         febc = FusedEmbeddingBagCollection(
             tables=[EmbeddingBagConfig(name=f"t_{n}", embedding_dim=D, num_embeddings=c + 1, feature_names=[n])
                     for n, c in zip(names, cards)],
-            optimizer_type=EmbOptimType.EXACT_SGD, optimizer_kwargs={"learning_rate": lr}, device=torch.device("cpu"))
+            optimizer_type=torch.optim.SGD, optimizer_kwargs={"lr": lr}, device=torch.device("cpu"))
         timed("torchrec_fused_ebc", febc, True, int(sum(c + 1 for c in cards)))
         del febc
     except Exception as e:  # noqa: BLE001 - record why TorchRec's fused EBC could not run here
