@@ -14,7 +14,8 @@ Sections (``--sections``, comma-separated):
 * ``throughput`` — Criteo-like shape (26 sparse features with the Criteo Kaggle cardinalities capped at 10M, dim
   16, batch 4096, Zipf(1.1) ids; synthetic ids, timing only): forward + backward + SGD update examples/s of the
   embedding layer + a linear head, for per-feature tables (FBGEMM TBE, fused SGD), TorchRec
-  ``FusedEmbeddingBagCollection``, and unified embedding (torch backend, dense gradient) at 100 % and 25 % rows.
+  ``FusedEmbeddingBagCollection``, and unified embedding at ``--tp-ue-fractions`` of the rows (``UnifiedEmbedding``,
+  dense gradient; and the same salted shared table as a sparse-gradient ``MappedEmbeddingBagCollection``).
   Run under the timing lock.
 * ``transform`` — rows/s of the feature pipeline on the full ml-100k-CTR frame (100k rows): Polars encode + map
   (``rows_frame``), Polars encode + torch mappers, the KJT batch stream, and a per-row Python loop.
@@ -314,11 +315,13 @@ def run_throughput(args: argparse.Namespace) -> None:
         for kjt in batches[2:]:
             step(kjt)
         dt = time.perf_counter() - t
+        sparse_grad = name.endswith("sparse_grad")
         rec = {"section": "throughput", "dataset": "synthetic-criteo-shape", "model": "embeddings+linear",
                "mapper": name, "budget": round(rows / total_rows, 4), "seed": 0, "library": "recsparse",
                "variant": name, "examples_per_s": round(args.tp_steps * B / dt, 1), "batch_size": B, "dim": D,
                "features": len(cards), "table_rows": rows, "threads": args.threads, "steps": args.tp_steps,
-               "update": "fused SGD in backward (FBGEMM)" if fused else "dense-gradient SGD (torch.optim)"}
+               "update": "fused SGD in backward (FBGEMM)" if fused else
+               ("sparse-gradient SGD (torch.optim)" if sparse_grad else "dense-gradient SGD (torch.optim)")}
         from recsparse.results import provenance
 
         rec.update(provenance(dt))
@@ -344,11 +347,22 @@ def run_throughput(args: argparse.Namespace) -> None:
     except Exception as e:  # noqa: BLE001 - record why TorchRec's fused EBC could not run here
         print(f"torchrec FusedEmbeddingBagCollection unavailable: {e}", flush=True)
     gc.collect()
+    from recsparse.embeddings.mappers import UniversalHashMapper
+    from recsparse.embeddings.unified import feature_salt
+
     for frac in args.tp_ue_fractions:
         rows = max(1, math.ceil(frac * total_rows))
         ue = UnifiedEmbedding(feats(), rows, D, backend="torch")
         timed(f"unified_{int(frac * 100)}pct_torch", ue, False, rows)
         del ue
+        gc.collect()
+        # the same unified table (same salted hashes) as one shared table of MappedEmbeddingBagCollection with
+        # sparse gradients: SGD then touches only the rows a batch used
+        shared = MappedEmbeddingBagCollection(
+            [FeatureConfig(n, c, D, mapper=UniversalHashMapper(rows, 1, feature_salt(n, 0)), table="unified")
+             for n, c in zip(names, cards)], backend="torch", sparse=True)
+        timed(f"unified_{int(frac * 100)}pct_torch_sparse_grad", shared, False, rows)
+        del shared
         gc.collect()
 
 
@@ -439,7 +453,7 @@ def main() -> None:
     p.add_argument("--peer-venv", default="/work/venvs/deepctr")
     p.add_argument("--tp-batch", type=int, default=4096)
     p.add_argument("--tp-steps", type=int, default=8)
-    p.add_argument("--tp-ue-fractions", nargs="+", type=float, default=[1.0, 0.25])
+    p.add_argument("--tp-ue-fractions", nargs="+", type=float, default=[0.25])
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
