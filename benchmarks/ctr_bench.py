@@ -216,9 +216,9 @@ def run_unified(args: argparse.Namespace) -> None:
     for dsn in args.ue_datasets:
         ds = load_ctr(dsn)
         full = ds.spec.fit(ds.train)
-        fitted = {("full", 1.0): full}
-        for mapper in ("unified", "modulo", "universal"):
-            for b in args.budgets:
+        fitted = {("full", 1.0): full} if "full" in args.ue_mappers else {}
+        for b in args.budgets:  # budget by budget, so a cut-short study still has every mapper at the first budgets
+            for mapper in [m for m in args.ue_mappers if m != "full"]:
                 fitted[(mapper, b)] = budget_spec(ds.spec, full.table_rows(), mapper, b).fit(ds.train)
         for model in args.ue_models:
             for seed in args.seeds:
@@ -450,6 +450,7 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", type=float, default=[1.0, 0.5, 0.25, 0.1])
     p.add_argument("--ue-models", nargs="+", default=["dcn_v2", "deepfm"])
     p.add_argument("--ue-datasets", nargs="+", default=["ml-100k-ctr"])
+    p.add_argument("--ue-mappers", nargs="+", default=["full", "unified", "modulo", "universal"])
     p.add_argument("--peer-venv", default="/work/venvs/deepctr")
     p.add_argument("--tp-batch", type=int, default=4096)
     p.add_argument("--tp-steps", type=int, default=8)
