@@ -279,7 +279,7 @@ def run_throughput(args: argparse.Namespace) -> None:
     from recsparse.kernels.tbe import TBEConfig
 
     torch.set_num_threads(args.threads)
-    cards = [min(c, 10_000_000) for c in CRITEO_CARDINALITIES]
+    cards = [min(c, args.tp_cap) for c in CRITEO_CARDINALITIES]
     B, D, lr = args.tp_batch, 16, 0.01
     rng = np.random.default_rng(0)
     names = [f"C{i + 1}" for i in range(len(cards))]
@@ -320,6 +320,7 @@ def run_throughput(args: argparse.Namespace) -> None:
                "mapper": name, "budget": round(rows / total_rows, 4), "seed": 0, "library": "recsparse",
                "variant": name, "examples_per_s": round(args.tp_steps * B / dt, 1), "batch_size": B, "dim": D,
                "features": len(cards), "table_rows": rows, "threads": args.threads, "steps": args.tp_steps,
+               "rows_cap": args.tp_cap,
                "update": "fused SGD in backward (FBGEMM)" if fused else
                ("sparse-gradient SGD (torch.optim)" if sparse_grad else "dense-gradient SGD (torch.optim)")}
         from recsparse.results import provenance
@@ -454,6 +455,7 @@ def main() -> None:
     p.add_argument("--peer-venv", default="/work/venvs/deepctr")
     p.add_argument("--tp-batch", type=int, default=4096)
     p.add_argument("--tp-steps", type=int, default=8)
+    p.add_argument("--tp-cap", type=int, default=10_000_000, help="rows cap per table of the Criteo shape")
     p.add_argument("--tp-ue-fractions", nargs="+", type=float, default=[0.25])
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
