@@ -405,8 +405,12 @@ def run_transform(args: argparse.Namespace) -> None:
         for _ in fitted.batches(frame, batch_size=4096):
             pass
 
-    vocab = {f.name: {v: i for i, v in enumerate(fitted.states[f.name]["vocab"])}
-             for f in fitted.spec.sparse if "vocab" in fitted.states.get(f.name, {})}
+    vocab: dict[str, dict[Any, int]] = {}
+    for f in fitted.spec.sparse:
+        if "vocab" in fitted.states.get(f.name, {}):  # string vocabulary -> row
+            vocab[f.name] = {v: i for i, v in enumerate(fitted.states[f.name]["vocab"])}
+        elif not isinstance(f, Bucketized):  # integer ids: the full mapper's fitted id vocabulary -> row
+            vocab[f.name] = {int(v): i for i, v in enumerate(fitted.mappers[f.name].vocab.tolist())}
     oov = {k: fitted.mappers[k].num_rows - 1 for k in fitted.sparse_names}
 
     def python_loop() -> None:
