@@ -14,12 +14,7 @@ def command(config: Annotated[Path, typer.Argument(help="YAML config (see config
     """Train and evaluate a recommender (MF, LightGCN, two-tower) from a YAML config."""
     from recsparse.pipelines.config import load_config
 
-    try:
-        cfg = load_config(config, overrides or [])
-    except (ValueError, FileNotFoundError) as e:
-        from recsparse.errors import ConfigError
-
-        raise ConfigError(str(e)) from e
+    cfg = load_config(config, overrides or [])  # ConfigError names the field and file:line / override
     from recsparse.pipelines.train import run, summary
 
     rec = run(cfg)
