@@ -8,6 +8,7 @@ validation metrics, epochs, wall time, training throughput, table rows/bytes, th
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -18,12 +19,14 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import Strategy
 
 from recsparse.errors import ConfigError
 from recsparse.io import write_json
 from recsparse.pipelines.config import TrainConfig
 from recsparse.pipelines.data import RecDataModule, RecSplit
 from recsparse.pipelines.modules import RankingModule, build_module
+from recsparse.pipelines.strategy import strategy_devices
 
 
 class Throughput(Callback):
@@ -97,6 +100,12 @@ def show_progress_bar(cfg: TrainConfig) -> bool:
 RUN_MARKERS = ("checkpoints", "metrics.json", "csv", "tb")
 
 
+def _launch_rank() -> int:
+    """This process's rank as set by the launcher (torchrun: ``RANK``; Lightning's script launcher: ``LOCAL_RANK``
+    in the children it starts); 0 for a single process."""
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
 def prepare_run_folder(cfg: TrainConfig) -> str | None:
     """Check the run folder against ``trainer.resume`` / ``trainer.overwrite``; returns the checkpoint to resume.
 
@@ -107,16 +116,18 @@ def prepare_run_folder(cfg: TrainConfig) -> str | None:
       the first one's.
     """
     out, t = cfg.output_dir, cfg.trainer
+    last = out / "checkpoints" / "last.ckpt"  # a file, or a folder for sharded (DCP) checkpoints
+    if _launch_rank() != 0:  # rank 0 has checked (and cleared) the folder; the others only follow it
+        return t.resume if t.resume not in (None, "last") else (str(last) if t.resume and last.exists() else None)
     used = out.is_dir() and any(out.iterdir())
     if out.exists() and not out.is_dir():
         raise ConfigError(f"trainer.output_dir: {out} exists and is not a folder")
     if t.resume is not None:
         if t.resume != "last":
-            if not Path(t.resume).is_file():
+            if not Path(t.resume).exists():
                 raise ConfigError(f"trainer.resume: checkpoint {t.resume} not found")
             return t.resume
-        last = out / "checkpoints" / "last.ckpt"
-        if last.is_file():
+        if last.exists():
             return str(last)
         if used:
             raise ConfigError(f"trainer.resume=last: {out} has no checkpoints/last.ckpt to resume; "
@@ -134,7 +145,7 @@ def prepare_run_folder(cfg: TrainConfig) -> str | None:
 
 
 def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callback] | None = None,
-                  ) -> tuple[L.Trainer, ModelCheckpoint | None, Throughput]:
+                  strategy: Strategy | None = None) -> tuple[L.Trainer, ModelCheckpoint | None, Throughput]:
     out = cfg.output_dir
     monitor = f"val/{cfg.eval.monitor}"
     thr = Throughput()
@@ -156,7 +167,10 @@ def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callbac
         callbacks.append(EpochLog(thr, cfg.eval.monitor if has_val else "", cfg.trainer.max_epochs))
     callbacks += list(extra_callbacks or [])
     trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs, accelerator="cpu", devices=1, deterministic=cfg.trainer.deterministic,
+        max_epochs=cfg.trainer.max_epochs, accelerator="cpu", deterministic=cfg.trainer.deterministic,
+        # several processes (TorchRecStrategy): every rank reads the whole global batch and keeps its slice
+        **({"devices": 1} if strategy is None else {"strategy": strategy, "devices": strategy_devices(),
+                                                     "use_distributed_sampler": False}),
         # versioned log dirs (csv/version_N): a resumed run adds a version instead of overwriting the history
         logger=[CSVLogger(out, name="csv"), TensorBoardLogger(out, name="tb")],
         callbacks=callbacks, enable_progress_bar=bar, enable_model_summary=False,
@@ -168,8 +182,9 @@ def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callbac
 
 
 def run(cfg: TrainConfig, split: RecSplit | None = None, extra_callbacks: list[Callback] | None = None,
-        test: bool = True) -> dict[str, Any]:
-    """Fit (resuming if asked) and test; returns (and writes ``metrics.json``) the results record."""
+        test: bool = True, strategy: Strategy | None = None) -> dict[str, Any]:
+    """Fit (resuming if asked) and test; returns (and writes ``metrics.json``) the results record.
+    ``strategy``: a :class:`~recsparse.pipelines.strategy.TorchRecStrategy` trains on several processes."""
     t0 = time.perf_counter()
     ckpt = prepare_run_folder(cfg)  # before anything writes into it
     torch.set_num_threads(cfg.trainer.num_threads)
@@ -179,7 +194,7 @@ def run(cfg: TrainConfig, split: RecSplit | None = None, extra_callbacks: list[C
     assert dm.split is not None
     module: RankingModule = build_module(cfg, dm.split)
     has_val = dm.split.val is not None
-    trainer, best, thr = build_trainer(cfg, has_val, extra_callbacks)
+    trainer, best, thr = build_trainer(cfg, has_val, extra_callbacks, strategy)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     fit_s = time.perf_counter() - t0
     rec: dict[str, Any] = {"name": cfg.name, "dataset": dm.split.name, "model": cfg.model.family,
