@@ -13,6 +13,7 @@ Sections (``--sections``, default all):
   named in ``tbe_tuned_variant``) — examples/s of forward+backward+update ÷ ``nn.EmbeddingBag`` + SGD;
   ``tbe_plain_fwd_vs_embeddingbag_fwd`` / ``tbe_tuned_fwd_vs_embeddingbag_fwd`` — TBE forward ÷ ``nn.EmbeddingBag``
   forward (bytes/s of the same gather).
+* ``dsl`` — Gowalla MF training examples/s, dense vs dynamic sparse learning (same run, same steps).
 * ``forward`` — the recsparse table path vs ``nn.EmbeddingBag`` side by side: forward, forward+backward+update and
   int8 inference, on the shape above and on Gowalla MF's real id stream (see :func:`bench_forward`).
 * ``graphhash`` — Louvain on the real Gowalla training graph at resolutions 1, 50, 200 (+ a bisection for the largest
@@ -48,6 +49,7 @@ COLUMNS = {
     "mappers": ["mapper", "rows", "rows_per_id", "row_fraction", "bytes", "mapper_state_bytes", "torch_ids_per_s",
                 "polars_ids_per_s"],
     "quant": ["dtype", "dim", "table_bytes", "size_ratio", "max_abs_err_weight", "max_abs_err_pooled"],
+    "dsl": ["name", "density", "interval", "batches", "train_examples_per_s", "slowdown_vs_dense"],
     "forward": ["name", "recsparse", "baseline", "recsparse_ms", "embeddingbag_ms", "speedup_vs_embeddingbag",
                 "embeddingbag_fp32_ms", "never_slower"],
 }
@@ -411,6 +413,39 @@ def _qconfig(bag: Any) -> Any:
     return b
 
 
+# ---------------------------------------------------------------------------------------------------------------- dsl
+def bench_dsl(batches: int, densities: list[float], interval: int) -> list[dict[str, Any]]:
+    """Training examples/s of Gowalla MF (configs/gowalla_mf.yaml, ``batches`` steps, no evaluation) dense vs dynamic
+    sparse learning at each density, the same run; the DSL runs update their masks every ``interval`` steps."""
+    from pathlib import Path
+
+    from recsparse.embeddings.dsl import DSLConfig, dsl_callback
+    from recsparse.pipelines.config import load_config
+    import shutil
+
+    from recsparse.pipelines.train import run
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "gowalla_mf.yaml"
+    recs: list[dict[str, Any]] = []
+    for density in [None, *densities]:
+        name = "gowalla_mf_dense" if density is None else f"gowalla_mf_dsl{density:g}"
+        cfg = load_config(config, ["trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
+                                   "trainer.progress_bar=false", f"name={name}", "trainer.num_threads=2",
+                                   "trainer.output_dir=/tmp/recsparse-dsl-throughput/{name}"])
+        shutil.rmtree(cfg.output_dir, ignore_errors=True)
+        cbs = [] if density is None else [dsl_callback(DSLConfig(density=density, interval=interval))]
+        rec = run(cfg, test=False, extra_callbacks=cbs)
+        recs.append({"section": "dsl", "name": name, "dataset": "gowalla", "model": "mf", "density": density or 1.0,
+                     "interval": interval if density else None, "batches": batches,
+                     "batch_size": cfg.trainer.batch_size, "threads": cfg.trainer.num_threads,
+                     "train_examples_per_s": rec["train_examples_per_s"]})
+        print(f"  {name}: {rec['train_examples_per_s']:,.0f} examples/s", flush=True)
+    dense = recs[0]["train_examples_per_s"]
+    for r in recs[1:]:
+        r["slowdown_vs_dense"] = round(dense / r["train_examples_per_s"], 3)
+    return recs
+
+
 # ---------------------------------------------------------------------------------------------------------- graphhash
 def bench_graphhash(resolutions: list[float], seed: int) -> list[dict[str, Any]]:
     from recsparse.data import load
@@ -521,7 +556,7 @@ def bench_quant(dim: int) -> list[dict[str, Any]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sections", default="tbe,forward,graphhash,mappers,quant")
+    p.add_argument("--sections", default="tbe,forward,dsl,graphhash,mappers,quant")
     p.add_argument("--tables", type=int, default=8)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=64)
@@ -529,6 +564,8 @@ def main() -> None:
     p.add_argument("--pooling", type=int, default=20)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dsl-batches", type=int, default=60, help="dsl section: timed training steps per run")
+    p.add_argument("--dsl-interval", type=int, default=25, help="dsl section: mask-update interval")
     p.add_argument("--results-dir", default=None, help="default: benchmarks/results")
     a = p.parse_args()
     os.environ.setdefault("RECSPARSE_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -539,6 +576,8 @@ def main() -> None:
             recs = bench_tbe(a.tables, a.rows, a.dim, a.batch, a.pooling, a.iters)
         elif section == "forward":
             recs = bench_forward(a.tables, a.rows, a.dim, a.batch, a.pooling, a.iters)
+        elif section == "dsl":
+            recs = bench_dsl(a.dsl_batches, [0.5, 0.2, 0.05], a.dsl_interval)
         elif section == "graphhash":
             recs = bench_graphhash([1.0, 50.0, 200.0], a.seed)
         elif section == "mappers":
@@ -546,7 +585,7 @@ def main() -> None:
         elif section == "quant":
             recs = bench_quant(a.dim)
         else:
-            raise SystemExit(f"unknown section {section!r} (tbe, forward, graphhash, mappers, quant)")
+            raise SystemExit(f"unknown section {section!r} (tbe, forward, dsl, graphhash, mappers, quant)")
         prov = provenance(time.perf_counter() - t0)
         recs = [{**r, **prov} for r in recs]
         save_results(AREA, recs, key=KEY, results_dir=a.results_dir)
