@@ -5,9 +5,12 @@ Any folder in this layout loads, registered or not.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
+from typing import Sequence
 
 import polars as pl
 
@@ -82,6 +85,22 @@ def read_qrels(path: str | Path) -> pl.DataFrame:
                                                                            "score": pl.Int64})
 
 
+def corpus_fingerprint(corpus: pl.DataFrame, columns: Sequence[str] = ("_id", "title", "text")) -> str:
+    """sha256 (first 16 hex) of the corpus columns, row by row in order.
+
+    Every index and embedding cache records the fingerprint of the corpus it was built from, so an index is never
+    searched (or an embedding cache used) for another corpus.
+    """
+    h = hashlib.sha256()
+    cols = [c for c in columns if c in corpus.columns]
+    for row in corpus.select(cols).iter_rows():
+        for v in row:
+            h.update((v or "").encode("utf-8"))
+            h.update(b"\x1f")
+        h.update(b"\x1e")
+    return h.hexdigest()[:16]
+
+
 @dataclass
 class BeirDataset:
     """A BEIR collection. ``corpus``: (_id, title, text); ``queries``: (_id, text); ``qrels``: split -> frame."""
@@ -91,6 +110,11 @@ class BeirDataset:
     corpus: pl.DataFrame
     queries: pl.DataFrame
     qrels: dict[str, pl.DataFrame] = field(default_factory=dict)
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """:func:`corpus_fingerprint` of ``corpus`` (computed once)."""
+        return corpus_fingerprint(self.corpus)
 
     def split_queries(self, split: str = "test") -> dict[str, str]:
         """Query id -> text for the queries judged in ``split``."""

@@ -14,7 +14,7 @@ from typing import Any, List, Optional
 
 import typer
 
-from recsparse.types import Retriever
+from recsparse.retrieval.base import Retriever
 
 RETRIEVERS = ("bm25", "bm25-multifield", "dense", "dense-hnsw", "dense-ivfpq", "hybrid", "sparse:PATH")
 COLUMNS = ["retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps"]
@@ -48,17 +48,11 @@ def make_retriever(spec: str, *, model: str = "all-MiniLM-L6-v2", cache_dir: Opt
             raise typer.BadParameter("sparse:PATH needs a path, e.g. sparse:runs/splade/index", param_hint="--retriever")
         if not Path(path).is_dir():
             raise typer.BadParameter(f"{spec}: no saved sparse retriever at {path}", param_hint="--retriever")
-        try:
-            from recsparse.retrieval.sparse import open_retriever
-        except ImportError as e:
-            raise typer.BadParameter(f"{spec}: learned sparse retrieval (recsparse.retrieval.sparse.open_retriever) "
-                                     f"is not available in this installation ({e})", param_hint="--retriever") from e
+        from recsparse.retrieval.sparse import open_retriever
+
         r = open_retriever(path)
-        if not getattr(r, "name", None) or r.name == "sparse":
-            try:
-                r.name = spec
-            except AttributeError:
-                pass
+        if not r.name or r.name == "sparse":
+            r.name = spec
         return r
     raise typer.BadParameter(f"unknown retriever {spec!r}; choose from {', '.join(RETRIEVERS)}",
                              param_hint="--retriever")

@@ -13,32 +13,17 @@ Re-running into the same ``out_dir`` replaces the entries of the retrievers run 
 
 from __future__ import annotations
 
-import inspect
 import json
-import re
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from recsparse.data import BeirDataset
-from recsparse.io import atomic_write, read_index_meta, write_json
+from recsparse.io import atomic_write, write_json
+from recsparse.retrieval.base import Retriever, check_corpus, safe_name
 from recsparse.retrieval.evaluation import DEFAULT_MEASURES, evaluate, write_trec_run
 from recsparse.retrieval.fusion import fuse
-from recsparse.types import Retriever, Run, check_positive
-
-RECORD_KEYS = ("dataset", "retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps")
-
-
-def safe_name(name: str) -> str:
-    """A retriever name as a file name (``sparse:/a/b`` -> ``sparse_a_b``)."""
-    s = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_.")
-    return s or "retriever"
-
-
-def corpus_sha(dataset: BeirDataset) -> str:
-    from recsparse.retrieval.lucene import corpus_fingerprint
-
-    return corpus_fingerprint(dataset.corpus)
+from recsparse.types import Run, check_positive
 
 
 def reference_figures(dataset: BeirDataset) -> dict[str, float]:
@@ -56,43 +41,24 @@ def reference_figures(dataset: BeirDataset) -> dict[str, float]:
     return dict(spec.reference)
 
 
-def index_or_reuse(retriever: Retriever, dataset: BeirDataset, path: Path, sha: str,
-                   threads: int = 1) -> tuple[float, bool]:
+def index_or_reuse(retriever: Retriever, dataset: BeirDataset, path: Path, threads: int = 1) -> tuple[float, bool]:
     """Make ``retriever`` searchable over ``dataset.corpus``; returns (index seconds, reused?).
 
-    A retriever that is already open (its ``path`` attribute names an existing dir, e.g. ``sparse:PATH``) is used
-    as is; one with a ``reuse(path, corpus_sha)`` method reopens a matching saved index; otherwise it is indexed.
+    A retriever already open on a saved index (e.g. ``sparse:PATH``) is used as is after checking that the index was
+    built from this corpus (:class:`~recsparse.retrieval.base.CorpusMismatchError` otherwise); else a matching saved
+    index at ``path`` is reopened (``reuse``); else the corpus is indexed at ``path``.
     """
-    prepare = getattr(retriever, "prepare", None)
-    if callable(prepare):  # one-off start-up (JVM, model load) is not index time
-        prepare()
-    if getattr(retriever, "path", None) is not None and Path(retriever.path).is_dir():
-        built_from = _meta(Path(retriever.path)).get("corpus_sha")
-        if built_from is not None and built_from != sha:
-            raise ValueError(f"retriever {getattr(retriever, 'name', retriever)!r} is open on {retriever.path}, an "
-                             f"index of another corpus than {dataset.folder}")
-        return _build_s(Path(retriever.path)), True
-    reuse = getattr(retriever, "reuse", None)
-    if callable(reuse) and path.is_dir() and reuse(path, sha):
-        return _build_s(path), True
-    takes_threads = "threads" in inspect.signature(retriever.index).parameters
+    retriever.prepare()  # one-off start-up (JVM, model load) is not index time
+    meta = retriever.index_meta
+    if meta is not None:
+        check_corpus(retriever.name, meta, dataset.fingerprint, dataset.folder, retriever.path)
+    elif path.is_dir() and retriever.reuse(path, dataset.fingerprint):
+        meta = retriever.index_meta
+    if meta is not None:  # reported as the saved build's seconds
+        return float("nan") if meta.build_s is None else float(meta.build_s), True
     t0 = time.perf_counter()
-    if takes_threads:
-        retriever.index(dataset.corpus, path, threads=threads)  # type: ignore[call-arg]
-    else:
-        retriever.index(dataset.corpus, path)
+    retriever.index(dataset.corpus, path, threads=threads)
     return time.perf_counter() - t0, False
-
-
-def _meta(path: Path) -> dict[str, Any]:
-    try:
-        return read_index_meta(path)
-    except (OSError, ValueError):
-        return {}
-
-
-def _build_s(path: Path) -> float:
-    return float(_meta(path).get("build_s", float("nan")))
 
 
 def _record(dataset: BeirDataset, name: str, agg: Mapping[str, float], **extra: Any) -> dict[str, Any]:
@@ -163,8 +129,8 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
 
     ``fusions``: specs ``{"name": "hybrid", "parts": ["bm25", "dense"], "method": "rrf"|"interpolation",
     "k_rrf": 60, "alpha": 0.5}`` fused from the parts' runs after they are searched. ``keep_runs``, if given, receives
-    every run by name. ``binary_relevance``: every grade > 0 counts as 1 (see :func:`evaluate`). Returns one record per retriever (and fusion) with :data:`RECORD_KEYS` and more
-    (``num_queries``, ``reused_index``, ``search_s``).
+    every run by name. ``binary_relevance``: every grade > 0 counts as 1 (see :func:`evaluate`). Returns one record per retriever (and fusion): dataset, retriever, the measures, ``index_s``, ``search_qps``,
+    ``num_queries``, ``reused_index``, ``search_s`` ...
     """
     check_positive("k", k)
     check_positive("threads", threads)
@@ -175,11 +141,10 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
     if not queries:
         raise ValueError(f"{dataset.folder}: split {split!r} judges no query that is in queries.jsonl")
     out = _Output(out_dir, dataset, split, k, drop_self_hits, binary_relevance)
-    sha = corpus_sha(dataset)
     runs: dict[str, Run] = {} if keep_runs is None else keep_runs
     records: list[dict[str, Any]] = []
     for name, retriever in retrievers.items():
-        index_s, reused = index_or_reuse(retriever, dataset, index_root / safe_name(name), sha, threads=threads)
+        index_s, reused = index_or_reuse(retriever, dataset, index_root / safe_name(name), threads=threads)
         t0 = time.perf_counter()
         run = retriever.batch_search(queries, k=k, threads=threads)
         search_s = time.perf_counter() - t0
@@ -189,9 +154,8 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
         rec = _record(dataset, name, agg, index_s=round(index_s, 3), search_qps=round(len(queries) / search_s, 2),
                       search_s=round(search_s, 3), num_queries=len(queries), reused_index=reused, k=k, split=split,
                       threads=threads)
-        info = getattr(retriever, "index_info", None)
-        if callable(info) and not reused:
-            rec.update(info())
+        if not reused:
+            rec.update(retriever.index_info())
         out.add(rec, pq, run)
         records.append(rec)
         out.write()  # after each retriever: an interrupted evaluation keeps what it finished

@@ -107,7 +107,21 @@ def ensure_jvm() -> None:
 
         if sys.platform.startswith("linux"):
             _save_jvm_signal_handlers()
+        _quiet_lucene_logging()
         _started = True
+
+
+_loggers: list[Any] = []  # java.util.logging keeps loggers weakly: hold the configured ones
+
+
+def _quiet_lucene_logging() -> None:
+    """Lucene logs an INFO line on stderr when it first maps an index (``MemorySegmentIndexInputProvider``): noise
+    around a one-line error message. Keep its warnings."""
+    from jnius import autoclass as _autoclass
+
+    logger = _autoclass("java.util.logging.Logger").getLogger("org.apache.lucene")
+    logger.setLevel(_autoclass("java.util.logging.Level").WARNING)
+    _loggers.append(logger)
 
 
 def pyserini_module(name: str) -> ModuleType:

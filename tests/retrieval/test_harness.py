@@ -122,10 +122,41 @@ def test_cli_hybrid_with_dense(cranfield_tiny, tmp_path):
 
 
 def test_open_retriever_on_another_corpus_is_refused(cranfield_small, cranfield_tiny, tmp_path):
+    from recsparse.retrieval.base import CorpusMismatchError
+
     r = BM25Retriever()
     r.index(load(cranfield_tiny).corpus, tmp_path / "tiny-idx")
-    with pytest.raises(ValueError, match="another corpus"):
+    with pytest.raises(CorpusMismatchError, match="built from another corpus"):
         evaluate_retrievers(load(cranfield_small), {"bm25": r}, out_dir=tmp_path / "o")
+    r.close()
+
+
+def test_sparse_index_on_another_corpus_is_one_line_exit_2(cranfield_small, cranfield_tiny, tmp_path):
+    """``recsparse beir -r sparse:PATH`` with an impact index of another corpus fails (exit 2, one line naming both)
+    instead of scoring it; the same index on its own corpus evaluates."""
+    import subprocess
+    import sys
+
+    from recsparse.retrieval.sparse.encoders import SparseModel
+    from recsparse.retrieval.sparse.impact import ImpactRetriever
+
+    r = ImpactRetriever(SparseModel("splade"), name="sp")
+    r.index(load(cranfield_tiny).corpus, tmp_path / "sp")
+    r.close()
+    assert r.index_meta is None and load(cranfield_tiny).fingerprint == \
+        json.loads((tmp_path / "sp" / "recsparse.json").read_text())["corpus_sha"]
+
+    bad = subprocess.run([sys.executable, "-m", "recsparse", "beir", "--dataset", str(cranfield_small), "-r",
+                          f"sparse:{tmp_path / 'sp'}", "--out", str(tmp_path / "o-bad")], capture_output=True,
+                         text=True, timeout=300)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert len(lines) == 1 and "built from another corpus" in lines[0] and str(cranfield_small) in lines[0]
+    assert not (tmp_path / "o-bad" / "metrics.json").exists()
+    again = ImpactRetriever.open(tmp_path / "sp")
+    rec = evaluate_retrievers(load(cranfield_tiny), {"sp": again}, out_dir=tmp_path / "o-ok")[0]
+    assert rec["reused_index"] and rec["num_queries"] > 0
+    again.close()
 
 
 def test_drop_self_hits_in_the_harness(cranfield_small, tmp_path):

@@ -9,7 +9,8 @@ import pytest
 from recsparse.data import load
 from recsparse.io import read_index_meta
 from recsparse.retrieval.lucene import BM25Config, BM25Retriever, IndexBuildError, build_lucene_index
-from recsparse.types import Hit, Retriever
+from recsparse.retrieval.base import Retriever
+from recsparse.types import Hit
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_failed_build_leaves_previous_index_intact(cran, tmp_path):
 
 
 def test_rebuild_replaces_and_reuse_checks_corpus_and_config(cran, tmp_path):
-    from recsparse.retrieval.lucene import corpus_fingerprint
+    from recsparse.data.beir import corpus_fingerprint
 
     path = tmp_path / "idx"
     r = BM25Retriever()
