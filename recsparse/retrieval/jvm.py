@@ -108,7 +108,20 @@ def ensure_jvm() -> None:
         if sys.platform.startswith("linux"):
             _save_jvm_signal_handlers()
         _quiet_lucene_logging()
+        _raise_clause_limit()
         _started = True
+
+
+# Lucene refuses a BooleanQuery of more than 1,024 clauses by default (IndexSearcher$TooManyClauses), and Anserini
+# builds one clause per distinct query term: a long BM25 query, or a learned-sparse query with more than 1,024
+# non-zero word pieces, would fail (and take Anserini's whole batch_search with it). The limit is a JVM-wide static.
+MAX_CLAUSES = 2**31 - 1
+
+
+def _raise_clause_limit() -> None:
+    from jnius import autoclass as _autoclass
+
+    _autoclass("org.apache.lucene.search.IndexSearcher").setMaxClauseCount(MAX_CLAUSES)
 
 
 _loggers: list[Any] = []  # java.util.logging keeps loggers weakly: hold the configured ones
