@@ -99,3 +99,9 @@ def read_index_meta(path: str | Path) -> dict[str, Any]:
     """The metadata of the index folder ``path``; ``{}`` when it has none."""
     p = Path(path) / INDEX_META
     return dict(json.loads(p.read_text())) if p.is_file() else {}
+
+
+def write_index_meta(path: str | Path, meta: dict[str, Any]) -> None:
+    """Write the metadata of the index folder ``path`` (atomically); the schema is
+    :class:`recsparse.retrieval.base.IndexMeta`."""
+    write_json(Path(path) / INDEX_META, meta)

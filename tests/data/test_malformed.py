@@ -105,6 +105,27 @@ CASES: list[tuple[str, Callable[[Path], Path], Callable[[Path], object], int, st
      read_qrels, 3, "score 'high' is not an integer"),
     ("qrels-duplicate-judgment", lambda t: corrupt(t, SF() / "qrels" / "test.tsv", 10, 7, "1\t31715818\t1\n"),
      read_qrels, 7, "duplicate judgment for query '1'"),
+    # ids that would break run files or count as different queries, grades trec_eval cannot hold
+    ("qrels-score-out-of-range", lambda t: corrupt(t, SF() / "qrels" / "test.tsv", 10, 4,
+                                                   "1\t31715818\t99999999999999999999\n"),
+     read_qrels, 4, "score 99999999999999999999 is out of range"),
+    ("qrels-score-padded", lambda t: corrupt(t, SF() / "qrels" / "test.tsv", 10, 5, "1\t31715818\t 1\n"),
+     read_qrels, 5, "score ' 1' is not an integer"),
+    ("qrels-score-underscored", lambda t: corrupt(t, SF() / "qrels" / "test.tsv", 10, 5, "1\t31715818\t1_0\n"),
+     read_qrels, 5, "score '1_0' is not an integer"),
+    ("qrels-empty-query-id", lambda t: corrupt(t, SF() / "qrels" / "train.tsv", 10, 8, "\t31715818\t1\n"),
+     read_qrels, 8, "query-id '' is empty"),
+    ("qrels-doc-id-with-space", lambda t: corrupt(t, SF() / "qrels" / "train.tsv", 10, 2, "0\t317 15818\t1\n"),
+     read_qrels, 2, "corpus-id '317 15818' contains whitespace"),
+    ("jsonl-null-id", lambda t: corrupt(t, SF() / "queries.jsonl", 12, 3, '{"_id": null, "text": "a claim"}\n'),
+     lambda p: read_jsonl(p, ("_id", "text")), 3, "_id must be a string, got null"),
+    ("jsonl-empty-id", lambda t: corrupt(t, SF() / "corpus.jsonl", 12, 5, '{"_id": "", "title": "", "text": "x"}\n'),
+     lambda p: read_jsonl(p, ("_id",), ("title", "text")), 5, "_id '' is empty"),
+    ("jsonl-whitespace-id", lambda t: corrupt(t, SF() / "corpus.jsonl", 12, 6,
+                                              '{"_id": "a b", "title": "", "text": "x"}\n'),
+     lambda p: read_jsonl(p, ("_id",), ("title", "text")), 6, "_id 'a b' contains whitespace"),
+    ("jsonl-boolean-id", lambda t: corrupt(t, SF() / "queries.jsonl", 12, 7, '{"_id": true, "text": "a claim"}\n'),
+     lambda p: read_jsonl(p, ("_id", "text")), 7, "_id must be a string, got True"),
 ]
 
 
@@ -208,3 +229,39 @@ def test_interaction_with_an_unlisted_item(tmp_path):
     with pytest.raises(DataFormatError, match=re.escape(f"{d / 'ml-100k.inter'}:44: item_id '99999' is not listed in "
                                                         "ml-100k.item")):
         load_recbole(d)
+
+
+def _beir_copy(tmp_path: Path, n_docs: int = 30) -> Path:
+    """A real SciFact slice: its first documents, every query, the test qrels (folder layout of BEIR)."""
+    src = SF()
+    dst = tmp_path / "sf"
+    (dst / "qrels").mkdir(parents=True)
+    (dst / "corpus.jsonl").write_text("".join(head(src / "corpus.jsonl", n_docs)), encoding="utf-8")
+    (dst / "queries.jsonl").write_text((src / "queries.jsonl").read_text(encoding="utf-8"), encoding="utf-8")
+    (dst / "qrels" / "test.tsv").write_text("".join(head(src / "qrels" / "test.tsv", 20)), encoding="utf-8")
+    return dst
+
+
+def test_judged_query_missing_from_queries_names_the_qrels_line(tmp_path):
+    """Before: the query was averaged in as 0 while the report counted fewer queries. Now: file:line of the first
+    judgment of an unknown query."""
+    from recsparse.data import load_beir
+
+    d = _beir_copy(tmp_path)
+    qrels = (d / "qrels" / "test.tsv").read_text().splitlines(keepends=True)
+    gone = qrels[6].split("\t")[0]
+    first = next(i for i, r in enumerate(qrels) if r.split("\t")[0] == gone) + 1
+    lines = (d / "queries.jsonl").read_text().splitlines(keepends=True)
+    (d / "queries.jsonl").write_text("".join(x for x in lines if f'"_id": "{gone}"' not in x), encoding="utf-8")
+    with pytest.raises(DataFormatError) as e:
+        load_beir(d)
+    assert str(e.value).startswith(f"{d / 'qrels' / 'test.tsv'}:{first}: query-id {gone!r} is judged but not in")
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    from recsparse.data import load_beir
+
+    d = _beir_copy(tmp_path)
+    (d / "corpus.jsonl").write_text("")
+    with pytest.raises(DataFormatError, match=re.escape(str(d / "corpus.jsonl")) + ": no documents"):
+        load_beir(d)
