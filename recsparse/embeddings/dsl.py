@@ -139,9 +139,10 @@ def magnitude_masks(tables: nn.Module, density: float) -> dict[str, torch.Tensor
 class DynamicSparsity:
     """Masks, prune/regrow schedule and optimizer hygiene for the tables of a model.
 
-    Call :meth:`before_step` after ``backward`` and before ``optimizer.step()`` (it updates the mask on schedule and
-    masks the gradients), and :meth:`after_step` after it (re-applies the mask: a guard that costs one pass).
-    ``total_steps`` is the run's optimizer-step count (the horizon of the cosine decay).
+    Call :meth:`before_step` after ``backward`` and before ``optimizer.step()``: it updates the mask on schedule,
+    zeroes the optimizer state of pruned weights and masks the gradients — after which any torch optimizer leaves the
+    masked weights at exactly 0 (zero gradient, zero state, and weight decay of a zero weight is zero), so no
+    re-masking pass is needed after the step. ``total_steps`` is the run's optimizer-step count.
     """
 
     def __init__(self, tables: nn.Module, config: DSLConfig, total_steps: int) -> None:
@@ -266,9 +267,6 @@ class DynamicSparsity:
         self.mask_gradients()
         return entry
 
-    def after_step(self) -> None:
-        self.apply()
-
     # ---- state (resume) ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "total_steps": self.total_steps, "step": self.step,
@@ -318,10 +316,6 @@ def dsl_callback(config: DSLConfig, tables_of: Any = None) -> Any:
             entry = self.dsl.before_step(optimizer)
             if entry is not None:
                 pl_module.log("dsl/ratio", entry["ratio"], on_step=True, on_epoch=False, batch_size=1)
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            assert self.dsl is not None
-            self.dsl.after_step()
 
         def state_dict(self) -> dict[str, Any]:
             return {} if self.dsl is None else self.dsl.state_dict()
