@@ -19,6 +19,8 @@ Sections (``--sections``, comma-separated):
   set every ``--eval-every`` epochs to trace Recall@20 (÷ |test|, the paper protocol) against training seconds.
   Records: seconds/epoch, examples/s, seconds to Recall@20 ≥ .15 / ≥ .17 (or "not reached within budget"), best
   Recall@20 / NDCG@20 within the budget, set-up seconds, peak RSS.
+* ``rec-collect`` — the ``rec-train`` rows again from the JSON the training processes wrote (for runs stopped
+  early: their curves so far, ``finished=False``).
 * ``rec-eval`` — full-ranking evaluation of each trained model in a FRESH process (load data + model, one timed
   evaluation of all 29,858 test users): seconds and peak RSS; run under ``flock /tmp/recsparse-timing.lock``.
 * ``rec-check`` — the two evaluators on the same vectors: RecBole's final vectors scored by ours, and ours scored
@@ -67,7 +69,8 @@ OURS = {
     # the config's documented fast variant (lr 0.01, 4 epochs)
     "lightgcn_softmax_fast": ("configs/gowalla_lightgcn.yaml", ["trainer.lr=0.01", "trainer.max_epochs=4"]),
     "lightgcn_bpr": ("configs/gowalla_lightgcn.yaml",
-                     ["loss.name=bpr", "loss.reg_weight=1e-5", "model.normalize=false", "model.item_bias=false",
+                     ["loss.name=bpr", "loss.reg_weight=0.00001",  # (YAML reads 1e-5 as a string)
+                      "model.normalize=false", "model.item_bias=false",
                       "model.num_layers=2", "trainer.lr=0.001", "trainer.batch_size=2048"]),
     "mf_softmax": ("configs/gowalla_mf.yaml", []),
     "mf_bpr": ("configs/gowalla_mf_bpr.yaml", ["loss.reg_weight=0", "trainer.lr=0.001", "trainer.batch_size=2048"]),
@@ -229,6 +232,7 @@ def ours_child(name: str, work: Path, budget_s: float, eval_every: int, threads:
         rec["vectors"] = str(work / f"ours_{name}_vectors.npz")
     except Exception as e:  # the curve is the result; a failed export only loses the cross-check
         rec["vectors_error"] = repr(e)
+    rec["finished"] = True
     out.write_text(json.dumps(rec, indent=1))
 
 
@@ -249,9 +253,10 @@ def ours_eval_child(name: str, checkpoint: str, threads: int, work: Path) -> Non
     module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
     module.train_interactions()
     load_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     m = module.evaluate("test")
     print(json.dumps({"peer": "recsparse", "model": name, "eval_s": round(time.perf_counter() - t1, 3),
+                      "eval_cpu_s": round(time.process_time() - c1, 3),
                       "load_s": round(load_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "threads": threads,
                       "eval_users_per_batch": cfg.eval.chunk_size, "recall@20": m["recall_plain@20"],
                       "ndcg@20": m["ndcg@20"], "users": m["num_users"]}))
@@ -328,13 +333,35 @@ def rec_train(models: list[str], work: Path, default_budget: float, budgets: dic
         else:
             raise SystemExit(f"unknown model {m!r} (recbole:NAME or ours:NAME)")
         procs.append((m, subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=child_env()), out))
-    rows = []
+    from recsparse.io import write_json
+
+    write_json(work / "rec_train_manifest.json", {"models": models, "budgets": {m: budgets.get(m.split(":", 1)[1],
+               default_budget) for m in models}, "clock": clock, **provenance()})
     for m, p, out in procs:
         if p.wait() != 0:
-            raise SystemExit(f"{m} failed; see {work}/{m.replace(':', '_')}.log")
-        row = summarize(json.loads(out.read_text()), budgets.get(m.split(":", 1)[1], default_budget), clock)
-        row["concurrent_with"] = ", ".join(x for x in models if x != m)
-        rows.append(row | provenance(time.perf_counter() - t0))
+            print(f"{m} exited with {p.returncode}; see {work}/{m.replace(':', '_')}.log", file=sys.stderr)
+    return rec_collect(models, work, time.perf_counter() - t0)
+
+
+def rec_collect(models: list[str], work: Path, wall_s: float | None = None) -> list[dict[str, Any]]:
+    """Rows from the training JSON each side writes after every epoch (a run stopped early, e.g. by the session's
+    time limit, gives its curve so far: ``finished`` says which). The manifest names the run's command and commit."""
+    from recsparse.results import provenance
+
+    man = json.loads((work / "rec_train_manifest.json").read_text())
+    rows = []
+    for m in models:
+        side, name = m.split(":", 1)
+        out = work / f"{side}_{name}.json"
+        if not out.is_file():
+            rows.append({"section": "rec-train", "name": m, "error": f"no {out.name} (see {side}_{name}.log)"})
+            continue
+        res = json.loads(out.read_text())
+        row = summarize(res, float(man["budgets"].get(m, 0.0)), man["clock"])
+        row["finished"] = bool(res.get("finished"))
+        row["concurrent_with"] = ", ".join(x for x in man["models"] if x != m)
+        row["train_command"], row["train_commit"] = man["command"], man["git_commit"]
+        rows.append(row | provenance(wall_s))
     return rows
 
 
@@ -361,7 +388,7 @@ def rec_eval(models: list[str], work: Path, threads: int, py: Path) -> list[dict
                 raise SystemExit(r.stderr[-3000:])
             res = json.loads(r.stdout.strip().splitlines()[-1])
         rows.append({"section": "rec-eval", "name": m, "peer": res["peer"], "model": name, "dataset": "gowalla",
-                     "eval_users": 29858, "eval_s": res["eval_s"], "peak_rss_mb": res["peak_rss_mb"],
+                     "eval_users": 29858, "eval_s": res["eval_s"], "eval_cpu_s": res["eval_cpu_s"], "peak_rss_mb": res["peak_rss_mb"],
                      "load_s": res["load_s"], "users_per_batch": res["eval_users_per_batch"],
                      "threads": threads, "recall@20": round(res["recall@20"], 4),
                      "ndcg@20": round(res["ndcg@20"], 4), **provenance(time.perf_counter() - t0)})
@@ -544,6 +571,8 @@ def main() -> None:
             for r in rows:
                 if r["peer"] == "recbole":
                     r["peer_version"] = f"recbole {versions['recbole']}"
+        elif section == "rec-collect":
+            rows = rec_collect(a.rec_models, work)
         elif section == "rec-eval":
             rows = rec_eval(a.rec_models, work, a.threads, py)
         elif section == "rec-check":
@@ -551,7 +580,7 @@ def main() -> None:
         elif section == "beir":
             rows = beir_rows(a.beir_datasets, work, py, a.threads)
         else:
-            raise SystemExit(f"unknown section {section!r} (setup, rec-train, rec-eval, rec-check, beir)")
+            raise SystemExit(f"unknown section {section!r} (setup, rec-train, rec-collect, rec-eval, rec-check, beir)")
         print_table(rows, [c for c in rows[0] if c not in ("curve", "command", "machine")] if rows else None)
         if not a.no_save:
             save_results(AREA, rows, KEY)

@@ -133,6 +133,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
     if args.export:
         u, i = to_original_order(dataset, *vectors(model))
         np.savez(args.export, user=u, item=i)
+    rec["finished"] = True
     return rec
 
 
@@ -143,9 +144,10 @@ def cmd_eval(args: argparse.Namespace) -> dict:
     config, dataset, train_data, valid_data, model, trainer, setup_s = build(args, args.model)
     model.load_state_dict(torch.load(args.state, map_location="cpu", weights_only=True))
     load_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
+    t1, c1 = time.perf_counter(), time.process_time()
     res = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
     return {"peer": "recbole", "model": args.model, "eval_s": round(time.perf_counter() - t1, 3),
+            "eval_cpu_s": round(time.process_time() - c1, 3),
             "load_s": round(load_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "threads": args.threads,
             "eval_users_per_batch": args.eval_users, "recall@20": float(res["recall@20"]),
             "ndcg@20": float(res["ndcg@20"])}
