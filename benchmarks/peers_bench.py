@@ -149,7 +149,6 @@ def convert_gowalla(folder: Path) -> tuple[Path, dict[str, int]]:
 def ours_child(name: str, work: Path, budget_s: float, eval_every: int, threads: int, budget_clock: str,
                limit_batches: int | None = None) -> None:
     """Runs in its own process: train one of :data:`OURS` with a per-epoch test curve; writes JSON to work/name."""
-    import numpy as np
     import torch
     from lightning.pytorch.callbacks import Callback
 
@@ -216,24 +215,37 @@ def ours_child(name: str, work: Path, budget_s: float, eval_every: int, threads:
     curve = Curve()
     result = run(cfg, split, extra_callbacks=[curve], test=False)
     rec.update(train_s=round(curve.train_s, 2), train_cpu_s=round(curve.train_cpu_s, 2), peak_rss_mb=round(peak_rss_mb(), 1),
-               checkpoint=str(cfg.output_dir / "checkpoints" / "last.ckpt"), num_items=split.num_items,
-               table_bytes=result.get("bytes"))
-    # final vectors (original id order) for the cross-check with RecBole's evaluator
-    try:
-        from recsparse.pipelines.modules import build_module
-
-        module = build_module(cfg, split)
-        module.load_state_dict(torch.load(rec["checkpoint"], map_location="cpu", weights_only=True)["state_dict"])
-        module.eval()
-        with torch.no_grad():
-            user_fn, items = module.eval_vectors()
-            users = user_fn(torch.arange(split.num_users))
-        np.savez(work / f"ours_{name}_vectors.npz", user=users.numpy(), item=items.detach().numpy())
-        rec["vectors"] = str(work / f"ours_{name}_vectors.npz")
-    except Exception as e:  # the curve is the result; a failed export only loses the cross-check
-        rec["vectors_error"] = repr(e)
+               checkpoint=str(ours_checkpoint(work, name)), num_items=split.num_items, table_bytes=result.get("bytes"))
     rec["finished"] = True
     out.write_text(json.dumps(rec, indent=1))
+
+
+def ours_checkpoint(work: Path, name: str) -> Path:
+    """The latest epoch's checkpoint of :func:`ours_child` (Lightning writes ``last.ckpt`` after every epoch)."""
+    return work / "runs" / f"peers_{name}" / "checkpoints" / "last.ckpt"
+
+
+def ours_vectors(name: str, work: Path) -> Path:
+    """User/item vectors (original id order, item bias folded in) of our checkpoint -> ``.npz``."""
+    import numpy as np
+    import torch
+
+    from recsparse.pipelines.config import load_config
+    from recsparse.pipelines.data import build_split
+    from recsparse.pipelines.modules import build_module
+
+    config, overrides = OURS[name]
+    cfg = load_config(config, overrides)
+    split = build_split(cfg)
+    module = build_module(cfg, split)
+    module.load_state_dict(torch.load(ours_checkpoint(work, name), map_location="cpu", weights_only=True)["state_dict"])
+    module.eval()
+    with torch.no_grad():
+        user_fn, items = module.eval_vectors()
+        users = user_fn(torch.arange(split.num_users))
+    path = work / f"ours_{name}_vectors.npz"
+    np.savez(path, user=users.numpy(), item=items.detach().numpy())
+    return path
 
 
 def ours_eval_child(name: str, checkpoint: str, threads: int, work: Path) -> None:
@@ -380,7 +392,7 @@ def rec_eval(models: list[str], work: Path, threads: int, py: Path) -> list[dict
                             "--work", str(work / "recbole"), "--out", str(out), "--threads", str(threads),
                             "--state", str(work / f"recbole_{name}.pt")], out, child_env())
         else:
-            ckpt = json.loads((work / f"ours_{name}.json").read_text())["checkpoint"]
+            ckpt = str(ours_checkpoint(work, name))
             r = subprocess.run([sys.executable, __file__, "--ours-eval-child", name, "--checkpoint", ckpt,
                                 "--work", str(work), "--threads", str(threads)], capture_output=True, text=True,
                                env=child_env())
@@ -415,7 +427,7 @@ def rec_check(models: list[str], work: Path, py: Path) -> list[dict[str, Any]]:
     for m in models:
         side, name = m.split(":", 1)
         t0 = time.perf_counter()
-        vec = work / f"{side}_{name}_vectors.npz"
+        vec = ours_vectors(name, work) if side == "ours" else work / f"{side}_{name}_vectors.npz"
         v = np.load(vec)
         U, I = torch.from_numpy(v["user"]), torch.from_numpy(v["item"])
         ours = full_ranking_metrics(lambda ids: U[ids], I, split.test, train, (20,))

@@ -124,17 +124,27 @@ def cmd_train(args: argparse.Namespace) -> dict:
                      "eval_s": round(time.perf_counter() - t1, 2)}
             rec["curve"].append(point)
             print(json.dumps(point), flush=True)
+            save(args, model, dataset)  # after every evaluation: a run stopped early still leaves its model
         rec.update(train_s=round(train_s, 2), train_cpu_s=round(train_cpu_s, 2), peak_rss_mb=round(peak_rss_mb(), 1))
         write(args.out, rec)
         if last:
             break
-    if args.state:
-        torch.save(model.state_dict(), args.state)
-    if args.export:
-        u, i = to_original_order(dataset, *vectors(model))
-        np.savez(args.export, user=u, item=i)
     rec["finished"] = True
     return rec
+
+
+def save(args: argparse.Namespace, model, dataset) -> None:
+    """The state dict (``--state``) and the vectors in original id order (``--export``), each written atomically."""
+    import numpy as np
+    import torch
+
+    if args.state:
+        torch.save(model.state_dict(), args.state + ".tmp")
+        os.replace(args.state + ".tmp", args.state)
+    if args.export:
+        u, i = to_original_order(dataset, *vectors(model))
+        np.savez(args.export + ".tmp.npz", user=u, item=i)
+        os.replace(args.export + ".tmp.npz", args.export)
 
 
 def cmd_eval(args: argparse.Namespace) -> dict:
