@@ -454,9 +454,11 @@ def load_beir_dataset(name: str) -> Any:
     return load(name) if name in REGISTRY else load(str(Path(data_root()) / name))
 
 
-def beir_rows(datasets: list[str], work: Path, py: Path, threads: int) -> list[dict[str, Any]]:
-    """Per collection: (1) our BM25 + dense runs scored by ours and by beir's ``EvaluateRetrieval``; (2) beir's
-    exact dense search end to end vs our harness end to end, same cached MiniLM corpus vectors, same threads."""
+def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retrievers: list[str]) -> list[dict[str, Any]]:
+    """Per collection: (1) our ``retrievers``' runs (``bm25``: Lucene via Pyserini; ``dense``: MiniLM + FAISS Flat)
+    scored by ours and by beir's ``EvaluateRetrieval``; with ``dense`` also (2) beir's exact dense search end to end
+    vs our harness end to end, on the same cached MiniLM corpus vectors and the same threads (its run is scored by
+    both evaluators too)."""
     import numpy as np
     import torch
 
@@ -469,31 +471,28 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int) -> list[d
     torch.set_num_threads(threads)
     rows: list[dict[str, Any]] = []
     for name in datasets:
+        t0 = time.perf_counter()
         ds = load_beir_dataset(name)
         folder = Path(ds.folder)
         out_dir = work / "beir" / name
-        # corpus vectors: the harness's cache, filled once here (not timed)
         out_dir.mkdir(parents=True, exist_ok=True)
-        np.save(out_dir.parent / f"{name}_corpus.npy", encode_corpus(Encoder(), ds.corpus))
-        (out_dir.parent / f"{name}_corpus_ids.json").write_text(json.dumps(ds.corpus["_id"].to_list()))
-
-        # (1) BM25 (Lucene via Pyserini) and dense runs from our harness, each scored by both evaluators
-        t0 = time.perf_counter()
-        evaluate_retrievers(ds, {"bm25": make_retriever("bm25"), "dense": make_retriever("dense")}, k=100,
-                            out_dir=out_dir / "runs_ours", threads=threads)
+        # (1) our harness's runs, each scored by both evaluators
+        evaluate_retrievers(ds, {r: make_retriever(r) for r in retrievers}, k=100, out_dir=out_dir / "runs_ours",
+                            threads=threads)
         qrels = ds.qrels_dict("test")
-        run_files = {r: out_dir / "runs_ours" / "runs" / f"{safe_name(r)}.trec" for r in ("bm25", "dense")}
-        # (2) end to end, dense: beir's DRES ...
-        beir_out = work / f"beir_{name}_dense.json"
-        beir_run = out_dir / "beir_dres.trec"
-        dres = run_json([str(py), str(PEERS_DIR / "beir_driver.py"), "dense", "--folder", str(folder),
-                         "--model", str(model_path("all-MiniLM-L6-v2")),
-                         "--corpus-emb", str(out_dir.parent / f"{name}_corpus.npy"),
-                         "--corpus-ids", str(out_dir.parent / f"{name}_corpus_ids.json"),
-                         "--run-out", str(beir_run), "--threads", str(threads), "--out", str(beir_out)],
-                        beir_out, child_env())
-        run_files["beir_dres"] = beir_run
-        score_out = work / f"beir_{name}_score.json"
+        run_files = {r: out_dir / "runs_ours" / "runs" / f"{safe_name(r)}.trec" for r in retrievers}
+        dres = None
+        if "dense" in retrievers:
+            # (2) beir's DRES on the harness's cached corpus vectors (filled by the dense run above)
+            np.save(out_dir / "corpus.npy", encode_corpus(Encoder(), ds.corpus))
+            (out_dir / "corpus_ids.json").write_text(json.dumps(ds.corpus["_id"].to_list()))
+            beir_out = out_dir / "beir_dense.json"
+            run_files["beir_dres"] = out_dir / "beir_dres.trec"
+            dres = run_json([str(py), str(PEERS_DIR / "beir_driver.py"), "dense", "--folder", str(folder),
+                             "--model", str(model_path("all-MiniLM-L6-v2")), "--corpus-emb", str(out_dir / "corpus.npy"),
+                             "--corpus-ids", str(out_dir / "corpus_ids.json"), "--run-out", str(run_files["beir_dres"]),
+                             "--threads", str(threads), "--out", str(beir_out)], beir_out, child_env())
+        score_out = out_dir / "beir_score.json"
         theirs = run_json([str(py), str(PEERS_DIR / "beir_driver.py"), "score", "--folder", str(folder),
                            "--runs", *[f"{k}={v}" for k, v in run_files.items()], "--out", str(score_out)],
                           score_out, child_env())
@@ -501,7 +500,8 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int) -> list[d
             ours = evaluate(read_trec_run(path), qrels, ("ndcg@10", "recall@100"))
             b, keep = theirs[run_name]["beir_default"], theirs[run_name]["keep_identical_ids"]
             rows.append({"section": "beir-metrics", "name": f"{name}:{run_name}", "dataset": name,
-                         "run": run_name + (" (beir DRES)" if run_name == "beir_dres" else " (recsparse harness)"),
+                         "run": "beir DenseRetrievalExactSearch" if run_name == "beir_dres"
+                         else f"recsparse harness {run_name}",
                          "ours_ndcg@10": round(ours["ndcg@10"], 6), "beir_ndcg@10": b["ndcg@10"],
                          "ours_recall@100": round(ours["recall@100"], 6), "beir_recall@100": b["recall@100"],
                          "max_abs_diff": round(max(abs(ours["ndcg@10"] - b["ndcg@10"]),
@@ -510,25 +510,27 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int) -> list[d
                          "queries_in_run": theirs[run_name]["queries_in_run"],
                          "queries_judged": theirs[run_name]["queries_in_qrels"],
                          **provenance(time.perf_counter() - t0)})
-        # ... vs our harness, end to end: load the collection, index from the cached vectors (FAISS Flat), encode the
-        # queries, search top 100, evaluate, write run/metrics/report (the model is loaded before the clock, as for
-        # beir)
+        if dres is None:
+            continue
+        # ... vs our harness end to end: load the collection, build FAISS Flat from the cached vectors, encode the
+        # queries, search top 100, evaluate, write run/metrics/report (the model loads before the clock, as for beir)
         dense = make_retriever("dense")
         dense.prepare()
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.process_time()
         ds2 = load_beir_dataset(name)
         t2 = time.perf_counter()
         rec = evaluate_retrievers(ds2, {"dense": dense}, k=100, out_dir=out_dir / "timed_ours", threads=threads)[0]
-        t3 = time.perf_counter()
+        t3, c3 = time.perf_counter(), time.process_time()
         rows.append({"section": "beir-dense-time", "name": f"{name}:beir DRES", "dataset": name,
-                     "side": "beir 2.2.0 DenseRetrievalExactSearch + EvaluateRetrieval", "end_to_end_s":
-                     dres["end_to_end_s"], "load_s": dres["load_s"], "search_s": dres["search_s"],
-                     "evaluate_s": dres["evaluate_s"], "ndcg@10": dres["ndcg@10"], "recall@100": dres["recall@100"],
-                     "queries": dres["num_queries"], "threads": threads, **provenance(None)})
+                     "side": "beir 2.2.0 DenseRetrievalExactSearch + EvaluateRetrieval",
+                     "end_to_end_s": dres["end_to_end_s"], "end_to_end_cpu_s": dres["end_to_end_cpu_s"],
+                     "load_s": dres["load_s"], "search_s": dres["search_s"], "evaluate_s": dres["evaluate_s"],
+                     "ndcg@10": dres["ndcg@10"], "recall@100": dres["recall@100"], "queries": dres["num_queries"],
+                     "threads": threads, **provenance(None)})
         rows.append({"section": "beir-dense-time", "name": f"{name}:recsparse harness", "dataset": name,
                      "side": "recsparse evaluate_retrievers (FAISS Flat + ir_measures)",
-                     "end_to_end_s": round(t3 - t1, 3), "load_s": round(t2 - t1, 3),
-                     "search_s": rec["search_s"], "index_s": rec["index_s"],
+                     "end_to_end_s": round(t3 - t1, 3), "end_to_end_cpu_s": round(c3 - c1, 3),
+                     "load_s": round(t2 - t1, 3), "search_s": rec["search_s"], "index_s": rec["index_s"],
                      "evaluate_s": round(t3 - t2 - rec["search_s"] - rec["index_s"], 3),
                      "ndcg@10": rec["ndcg@10"], "recall@100": rec["recall@100"], "queries": rec["num_queries"],
                      "threads": threads, **provenance(None)})
@@ -552,6 +554,7 @@ def main() -> None:
                    help="NAME=N: evaluate every N epochs (default 1)")
     p.add_argument("--threads", type=int, default=1, help="torch threads on every side")
     p.add_argument("--beir-datasets", nargs="+", default=["scifact", "nfcorpus"])
+    p.add_argument("--beir-retrievers", nargs="+", default=["bm25", "dense"], choices=["bm25", "dense"])
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--ours-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ours-eval-child", default=None, help=argparse.SUPPRESS)
@@ -590,7 +593,7 @@ def main() -> None:
         elif section == "rec-check":
             rows = rec_check(a.rec_models, work, py)
         elif section == "beir":
-            rows = beir_rows(a.beir_datasets, work, py, a.threads)
+            rows = beir_rows(a.beir_datasets, work, py, a.threads, a.beir_retrievers)
         else:
             raise SystemExit(f"unknown section {section!r} (setup, rec-train, rec-collect, rec-eval, rec-check, beir)")
         print_table(rows, [c for c in rows[0] if c not in ("curve", "command", "machine")] if rows else None)
