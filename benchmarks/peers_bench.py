@@ -497,7 +497,12 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
                            "--runs", *[f"{k}={v}" for k, v in run_files.items()], "--out", str(score_out)],
                           score_out, child_env())
         for run_name, path in run_files.items():
-            ours = evaluate(read_trec_run(path), qrels, ("ndcg@10", "recall@100"))
+            run = read_trec_run(path)
+            ours, per_query = evaluate(run, qrels, ("ndcg@10", "recall@100"), per_query=True)
+            # beir (pytrec_eval's output) averages over the judged queries that retrieved something; we average over
+            # every judged query (a query with no hit scores 0, as trec_eval -c): the same mean on beir's denominator
+            in_run = [q for q in per_query if run.get(q)]
+            ours_rq = {m: sum(per_query[q][m] for q in in_run) / max(1, len(in_run)) for m in ("ndcg@10", "recall@100")}
             b, keep = theirs[run_name]["beir_default"], theirs[run_name]["keep_identical_ids"]
             rows.append({"section": "beir-metrics", "name": f"{name}:{run_name}", "dataset": name,
                          "run": "beir DenseRetrievalExactSearch" if run_name == "beir_dres"
@@ -506,6 +511,10 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
                          "ours_recall@100": round(ours["recall@100"], 6), "beir_recall@100": b["recall@100"],
                          "max_abs_diff": round(max(abs(ours["ndcg@10"] - b["ndcg@10"]),
                                                    abs(ours["recall@100"] - b["recall@100"])), 6),
+                         "ours_ndcg@10_on_queries_with_hits": round(ours_rq["ndcg@10"], 6),
+                         "ours_recall@100_on_queries_with_hits": round(ours_rq["recall@100"], 6),
+                         "max_abs_diff_same_queries": round(max(abs(ours_rq["ndcg@10"] - b["ndcg@10"]),
+                                                                abs(ours_rq["recall@100"] - b["recall@100"])), 6),
                          "beir_keep_ids_ndcg@10": keep["ndcg@10"], "beir_keep_ids_recall@100": keep["recall@100"],
                          "queries_in_run": theirs[run_name]["queries_in_run"],
                          "queries_judged": theirs[run_name]["queries_in_qrels"],
