@@ -21,6 +21,8 @@ Sections (``--sections``, comma-separated):
   Recall@20 / NDCG@20 within the budget, set-up seconds, peak RSS.
 * ``rec-collect`` — the ``rec-train`` rows again from the JSON the training processes wrote (for runs stopped
   early: their curves so far, ``finished=False``).
+* ``rec-throughput`` — ``--batches`` training steps of each model in a fresh process, one model at a time:
+  examples per CPU second and per wall second (run under the timing lock; epoch start costs included on both sides).
 * ``rec-eval`` — full-ranking evaluation of each trained model in a FRESH process (load data + model, one timed
   evaluation of all 29,858 test users): seconds and peak RSS; run under ``flock /tmp/recsparse-timing.lock``.
 * ``rec-check`` — the two evaluators on the same vectors: RecBole's final vectors scored by ours, and ours scored
@@ -144,6 +146,66 @@ def convert_gowalla(folder: Path) -> tuple[Path, dict[str, int]]:
                      pl.col("item_id").cast(pl.Utf8).alias("item_id:token")).write_csv(tmp, separator="\t")
         tmp.replace(path)
     return folder, ds.counts()
+
+
+def ours_throughput_child(name: str, batches: int, threads: int) -> None:
+    """Fresh process: ``batches`` training steps of one of :data:`OURS` through the Lightning loop (data loader with
+    negatives + step), timed from the first batch's start to the last batch's end; prints JSON."""
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    from recsparse.pipelines.config import load_config
+    from recsparse.pipelines.train import run
+
+    config, overrides = OURS[name]
+    cfg = load_config(config, [*overrides, f"trainer.num_threads={threads}", "trainer.progress_bar=false",
+                               "trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
+                               f"name=peers_{name}_throughput", "trainer.output_dir=/tmp/recsparse-peers-throughput/{name}"])
+    torch.set_num_threads(threads)
+    t: dict[str, float] = {}
+
+    class Clock(Callback):
+        def on_train_epoch_start(self, trainer: Any, module: Any) -> None:
+            t["wall"], t["cpu"], t["n"] = time.perf_counter(), time.process_time(), 0
+
+        def on_train_batch_end(self, trainer: Any, module: Any, outputs: Any, batch: Any, idx: int) -> None:
+            t["n"] += int(batch["user"].numel())
+            t["wall_end"], t["cpu_end"] = time.perf_counter(), time.process_time()
+
+    run(cfg, extra_callbacks=[Clock()], test=False)
+    wall, cpu = t["wall_end"] - t["wall"], t["cpu_end"] - t["cpu"]
+    print(json.dumps({"peer": "recsparse", "model": name, "batches": batches, "batch_size": cfg.trainer.batch_size,
+                      "examples": int(t["n"]), "wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                      "examples_per_cpu_s": round(t["n"] / cpu, 1), "examples_per_wall_s": round(t["n"] / wall, 1),
+                      "threads": threads}))
+
+
+def rec_throughput(models: list[str], work: Path, batches: int, threads: int, py: Path) -> list[dict[str, Any]]:
+    """Training steps per CPU/wall second of each model, one after the other in fresh processes (timing lock)."""
+    from recsparse.results import provenance
+
+    data_dir, counts = convert_gowalla(work / "data")
+    rows = []
+    for m in models:
+        side, name = m.split(":", 1)
+        t0 = time.perf_counter()
+        if side == "recbole":
+            out = work / f"recbole_{name}_throughput.json"
+            res = run_json([str(py), str(PEERS_DIR / "recbole_driver.py"), "throughput", "--model", RECBOLE[name],
+                            "--data-dir", str(data_dir), "--num-items", str(counts["items"]),
+                            "--work", str(work / "recbole"), "--out", str(out), "--threads", str(threads),
+                            "--batches", str(batches)], out, child_env())
+        else:
+            r = subprocess.run([sys.executable, __file__, "--ours-throughput-child", name, "--batches", str(batches),
+                                "--threads", str(threads)], capture_output=True, text=True, env=child_env())
+            if r.returncode != 0:
+                print(r.stderr[-3000:], file=sys.stderr)
+                rows.append({"section": "rec-throughput", "name": m, "error": r.stderr.strip().splitlines()[-1]})
+                continue
+            res = json.loads(r.stdout.strip().splitlines()[-1])
+        rows.append({"section": "rec-throughput", "name": m, "dataset": "gowalla", **res,
+                     **provenance(time.perf_counter() - t0)})
+    return rows
 
 
 def ours_child(name: str, work: Path, budget_s: float, eval_every: int, threads: int, budget_clock: str,
@@ -567,6 +629,8 @@ def main() -> None:
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--ours-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ours-eval-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ours-throughput-child", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--batches", type=int, default=40, help="training steps timed by rec-throughput")
     p.add_argument("--checkpoint", default=None, help=argparse.SUPPRESS)
     p.add_argument("--child-every", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument("--limit-batches", type=int, default=None, help=argparse.SUPPRESS)
@@ -576,6 +640,9 @@ def main() -> None:
     if a.ours_child:
         torch_threads(a.threads)
         ours_child(a.ours_child, work, a.budget_s, a.child_every, a.threads, a.budget_clock, a.limit_batches)
+        return
+    if a.ours_throughput_child:
+        ours_throughput_child(a.ours_throughput_child, a.batches, a.threads)
         return
     if a.ours_eval_child:
         ours_eval_child(a.ours_eval_child, a.checkpoint, a.threads, work)
@@ -597,6 +664,8 @@ def main() -> None:
                     r["peer_version"] = f"recbole {versions['recbole']}"
         elif section == "rec-collect":
             rows = rec_collect(a.rec_models, work)
+        elif section == "rec-throughput":
+            rows = rec_throughput(a.rec_models, work, a.batches, a.threads, py)
         elif section == "rec-eval":
             rows = rec_eval(a.rec_models, work, a.threads, py)
         elif section == "rec-check":
@@ -604,7 +673,7 @@ def main() -> None:
         elif section == "beir":
             rows = beir_rows(a.beir_datasets, work, py, a.threads, a.beir_retrievers)
         else:
-            raise SystemExit(f"unknown section {section!r} (setup, rec-train, rec-collect, rec-eval, rec-check, beir)")
+            raise SystemExit(f"unknown section {section!r} (setup, rec-train, rec-collect, rec-throughput, rec-eval, rec-check, beir)")
         print_table(rows, [c for c in rows[0] if c not in ("curve", "command", "machine")] if rows else None)
         if not a.no_save:
             save_results(AREA, rows, KEY)

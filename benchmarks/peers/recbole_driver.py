@@ -13,6 +13,7 @@ Modes (one JSON object is written to ``--out``):
   (``--export``, ``.npz`` with ``user [U, d]``, ``item [I, d]``) so our evaluator can re-score them.
 * ``eval`` — fresh process: build the dataset, load ``--state``, time one full-ranking ``Trainer.evaluate``;
   reports seconds and the process's peak RSS.
+* ``throughput`` — ``--batches`` steps of RecBole's epoch loop, timed (wall and process CPU seconds).
 * ``score`` — load user/item vectors from ``--vectors`` (``.npz`` in original id order, e.g. OUR trained model's
   vectors) into a RecBole ``BPR`` model (score = inner product) and evaluate them with RecBole's evaluator.
 """
@@ -147,6 +148,20 @@ def save(args: argparse.Namespace, model, dataset) -> None:
         os.replace(args.export + ".tmp.npz", args.export)
 
 
+def cmd_throughput(args: argparse.Namespace) -> dict:
+    """``--batches`` training steps of RecBole's own epoch loop (data loader + negative sampling + step), timed."""
+    import itertools
+
+    config, dataset, train_data, valid_data, model, trainer, setup_s = build(args, args.model)
+    t0, c0 = time.perf_counter(), time.process_time()
+    trainer._train_epoch(itertools.islice(train_data, args.batches), 0, show_progress=False)
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    n = args.batches * config["train_batch_size"]
+    return {"peer": "recbole", "model": args.model, "batches": args.batches, "batch_size": config["train_batch_size"],
+            "examples": n, "wall_s": round(wall, 3), "cpu_s": round(cpu, 3), "examples_per_cpu_s": round(n / cpu, 1),
+            "examples_per_wall_s": round(n / wall, 1), "threads": args.threads}
+
+
 def cmd_eval(args: argparse.Namespace) -> dict:
     import torch
 
@@ -190,7 +205,8 @@ def write(path: str, obj: dict) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("mode", choices=["train", "eval", "score"])
+    p.add_argument("mode", choices=["train", "eval", "score", "throughput"])
+    p.add_argument("--batches", type=int, default=40)
     p.add_argument("--model", default="LightGCN", choices=["LightGCN", "BPR"])
     p.add_argument("--data-dir", required=True, help="folder holding <dataset>/<dataset>.{train,valid,test}.inter")
     p.add_argument("--dataset", default="gowalla")
@@ -212,7 +228,7 @@ def main() -> None:
     a = p.parse_args()
     os.makedirs(a.work, exist_ok=True)
     os.chdir(a.work)  # RecBole writes log/ and log_tensorboard/ into the working directory
-    fn = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score}[a.mode]
+    fn = {"train": cmd_train, "eval": cmd_eval, "score": cmd_score, "throughput": cmd_throughput}[a.mode]
     write(a.out, fn(a))
     print(json.dumps({"done": a.mode, "out": a.out}))
 
