@@ -324,7 +324,9 @@ def ours_eval_child(name: str, checkpoint: str, threads: int, work: Path) -> Non
     t0 = time.perf_counter()
     split = build_split(cfg)
     module = build_module(cfg, split)
-    module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
+    trained = Path(checkpoint).is_file()
+    if trained:  # else the initial weights: the same amount of work, only the metric values differ
+        module.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"])
     module.train_interactions()
     load_s = time.perf_counter() - t0
     t1, c1 = time.perf_counter(), time.process_time()
@@ -332,6 +334,7 @@ def ours_eval_child(name: str, checkpoint: str, threads: int, work: Path) -> Non
     print(json.dumps({"peer": "recsparse", "model": name, "eval_s": round(time.perf_counter() - t1, 3),
                       "eval_cpu_s": round(time.process_time() - c1, 3),
                       "load_s": round(load_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "threads": threads,
+                      "weights": checkpoint if trained else "initial (untrained)",
                       "eval_users_per_batch": cfg.eval.chunk_size, "recall@20": m["recall_plain@20"],
                       "ndcg@20": m["ndcg@20"], "users": m["num_users"]}))
 
@@ -463,7 +466,7 @@ def rec_eval(models: list[str], work: Path, threads: int, py: Path) -> list[dict
             res = json.loads(r.stdout.strip().splitlines()[-1])
         rows.append({"section": "rec-eval", "name": m, "peer": res["peer"], "model": name, "dataset": "gowalla",
                      "eval_users": 29858, "eval_s": res["eval_s"], "eval_cpu_s": res["eval_cpu_s"], "peak_rss_mb": res["peak_rss_mb"],
-                     "load_s": res["load_s"], "users_per_batch": res["eval_users_per_batch"],
+                     "load_s": res["load_s"], "users_per_batch": res["eval_users_per_batch"], "weights": res["weights"],
                      "threads": threads, "recall@20": round(res["recall@20"], 4),
                      "ndcg@20": round(res["ndcg@20"], 4), **provenance(time.perf_counter() - t0)})
     return rows

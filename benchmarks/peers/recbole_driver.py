@@ -167,14 +167,16 @@ def cmd_eval(args: argparse.Namespace) -> dict:
 
     t0 = time.perf_counter()
     config, dataset, train_data, valid_data, model, trainer, setup_s = build(args, args.model)
-    model.load_state_dict(torch.load(args.state, map_location="cpu", weights_only=True))
+    trained = bool(args.state) and Path(args.state).is_file()
+    if trained:  # else the initial weights: the same amount of work, only the metric values differ
+        model.load_state_dict(torch.load(args.state, map_location="cpu", weights_only=True))
     load_s = time.perf_counter() - t0
     t1, c1 = time.perf_counter(), time.process_time()
     res = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
     return {"peer": "recbole", "model": args.model, "eval_s": round(time.perf_counter() - t1, 3),
             "eval_cpu_s": round(time.process_time() - c1, 3),
             "load_s": round(load_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "threads": args.threads,
-            "eval_users_per_batch": args.eval_users, "recall@20": float(res["recall@20"]),
+            "weights": args.state if trained else "initial (untrained)", "eval_users_per_batch": args.eval_users, "recall@20": float(res["recall@20"]),
             "ndcg@20": float(res["ndcg@20"])}
 
 
