@@ -667,8 +667,13 @@ def main() -> None:
                     r["peer_version"] = f"recbole {versions['recbole']}"
         elif section == "rec-collect":
             rows = rec_collect(a.rec_models, work)
-        elif section == "rec-throughput":
-            rows = rec_throughput(a.rec_models, work, a.batches, a.threads, py)
+        elif section == "rec-throughput":  # saved model by model: each row stands alone
+            for m in a.rec_models:
+                rows = rec_throughput([m], work, a.batches, a.threads, py)
+                print_table(rows, [c for c in rows[0] if c not in ("command", "machine")])
+                if not a.no_save:
+                    save_results(AREA, rows, KEY)
+            continue
         elif section == "rec-eval":
             rows = rec_eval(a.rec_models, work, a.threads, py)
         elif section == "rec-check":
