@@ -156,6 +156,10 @@ class TorchRecStrategy(DDPStrategy):
         return dmp
 
     @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True  # a checkpoint loads into the sharded module and its fused optimizer, which setup creates
+
+    @property
     def fused_optimizer(self) -> Any:
         assert self._dmp is not None, "the strategy has not sharded a module yet"
         return self._dmp.fused_optimizer

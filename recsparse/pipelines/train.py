@@ -54,8 +54,8 @@ def resolve_resume(cfg: TrainConfig) -> str | None:
         return None
     if r == "last":
         p = cfg.output_dir / "checkpoints" / "last.ckpt"
-        return str(p) if p.is_file() else None
-    if not Path(r).is_file():
+        return str(p) if p.exists() else None  # a sharded checkpoint (TorchRecStrategy) is a folder
+    if not Path(r).exists():
         raise FileNotFoundError(f"trainer.resume: checkpoint {r} not found")
     return r
 
