@@ -4,8 +4,11 @@ Sections (rows in ``benchmarks/results/dist.json``):
 
 * ``equality`` — per case (Gowalla MF full tables, Gowalla MF GraphHash, ML-100K two-tower): 1 process × batch B vs
   2 processes × B/2 (``torchrun``, same seed, same global batches): max |Δ loss| over the first steps, max |Δ| over
-  the test metrics, examples/s of each, the plan, table bytes and peak RSS per rank.
+  the test metrics, examples/s of each, the plan, table bytes and peak RSS per rank (``table_bytes_1proc``: the
+  tables plus the id-mappers' state, as ``metrics.json`` counts it; ``table_bytes_per_rank``: table shards only).
 * ``plans`` — Gowalla MF full tables under table-wise / row-wise / column-wise: table bytes and peak RSS per rank.
+* ``throughput`` — training examples/s of Gowalla MF on the plain 1-process path and with TorchRecStrategy on 1 and
+  2 processes, each job holding the shared timing lock (other jobs on the box still load it).
 * ``resume`` — 2 processes, one rank SIGKILLed mid-epoch: seconds until the job exits (non-zero) and then a resume
   from the last checkpoint against the uninterrupted run (loss of every step after the resume point, test metrics).
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -77,6 +81,8 @@ def launch(cfg: dict[str, Any], plan: str, work: Path, tag: str, nproc: int = 2,
     cfg_path.write_text(json.dumps(cfg))
     for p in work.glob(f"{tag}-out.json*"):
         p.unlink()
+    if cfg["trainer"].get("resume") is None:  # a fresh run: its folder must not exist (or it would be resumed)
+        shutil.rmtree(cfg["trainer"]["output_dir"], ignore_errors=True)
     e = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **(env or {}))
     base = [sys.executable, str(WORKER), str(cfg_path), plan, str(out)]
     cmd = base if plan == "none" else [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
@@ -145,6 +151,25 @@ def plans(work: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def throughput(work: Path, plan: str, steps: int = 15) -> list[dict[str, Any]]:
+    """Training examples/s of Gowalla MF (full tables, fixed step budget, no evaluation), each job holding the shared
+    timing lock: the plain 1-process path (unsharded TorchRec tables: dense gradients + torch Adagrad over the whole
+    tables), and TorchRecStrategy on 1 and on 2 processes (fused sparse Adagrad in the TBE backward)."""
+    rows = []
+    for tag, p, n in (("plain-1proc", "none", 1), ("torchrec-1proc", plan, 1), ("torchrec-2proc", plan, 2)):
+        cfg = _gowalla_mf("full", str(work / f"thr-{tag}"))
+        cfg["trainer"]["limit_train_batches"] = steps
+        rc, w, rec, ranks = launch(cfg, p, work, f"thr-{tag}", nproc=n, env={"DIST_NO_TEST": "1"}, timing=True)
+        if rc or rec is None:
+            raise RuntimeError(f"throughput {tag} failed (exit {rc}); see {work}/thr-{tag}.log")
+        rows.append({"section": "throughput", "case": f"gowalla_mf_full/{tag}", "plan": p if p != "none" else "-",
+                     "processes": n, "batch_size": cfg["trainer"]["batch_size"], "steps": steps,
+                     "train_examples_per_s": rec.get("train_examples_per_s"),
+                     "max_rss_mb_per_rank": [round(r["max_rss_mb"], 1) for r in ranks],
+                     "timing_clean": True, "wall_s": round(w, 1)})
+    return rows
+
+
 def resume(work: Path, plan: str) -> dict[str, Any]:
     def cfg(out: str, resume: str | None = None) -> dict[str, Any]:
         c = _gowalla_mf("full", out)
@@ -171,30 +196,36 @@ def resume(work: Path, plan: str) -> dict[str, Any]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
-    ap.add_argument("--sections", nargs="*", default=["equality", "plans", "resume"],
-                    choices=["equality", "plans", "resume"])
+    ap.add_argument("--sections", nargs="*", default=["equality", "plans", "resume", "throughput"],
+                    choices=["equality", "plans", "resume", "throughput"])
     ap.add_argument("--plan", default="row_wise", help="plan of the equality and resume runs")
     ap.add_argument("--timing", action="store_true", help="hold the shared timing lock during each timed job")
     ap.add_argument("--work", default="/tmp/recsparse-dist-bench")
     ap.add_argument("--results-dir", default=None)
     a = ap.parse_args()
     work = Path(a.work)
-    rows: list[dict[str, Any]] = []
-    t0 = time.perf_counter()
+
+    def save(rows: list[dict[str, Any]], t0: float) -> None:  # after every section: a later failure loses nothing
+        prov = provenance(time.perf_counter() - t0)
+        for r in rows:
+            r.update(prov)
+        print_table([{k: v for k, v in r.items() if k not in ("plan_text", "command", "machine")} for r in rows],
+                    title="dist")
+        save_results(AREA, rows, KEY, a.results_dir)
+
     if "equality" in a.sections:
         for case in a.cases:
-            rows.append(equality(case, work, "auto" if case == "ml100k_two_tower" else a.plan, a.timing))
-            print(json.dumps({k: v for k, v in rows[-1].items() if k != "plan_text"}), flush=True)
+            t0 = time.perf_counter()
+            save([equality(case, work, "auto" if case == "ml100k_two_tower" else a.plan, a.timing)], t0)
     if "plans" in a.sections:
-        rows += plans(work)
+        t0 = time.perf_counter()
+        save(plans(work), t0)
     if "resume" in a.sections:
-        rows.append(resume(work, a.plan))
-    prov = provenance(time.perf_counter() - t0)
-    for r in rows:
-        r.update(prov)
-    print_table([{k: v for k, v in r.items() if k not in ("plan_text", "command", "machine")} for r in rows],
-                title="dist")
-    save_results(AREA, rows, KEY, a.results_dir)
+        t0 = time.perf_counter()
+        save([resume(work, a.plan)], t0)
+    if "throughput" in a.sections:
+        t0 = time.perf_counter()
+        save(throughput(work, a.plan), t0)
 
 
 if __name__ == "__main__":

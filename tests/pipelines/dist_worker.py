@@ -2,7 +2,8 @@
 tests/pipelines/dist_worker.py CONFIG.json PLAN OUT.json`` trains ``CONFIG`` (a ``TrainConfig`` dict) with
 :class:`~recsparse.pipelines.strategy.TorchRecStrategy` and rank 0 writes the results record (with the per-step
 training losses and the plan) to ``OUT.json``, every rank its peak RSS to ``OUT.json.rank<R>``;
-``DIST_KILL=EPOCH,BATCH,RANK`` SIGKILLs that rank there, ``DIST_TIMEOUT`` (s) bounds every collective. ``PLAN`` = ``none`` runs the single-process reference instead."""
+``DIST_KILL=EPOCH,BATCH,RANK`` SIGKILLs that rank there, ``DIST_TIMEOUT`` (s) bounds every collective,
+``DIST_NO_TEST=1`` skips the test evaluation (throughput runs). ``PLAN`` = ``none`` runs the single-process reference instead."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ def main(cfg_path: str, plan: str, out_path: str) -> None:
     strategy = None if plan == "none" else TorchRecStrategy(plan=plan, timeout_s=float(os.environ.get("DIST_TIMEOUT", 120)))
     steps = StepLosses()
     kill = [KillRank(os.environ["DIST_KILL"])] if os.environ.get("DIST_KILL") else []
-    rec = run(cfg, extra_callbacks=[steps, *kill], strategy=strategy)
+    rec = run(cfg, extra_callbacks=[steps, *kill], strategy=strategy, test=not os.environ.get("DIST_NO_TEST"))
     rank = int(os.environ.get("RANK", "0"))
     with open(f"{out_path}.rank{rank}", "w") as f:  # peak resident memory of this rank's process
         json.dump({"rank": rank, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f)
