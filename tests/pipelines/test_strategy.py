@@ -132,3 +132,18 @@ def test_two_tower_ml100k_two_processes_equal_one(ml100k_path, tmp_path):
     assert two["step_losses"] == pytest.approx(one["step_losses"], abs=1e-5)
     assert two["test"] == pytest.approx(one["test"], abs=1e-6)
     assert "t_user_id:" in two["plan"] and "table bytes per rank" in two["plan"]
+
+
+def test_missing_backend_is_a_clear_error(monkeypatch):
+    from recsparse.embeddings import tables
+    from recsparse.pipelines.strategy import check_backends
+
+    check_backends("torchrec", "cpu")
+    with pytest.raises(ConfigError, match="set model.backend=torchrec"):
+        check_backends("torch", "cpu")
+    with pytest.raises(ConfigError, match="NCCL"):
+        monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: False)
+        check_backends("torchrec", "cuda")
+    monkeypatch.setattr(tables, "torchrec_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs torchrec and fbgemm-gpu"):
+        check_backends("torchrec", "cpu")
