@@ -250,9 +250,10 @@ def load_sharded_checkpoint(module: nn.Module, path: str | Path) -> dict[str, An
     return meta
 
 
-def strategy_devices() -> int:
-    """Processes on this host: ``LOCAL_WORLD_SIZE`` under ``torchrun`` (Lightning then launches nothing)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+def strategy_devices(devices: int = 1) -> int:
+    """Processes on this host: ``LOCAL_WORLD_SIZE`` under ``torchrun`` (Lightning then launches nothing), else
+    ``devices`` (Lightning launches that many)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", devices))
 
 
 def check_devices(devices: int, accelerator: str = "cpu", cores: int | None = None) -> None:
