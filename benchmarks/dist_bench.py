@@ -107,8 +107,9 @@ def _loss_gap(a: list[float], b: list[float], n: int = STEPS_COMPARED) -> float:
     return max(abs(x - y) for x, y in zip(a[:n], b[:n]))
 
 
-def _steps(cfg: dict[str, Any]) -> int | float:
-    return cfg["trainer"].get("limit_train_batches", 1.0)
+def _steps(cfg: dict[str, Any]) -> int | str:
+    n = cfg["trainer"].get("limit_train_batches", 1.0)
+    return "all" if n == 1.0 else n
 
 
 def equality(case: str, work: Path, plan: str, timing: bool) -> dict[str, Any]:
@@ -144,7 +145,8 @@ def plans(work: Path) -> list[dict[str, Any]]:
         rc, w, rec, ranks = launch(cfg, plan, work, f"plan-{plan}")
         if rc or rec is None:
             raise RuntimeError(f"plan {plan} failed (exit {rc}); see {work}/plan-{plan}.log")
-        rows.append({"section": "plans", "case": "gowalla_mf_full", "plan": plan, "table_bytes_total": rec["bytes"],
+        rows.append({"section": "plans", "case": "gowalla_mf_full", "plan": plan,
+                     "table_bytes_total": sum(rec["table_bytes_per_rank"]),
                      "table_bytes_per_rank": rec["table_bytes_per_rank"],
                      "max_rss_mb_per_rank": [round(r["max_rss_mb"], 1) for r in ranks], "plan_text": rec["plan"],
                      "steps": 5, "wall_s": round(w, 1)})
@@ -178,14 +180,18 @@ def resume(work: Path, plan: str) -> dict[str, Any]:
 
     rcf, _, full, _ = launch(cfg(str(work / "uninterrupted")), plan, work, "uninterrupted")
     killed_dir = str(work / "killed")
-    rck, wk, _, _ = launch(cfg(killed_dir), plan, work, "killed", env={"DIST_KILL": "1,5,1", "DIST_TIMEOUT": "60"})
+    stamp = work / "killed.stamp"
+    stamp.unlink(missing_ok=True)
+    rck, _, _, _ = launch(cfg(killed_dir), plan, work, "killed",
+                          env={"DIST_KILL": "1,5,1", "DIST_TIMEOUT": "60", "DIST_KILL_STAMP": str(stamp)})
+    exit_after_kill = time.time() - float(stamp.read_text())
     rcr, _, res, _ = launch(cfg(killed_dir, "last"), plan, work, "resumed")
     if rcf or rcr or full is None or res is None:
         raise RuntimeError(f"resume runs failed (exit {rcf}, {rcr}); see {work}/*.log")
     n_after = len(res["step_losses"])
     return {"section": "resume", "case": "gowalla_mf_full", "plan": plan, "epochs": 2, "steps_per_epoch": 12,
             "killed": "rank 1 SIGKILL at epoch 1, batch 5", "killed_exit_code": rck,
-            "seconds_until_job_exit": round(wk, 1), "collective_timeout_s": 60,
+            "seconds_from_kill_to_job_exit": round(exit_after_kill, 1), "collective_timeout_s": 60,
             "resumed_from": Path(res["resumed_from"]).name if res["resumed_from"] else None,
             "steps_after_resume": n_after,
             "max_abs_loss_diff_after_resume": _loss_gap(full["step_losses"][-n_after:], res["step_losses"], n_after),
