@@ -362,13 +362,22 @@ def summarize(res: dict[str, Any], budget_s: float, clock: str) -> dict[str, Any
         "examples_per_cpu_s": round(examples * len(cpu) / sum(cpu), 1) if cpu and examples else None,
         "examples_per_wall_s": round(examples * len(secs) / sum(secs), 1) if secs and examples else None,
     }
+    # a run stopped before its budget (time limit) is judged on what it spent, and only where it was evaluated
+    spent = res.get("train_cpu_s" if clock == "cpu" else "train_s", 0.0) or 0.0
+    evaluated = max((p["train_cpu_s" if clock == "cpu" else "train_s"] for p in curve), default=0.0)
     for t in THRESHOLDS:
         for key, label in (("train_cpu_s", "cpu_s"), ("train_s", "wall_s")):
             s = time_to(curve, t, key)
-            row[f"{label}_to_r20_{t:.2f}"] = (round(s, 1) if s is not None
-                                               else f"not reached in {budget_s:.0f} {clock} s")
-    row.update({"best_recall@20": round(best.get("recall@20", float("nan")), 4),
-                "best_ndcg@20": round(best.get("ndcg@20", float("nan")), 4), "best_epoch": best.get("epoch"),
+            if s is not None:
+                row[f"{label}_to_r20_{t:.2f}"] = round(s, 1)
+            elif spent >= budget_s:
+                row[f"{label}_to_r20_{t:.2f}"] = f"not reached in {budget_s:.0f} {clock} s"
+            elif curve:
+                row[f"{label}_to_r20_{t:.2f}"] = f"not reached at {evaluated:.0f} {clock} s (stopped early)"
+            else:
+                row[f"{label}_to_r20_{t:.2f}"] = f"not evaluated (stopped at {spent:.0f} {clock} s)"
+    row.update({"best_recall@20": round(best["recall@20"], 4) if best else None,
+                "best_ndcg@20": round(best["ndcg@20"], 4) if best else None, "best_epoch": best.get("epoch"),
                 "final_recall@20": round(curve[-1]["recall@20"], 4) if curve else None,
                 "setup_s": res.get("setup_s"), "train_peak_rss_mb": res.get("peak_rss_mb"),
                 "threads": res.get("threads"), "eval_points": len(curve),

@@ -72,3 +72,11 @@ def test_beir_driver_reads_trec_runs(tmp_path):
     p = tmp_path / "r.trec"
     p.write_text("q1 Q0 d1 1 2.5 t\nq1 Q0 d2 2 1.0 t\nq2 Q0 d9 1 0.3 t\n")
     assert drv.read_trec(str(p)) == {"q1": {"d1": 2.5, "d2": 1.0}, "q2": {"d9": 0.3}}
+
+
+def test_summary_of_a_run_stopped_early_says_so(bench):
+    res = {"peer": "recbole", "model": "BPR", "train_s": 900.0, "train_cpu_s": 8.0, "finished": False,
+           "epochs": [{"epoch": 1, "seconds": 900.0, "cpu_seconds": 8.0}], "curve": [], "examples_per_epoch": 800}
+    row = bench.summarize(res, 400.0, "cpu")
+    assert row["cpu_s_to_r20_0.17"] == "not evaluated (stopped at 8 cpu s)"
+    assert row["best_recall@20"] is None and row["examples_per_cpu_s"] == 100.0
