@@ -180,29 +180,32 @@ def ours_throughput_child(name: str, batches: int, threads: int) -> None:
                       "threads": threads}))
 
 
+def measure(model: str, mode: str, work: Path, threads: int, py: Path, driver_args: list[str],
+            child_args: list[str]) -> dict[str, Any]:
+    """One fresh-process measurement of ``side:name``: RecBole's driver in ``mode`` (peers' venv) or this script's
+    ``--ours-<mode>-child`` (our venv); returns the JSON it reports."""
+    side, name = model.split(":", 1)
+    data_dir, counts = convert_gowalla(work / "data")
+    if side == "recbole":
+        out = work / f"recbole_{name}_{mode}.json"
+        return run_json([str(py), str(PEERS_DIR / "recbole_driver.py"), mode, "--model", RECBOLE[name],
+                         "--data-dir", str(data_dir), "--num-items", str(counts["items"]), "--work", str(work / "recbole"),
+                         "--out", str(out), "--threads", str(threads), *driver_args], out, child_env())
+    r = subprocess.run([sys.executable, __file__, f"--ours-{mode}-child", name, "--threads", str(threads),
+                        *child_args], capture_output=True, text=True, env=child_env())
+    if r.returncode != 0:
+        raise SystemExit(f"{model} {mode} failed:\n{r.stderr[-3000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
 def rec_throughput(models: list[str], work: Path, batches: int, threads: int, py: Path) -> list[dict[str, Any]]:
     """Training steps per CPU/wall second of each model, one after the other in fresh processes (timing lock)."""
     from recsparse.results import provenance
 
-    data_dir, counts = convert_gowalla(work / "data")
     rows = []
     for m in models:
-        side, name = m.split(":", 1)
         t0 = time.perf_counter()
-        if side == "recbole":
-            out = work / f"recbole_{name}_throughput.json"
-            res = run_json([str(py), str(PEERS_DIR / "recbole_driver.py"), "throughput", "--model", RECBOLE[name],
-                            "--data-dir", str(data_dir), "--num-items", str(counts["items"]),
-                            "--work", str(work / "recbole"), "--out", str(out), "--threads", str(threads),
-                            "--batches", str(batches)], out, child_env())
-        else:
-            r = subprocess.run([sys.executable, __file__, "--ours-throughput-child", name, "--batches", str(batches),
-                                "--threads", str(threads)], capture_output=True, text=True, env=child_env())
-            if r.returncode != 0:
-                print(r.stderr[-3000:], file=sys.stderr)
-                rows.append({"section": "rec-throughput", "name": m, "error": r.stderr.strip().splitlines()[-1]})
-                continue
-            res = json.loads(r.stdout.strip().splitlines()[-1])
+        res = measure(m, "throughput", work, threads, py, ["--batches", str(batches)], ["--batches", str(batches)])
         rows.append({"section": "rec-throughput", "name": m, "dataset": "gowalla", **res,
                      **provenance(time.perf_counter() - t0)})
     return rows
@@ -454,30 +457,18 @@ def rec_collect(models: list[str], work: Path, wall_s: float | None = None) -> l
 def rec_eval(models: list[str], work: Path, threads: int, py: Path) -> list[dict[str, Any]]:
     from recsparse.results import provenance
 
-    data_dir, counts = convert_gowalla(work / "data")
     rows = []
     for m in models:
         side, name = m.split(":", 1)
         t0 = time.perf_counter()
-        if side == "recbole":
-            out = work / f"recbole_{name}_eval.json"
-            res = run_json([str(py), str(PEERS_DIR / "recbole_driver.py"), "eval", "--model", RECBOLE[name],
-                            "--data-dir", str(data_dir), "--num-items", str(counts["items"]),
-                            "--work", str(work / "recbole"), "--out", str(out), "--threads", str(threads),
-                            "--state", str(work / f"recbole_{name}.pt")], out, child_env())
-        else:
-            ckpt = str(ours_checkpoint(work, name))
-            r = subprocess.run([sys.executable, __file__, "--ours-eval-child", name, "--checkpoint", ckpt,
-                                "--work", str(work), "--threads", str(threads)], capture_output=True, text=True,
-                               env=child_env())
-            if r.returncode != 0:
-                raise SystemExit(r.stderr[-3000:])
-            res = json.loads(r.stdout.strip().splitlines()[-1])
+        res = measure(m, "eval", work, threads, py, ["--state", str(work / f"recbole_{name}.pt")],
+                      ["--checkpoint", str(ours_checkpoint(work, name)), "--work", str(work)])
         rows.append({"section": "rec-eval", "name": m, "peer": res["peer"], "model": name, "dataset": "gowalla",
-                     "eval_users": 29858, "eval_s": res["eval_s"], "eval_cpu_s": res["eval_cpu_s"], "peak_rss_mb": res["peak_rss_mb"],
-                     "load_s": res["load_s"], "users_per_batch": res["eval_users_per_batch"], "weights": res["weights"],
-                     "threads": threads, "recall@20": round(res["recall@20"], 4),
-                     "ndcg@20": round(res["ndcg@20"], 4), **provenance(time.perf_counter() - t0)})
+                     "eval_users": 29858, "eval_s": res["eval_s"], "eval_cpu_s": res["eval_cpu_s"],
+                     "peak_rss_mb": res["peak_rss_mb"], "load_s": res["load_s"],
+                     "users_per_batch": res["eval_users_per_batch"], "weights": res["weights"], "threads": threads,
+                     "recall@20": round(res["recall@20"], 4), "ndcg@20": round(res["ndcg@20"], 4),
+                     **provenance(time.perf_counter() - t0)})
     return rows
 
 
