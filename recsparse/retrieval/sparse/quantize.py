@@ -10,6 +10,8 @@ unclipped weight is at most ``0.5 / scale``. Query weights use the same scale, s
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 
 from recsparse.types import check_positive
@@ -31,15 +33,18 @@ def dequantize(impacts: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Ten
     return impacts.float() / scale
 
 
-def to_term_dicts(w: torch.Tensor, id_to_token: list[str], scale: float = DEFAULT_SCALE,
+def to_term_dicts(w: torch.Tensor, id_to_token: Sequence[str | None], scale: float = DEFAULT_SCALE,
                   max_impact: int = DEFAULT_MAX_IMPACT) -> list[dict[str, int]]:
-    """``(B, V)`` float weights -> one ``{word piece: impact}`` dict per row (zero impacts dropped)."""
+    """``(B, V)`` float weights -> one ``{word piece: impact}`` dict per row (zero impacts and ids whose token is
+    ``None`` -- special tokens -- dropped)."""
     imp = quantize(w, scale, max_impact)
     rows, cols = imp.nonzero(as_tuple=True)
     vals = imp[rows, cols]
     out: list[dict[str, int]] = [{} for _ in range(w.shape[0])]
     for r, c, v in zip(rows.tolist(), cols.tolist(), vals.tolist()):
-        out[r][id_to_token[c]] = v
+        t = id_to_token[c]
+        if t is not None:
+            out[r][t] = v
     return out
 
 
