@@ -194,10 +194,16 @@ class ImpactRetriever:
     ``windows`` / ``stride``: long documents are indexed as max-pooled windows (:func:`models.encode_documents`).
     ``refit_idf``: an inference-free model with a frozen IDF query table gets the IDF of the corpus it indexes (a
     corpus statistic, like BM25's); a learned table (``frozen=False``) is kept.
+
+    ``fold_idf`` (inference-free only): the query side is a fixed table, so each document impact is stored already
+    multiplied by its term's integer query weight, ``d'_t = q_t * d_t`` (both quantised as before, so every score
+    ``sum_t q_t d_t`` is the same integer); a query is then just its distinct word pieces, searched as one string by
+    Anserini (whitespace analysis, weight 1 per term) -- one call into Java per query instead of building a Java map.
     """
 
     def __init__(self, model, name: str | None = None, scale: float = DEFAULT_SCALE, batch_size: int = 32,  # noqa: ANN001
-                 refit_idf: bool = True, windows: int = 1, stride: int = 16, progress: bool = True) -> None:
+                 refit_idf: bool = True, windows: int = 1, stride: int = 16, progress: bool = True,
+                 fold_idf: bool = True) -> None:
         if windows < 1:
             raise ValueError(f"windows must be >= 1, got {windows}")
         self.model = model.eval()
@@ -214,6 +220,8 @@ class ImpactRetriever:
         self._jints: dict[int, object] = {}
         self._tokens = special_free_tokens(model)
         self._table: list[float] | None = None
+        self.fold_idf = fold_idf
+        self.folded = False  # whether the attached index holds query-weight-folded impacts
 
     # ---- building ----
     def index(self, corpus, path: str | Path, threads: int = 1) -> None:  # noqa: ANN001 - polars frame
@@ -227,6 +235,10 @@ class ImpactRetriever:
         t0 = time.perf_counter()
         vecs, docs_per_s = encode_corpus(self.model, texts, windows=self.windows, stride=self.stride,
                                          batch_size=self.batch_size, scale=self.scale, progress=self.progress)
+        self.folded = self.fold_idf and self.variant == "inference-free"
+        if self.folded:
+            q = self._query_ints()
+            vecs = [{t: v * w for t, v in d.items() if (w := q.get(t, 0)) > 0} for d in vecs]
         self.write(path, docids, vecs, extra={"encode_docs_per_s": round(docs_per_s, 2),
                                               "encode_s": round(time.perf_counter() - t0, 3)}, threads=threads)
 
@@ -240,7 +252,7 @@ class ImpactRetriever:
             write_json_vector_collection(tmp / "collection", docids, vectors)
             counters = build_impact_index(tmp / "collection", tmp / "index", threads=threads)
             meta = {"kind": "sparse-impact", "name": self.name, "variant": self.variant, "scale": self.scale,
-                    "doc_windows": self.windows, "doc_stride": self.stride,
+                    "doc_windows": self.windows, "doc_stride": self.stride, "query_weights_folded": self.folded,
                     **collection_stats(vectors), "index_bytes": dir_bytes(tmp / "index"), "counters": counters,
                     "build_s": round(time.perf_counter() - t0, 3), **(extra or {})}
             write_json(tmp / INDEX_META, meta)
@@ -262,6 +274,7 @@ class ImpactRetriever:
         ensure_jvm()
         self.path = path
         self.meta = meta if meta is not None else read_index_meta(path)
+        self.folded = bool(self.meta.get("query_weights_folded", False))
         self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(path / "index"))
 
     def close(self) -> None:
@@ -280,6 +293,22 @@ class ImpactRetriever:
             bt = table.tokenizer.backend_tokenizer
             self._rust = (bt, int(table.tokenizer.model_max_length))
         return self._table, *self._rust
+
+    def _query_ints(self) -> dict[str, int]:
+        """Inference-free: word piece -> integer query weight ``round(table_t * scale)`` (> 0 only)."""
+        table, _, _ = self._query_weights()
+        return {t: v for t, x in zip(self._tokens, table) if t is not None and (v := round(x * self.scale)) > 0}
+
+    def _query_string(self, query: str) -> str:
+        """A folded index's query: its distinct weighted word pieces, space-separated (Anserini's pretokenized
+        analysis splits on whitespace and counts each once)."""
+        table, bt, max_len = self._query_weights()
+        if bt.truncation is not None or bt.padding is not None:
+            bt.no_truncation()
+            bt.no_padding()
+        tokens, scale = self._tokens, self.scale
+        return " ".join(tokens[i] for i in dict.fromkeys(bt.encode(query, add_special_tokens=False).ids[:max_len])
+                        if round(table[i] * scale) > 0)
 
     def query_vectors(self, queries: Sequence[str]) -> list[dict[str, int]]:
         """Queries -> ``{word piece: integer weight}``: an IDF table look-up for inference-free models (the word
@@ -315,32 +344,49 @@ class ImpactRetriever:
         return m
 
     def search_vector(self, vec: Mapping[str, int], k: int = 10) -> list[Hit]:
+        """Search a ``{word piece: weight}`` query (on a folded index the weights are already in the documents: each
+        term counts once)."""
         if self._searcher is None:
             raise RuntimeError("no index: call index(corpus, path) or ImpactRetriever.open(path) first")
         if not vec:
             return []
+        if self.folded:
+            vec = dict.fromkeys(vec, 1)
         ensure_jvm()  # re-installs the JVM's signal handlers if a library (e.g. Lightning) replaced them
         return [Hit(h.docid, float(h.score)) for h in self._searcher.search(self._jquery(vec), int(k))]
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
-        return self.search_vector(self.query_vectors([query])[0], k)
+        if not self.folded:
+            return self.search_vector(self.query_vectors([query])[0], k)
+        if self._searcher is None:
+            raise RuntimeError("no index: call index(corpus, path) or ImpactRetriever.open(path) first")
+        q = self._query_string(query)
+        if not q:
+            return []
+        ensure_jvm()
+        return [Hit(h.docid, float(h.score)) for h in self._searcher.search(q, int(k))]
 
     def batch_search(self, queries: Mapping[str, str], k: int = 10, threads: int = 1) -> Run:
         if self._searcher is None:
             raise RuntimeError("no index: call index(corpus, path) or ImpactRetriever.open(path) first")
         qids = list(queries)
-        vecs = self.query_vectors([queries[q] for q in qids])
         JArrayList = autoclass("java.util.ArrayList")
         ql, il = JArrayList(), JArrayList()
         run: Run = {}
-        for qid, v in zip(qids, vecs):
-            if v:
-                ql.add(self._jquery(v))
-                il.add(qid)
-            else:
-                run[qid] = []
+        if self.folded:
+            for qid in qids:
+                if s := self._query_string(queries[qid]):
+                    ql.add(s)
+                    il.add(qid)
+        else:
+            for qid, v in zip(qids, self.query_vectors([queries[q] for q in qids])):
+                if v:
+                    ql.add(self._jquery(v))
+                    il.add(qid)
         if ql.size():
-            res = self._searcher.batch_search(ql, il, int(k), int(threads))
+            ensure_jvm()
+            batch = self._searcher.batch_search_queries if self.folded else self._searcher.batch_search
+            res = batch(ql, il, int(k), int(threads))
             for e in res.entrySet().toArray():
                 run[e.getKey()] = [Hit(h.docid, float(h.score)) for h in e.getValue()]
         return {q: run.get(q, []) for q in qids}

@@ -141,7 +141,7 @@ def load_model(path_or_id: str | Path):  # noqa: ANN201 - SparseEncoder
         raise ModelError(f"{p}: not a sentence-transformers model folder (no modules.json)")
     try:
         return SparseEncoder(str(path_or_id), local_files_only=os.environ.get("HF_HUB_OFFLINE", "1") != "0")
-    except OSError as e:  # hub id not cached / no network
+    except (OSError, ValueError) as e:  # hub id not cached / no network / not a valid id
         raise ModelError(f"cannot load sparse model {str(path_or_id)!r}: {str(e).splitlines()[0]} "
                          f"(shipped backbones: {', '.join(BACKBONES)}; or a saved model folder)") from e
 

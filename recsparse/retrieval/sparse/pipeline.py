@@ -133,6 +133,11 @@ def run(datasets: Sequence[str], cfg: TrainConfig, out: str | Path, *, eval_data
     """
     out = Path(out)
     train_sets = [load_beir(d) for d in datasets]
+    for ds in train_sets:  # before any model is built: a collection without judged training queries
+        if cfg.split not in ds.qrels:
+            raise UserError(f"{ds.folder}: no qrels/{cfg.split}.tsv, so nothing to train on (splits: "
+                            f"{', '.join(sorted(ds.qrels)) or 'none'}); to index it with a shipped or saved model "
+                            f"use: recsparse sparse index --model splade-tiny --dataset {ds.folder} --out DIR")
     evals = [load_beir(e) for e in eval_datasets if e not in datasets]
     done = out / "train" / "train_config.json"
     if done.is_file() and (out / "train" / "model" / "modules.json").is_file() and _same_config(done, cfg, datasets):

@@ -51,5 +51,32 @@ def test_open_names_the_missing_metadata(tmp_path):
     from recsparse.io import INDEX_META
     from recsparse.retrieval.sparse.impact import ImpactRetriever
 
-    with pytest.raises(FileNotFoundError, match=INDEX_META):
+    from recsparse.retrieval.sparse.models import ModelError
+
+    with pytest.raises(ModelError, match=INDEX_META):
         ImpactRetriever.open(tmp_path)
+
+
+def test_folded_idf_index_gives_the_same_integer_scores_as_query_weights(scifact_small, tmp_path,
+                                                                          inference_free_model):
+    from recsparse.data import load
+
+    ds = load(scifact_small)
+    queries = dict(list(ds.split_queries("test").items())[:6])
+    plain = ImpactRetriever(inference_free_model, name="plain", fold_idf=False, progress=False)
+    plain.index(ds.corpus, tmp_path / "plain")
+    folded = ImpactRetriever(inference_free_model, name="folded", progress=False)
+    folded.index(ds.corpus, tmp_path / "folded")
+    assert not plain.folded and folded.folded and folded.meta["query_weights_folded"]
+    _, pv = read_json_vector_collection(tmp_path / "plain" / "collection")
+    _, fv = read_json_vector_collection(tmp_path / "folded" / "collection")
+    q = folded._query_ints()
+    assert fv[0] == {t: v * q[t] for t, v in pv[0].items() if t in q}  # d'_t = q_t * d_t
+    for text in queries.values():
+        a, b = plain.search(text, 20), folded.search(text, 20)
+        assert [(h.docid, h.score) for h in a] == [(h.docid, h.score) for h in b] and a
+    assert plain.batch_search(queries, k=20) == folded.batch_search(queries, k=20)
+    again = ImpactRetriever.open(tmp_path / "folded")
+    assert again.folded and again.batch_search(queries, k=20) == folded.batch_search(queries, k=20)
+    for r in (plain, folded, again):
+        r.close()
