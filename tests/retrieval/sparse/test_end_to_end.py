@@ -37,7 +37,7 @@ print(json.dumps({q: [h.docid for h in r.search(t, 10)] for q, t in queries.item
 
 def _cli(args: list[str], ok: bool = True) -> subprocess.CompletedProcess:
     # A fresh process per JVM user: pytest's faulthandler would treat the JVM's own (handled) SIGSEGVs as crashes.
-    out = subprocess.run([sys.executable, "-m", "recsparse", *args], capture_output=True, text=True, timeout=900)
+    out = subprocess.run([sys.executable, "-m", "recsparse", *args], capture_output=True, text=True, timeout=1800)
     if ok:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
