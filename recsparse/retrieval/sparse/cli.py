@@ -76,6 +76,7 @@ def run_command(
     teacher: str = typer.Option("dense+bm25", help="Distillation teacher: dense+bm25 | dense | bm25"),
     backbone: str = typer.Option("splade-tiny", help="splade-tiny | minilm | a saved sparse model folder"),
     eval_: List[str] = typer.Option([], "--eval", help="Extra BEIR collections to evaluate zero-shot (repeatable)."),
+    test_train_sets: bool = typer.Option(True, help="Also evaluate the test split of each --dataset."),
     out: Path = typer.Option(Path("runs/sparse"), help="Output folder."),
     max_steps: int = typer.Option(150, help="Optimiser steps."),
     batch_size: int = typer.Option(16, help="Queries per step (each with 1 positive + --negatives BM25 negatives)."),
@@ -104,7 +105,8 @@ def run_command(
                       reg_schedule=reg_schedule, reg_warmup_ratio=reg_warmup_ratio, lr=lr, learn_idf=learn_idf,
                       seed=seed)
     _record_command(out)
-    summary = run(dataset, cfg, out, eval_datasets=eval_, k=k, with_bm25=bm25, progress=progress)
+    summary = run(dataset, cfg, out, eval_datasets=eval_, k=k, with_bm25=bm25, progress=progress,
+                  test_train_sets=test_train_sets)
     rows = [r for recs in summary["eval"].values() for r in recs]
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "avg_query_nnz",
                                "flops", "index_s", "search_qps"],

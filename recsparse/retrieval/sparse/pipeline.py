@@ -124,9 +124,10 @@ def index_dataset(model_name_or_path: str, dataset: str, out: str | Path, *, var
 
 
 def run(datasets: Sequence[str], cfg: TrainConfig, out: str | Path, *, eval_datasets: Sequence[str] = (),
-        k: int = 100, with_bm25: bool = True, threads: int = 1, progress: bool = True) -> dict[str, Any]:
+        k: int = 100, with_bm25: bool = True, threads: int = 1, progress: bool = True,
+        test_train_sets: bool = True) -> dict[str, Any]:
     """Train on the train split of every collection in ``datasets`` (pooled), then evaluate the test split of each of
-    them and of each of ``eval_datasets`` (zero-shot).
+    them (unless ``test_train_sets`` is False) and of each of ``eval_datasets`` (zero-shot).
 
     Layout: ``out/train`` (model -- a sentence-transformers folder --, train_config.json), ``out/<eval dataset>/``
     (metrics.json, report.md, runs/, indexes/<name>/ -- the impact index, re-openable with ``open_retriever``).
@@ -149,7 +150,7 @@ def run(datasets: Sequence[str], cfg: TrainConfig, out: str | Path, *, eval_data
     summary: dict[str, Any] = {"train": {"datasets": [d.name for d in train_sets], "wall_s": round(res.wall_s, 2),
                                          "steps": res.steps, "examples": res.examples, "config": asdict(cfg)},
                                "eval": {}}
-    for eds in [*train_sets, *evals]:
+    for eds in [*(train_sets if test_train_sets else []), *evals]:
         model = load_model(res.model_dir)  # fresh copy: indexing refits the inference-free IDF per corpus
         summary["eval"][eds.name] = evaluate_model(model, eds, out / eds.name, name, k=k, with_bm25=with_bm25,
                                                    threads=threads, windows=cfg.doc_windows, stride=cfg.doc_stride,
