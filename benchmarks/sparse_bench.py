@@ -138,6 +138,36 @@ def prune(index: Path = typer.Argument(..., help="Impact index folder to prune."
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
 
 
+@app.command()
+def fold(index: Path = typer.Argument(..., help="An inference-free impact index (not folded)."),
+         dataset: str = typer.Option(...), out: Path = typer.Option(...)) -> None:
+    """Fold INDEX's integer IDF query weights into its document impacts (no re-encoding), build and evaluate the
+    folded index: its quality beside the unfolded one, and the index the latency command times."""
+    from recsparse.retrieval.harness import evaluate_retrievers
+    from recsparse.retrieval.sparse.impact import ImpactRetriever, read_json_vector_collection
+    from recsparse.retrieval.sparse.pipeline import sparse_stats
+    from recsparse.retrieval.sparse.quantize import fold_query_weights
+
+    src = ImpactRetriever.open(index)
+    if src.folded or src.variant != "inference-free":
+        raise typer.BadParameter(f"{index}: needs an unfolded inference-free index")
+    name = f"{src.name}|folded"
+    ids, vecs = read_json_vector_collection(index / "collection")
+    src.name, src.folded = name, True
+    src.write(out / "indexes" / "folded", ids, fold_query_weights(vecs, src._query_ints(), src.scale),
+              extra={"source": str(index), **{k: src.meta[k] for k in ("encode_docs_per_s", "encode_s")
+                                              if k in src.meta}})
+    ds = _load(dataset)
+    rows = evaluate_retrievers(ds, {name: src}, split="test", k=100, out_dir=out)
+    st = sparse_stats(src, ds.split_queries("test"))
+    src.close()
+    rec = _without_timings(rows[0])
+    rec.pop("index_s", None)
+    rec.update(st, measure="quality", folded_from=str(index), run_dir=str(out))
+    _save([rec])
+    print_table([rec], columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
+
+
 def means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Mean nDCG@10 / Recall@100 over the datasets each retriever was evaluated on (rows with measure="mean")."""
     by: dict[str, list[dict[str, Any]]] = {}

@@ -46,6 +46,8 @@ def index_command(
     split: str = typer.Option("test", help="Evaluate this split when the collection judges it ('' = no evaluation)."),
     bm25: bool = typer.Option(False, help="Evaluate BM25 beside the sparse model."),
     refit_idf: bool = typer.Option(True, help="Inference-free with a frozen IDF table: use this corpus' IDF."),
+    fold_idf: bool = typer.Option(False, help="Inference-free: fold the IDF query weights into the document impacts "
+                                              "(a query is one string call into Anserini; scores rounded per term)."),
     k: int = typer.Option(100, min=1, help="Retrieval depth."),
     progress: bool = typer.Option(True, help="Progress bar while encoding."),
 ) -> None:
@@ -55,7 +57,7 @@ def index_command(
 
     _record_command(out)
     res = index_dataset(model, dataset, out, variant=variant, windows=doc_windows, refit_idf=refit_idf,
-                        split=split or None, k=k, with_bm25=bm25, progress=progress)
+                        split=split or None, k=k, with_bm25=bm25, progress=progress, fold_idf=fold_idf)
     m = res["meta"]
     if res["records"]:
         print_table(res["records"], columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz",

@@ -31,7 +31,7 @@ from recsparse.retrieval.jvm import autoclass, ensure_jvm
 from recsparse.retrieval.sparse.models import (ModelError, corpus_idf, document_pipeline, encode_documents,
                                               load_model, query_table, set_query_idf, special_token_mask, text_of,
                                               tokenizer_of, variant_of, vocab_size)
-from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, to_term_dicts
+from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, fold_query_weights, to_term_dicts
 from recsparse.types import Hit, Run
 
 COLLECTION_FILE = "docs00.jsonl"
@@ -195,15 +195,17 @@ class ImpactRetriever:
     ``refit_idf``: an inference-free model with a frozen IDF query table gets the IDF of the corpus it indexes (a
     corpus statistic, like BM25's); a learned table (``frozen=False``) is kept.
 
-    ``fold_idf`` (inference-free only): the query side is a fixed table, so each document impact is stored already
-    multiplied by its term's integer query weight, ``d'_t = q_t * d_t`` (both quantised as before, so every score
-    ``sum_t q_t d_t`` is the same integer); a query is then just its distinct word pieces, searched as one string by
+    ``fold_idf`` (inference-free only, off by default): the query side is a fixed table, so each document impact can
+    be stored already multiplied by its term's query weight, ``d'_t = round(q_t d_t / scale)``
+    (:func:`quantize.fold_query_weights`); a query is then just its distinct word pieces, searched as one string by
     Anserini (whitespace analysis, weight 1 per term) -- one call into Java per query instead of building a Java map.
+    Scores are ``sum_t q_t d_t / scale`` up to one rounding per term (not bit-identical to the unfolded index: the
+    exact product would be a term frequency of up to ~10^5, which Anserini indexes by repeating the term).
     """
 
     def __init__(self, model, name: str | None = None, scale: float = DEFAULT_SCALE, batch_size: int = 32,  # noqa: ANN001
                  refit_idf: bool = True, windows: int = 1, stride: int = 16, progress: bool = True,
-                 fold_idf: bool = True) -> None:
+                 fold_idf: bool = False) -> None:
         if windows < 1:
             raise ValueError(f"windows must be >= 1, got {windows}")
         self.model = model.eval()
@@ -237,8 +239,7 @@ class ImpactRetriever:
                                          batch_size=self.batch_size, scale=self.scale, progress=self.progress)
         self.folded = self.fold_idf and self.variant == "inference-free"
         if self.folded:
-            q = self._query_ints()
-            vecs = [{t: v * w for t, v in d.items() if (w := q.get(t, 0)) > 0} for d in vecs]
+            vecs = fold_query_weights(vecs, self._query_ints(), self.scale)
         self.write(path, docids, vecs, extra={"encode_docs_per_s": round(docs_per_s, 2),
                                               "encode_s": round(time.perf_counter() - t0, 3)}, threads=threads)
 

@@ -66,7 +66,7 @@ def _prebuild_bm25(dataset: BeirDataset, path: Path) -> None:
 
 def evaluate_model(model, dataset: BeirDataset, out_dir: str | Path, name: str, *, split: str = "test",  # noqa: ANN001
                    k: int = 100, with_bm25: bool = True, threads: int = 1, windows: int = 1, stride: int = 16,
-                   refit_idf: bool = True, progress: bool = True) -> list[dict[str, Any]]:
+                   refit_idf: bool = True, progress: bool = True, fold_idf: bool = False) -> list[dict[str, Any]]:
     """Index ``dataset`` with ``model`` (a SparseEncoder) and evaluate ``split`` (BM25 beside it) through the BEIR
     harness; adds sparse stats. ``index_s`` covers encoding and the Lucene build."""
     from recsparse.retrieval.harness import evaluate_retrievers
@@ -76,7 +76,7 @@ def evaluate_model(model, dataset: BeirDataset, out_dir: str | Path, name: str, 
         raise UserError(f"{dataset.folder}: no qrels/{split}.tsv to evaluate (splits: {', '.join(sorted(dataset.qrels))})")
     out_dir = Path(out_dir)
     retrievers: dict[str, Any] = {name: ImpactRetriever(model, name=name, windows=windows, stride=stride,
-                                                        refit_idf=refit_idf, progress=progress)}
+                                                        refit_idf=refit_idf, progress=progress, fold_idf=fold_idf)}
     if with_bm25:
         _prebuild_bm25(dataset, out_dir / "indexes" / "bm25")
         retrievers["bm25"] = BM25Retriever()
@@ -93,7 +93,7 @@ def evaluate_model(model, dataset: BeirDataset, out_dir: str | Path, name: str, 
 def index_dataset(model_name_or_path: str, dataset: str, out: str | Path, *, variant: str = "inference-free",
                   windows: int = 1, stride: int = 16, refit_idf: bool = True, split: str | None = "test",
                   k: int = 100, with_bm25: bool = False, threads: int = 1, name: str | None = None,
-                  progress: bool = True) -> dict[str, Any]:
+                  progress: bool = True, fold_idf: bool = False) -> dict[str, Any]:
     """``recsparse sparse index``: encode any BEIR collection with any shipped, saved or named sparse model and
     build its impact index at ``out/index``; evaluate ``split`` when the collection has judgments for it.
 
@@ -108,14 +108,16 @@ def index_dataset(model_name_or_path: str, dataset: str, out: str | Path, *, var
     name = name or f"sparse-{Path(str(model_name_or_path)).name}"
     if split and split in ds.qrels:
         recs = evaluate_model(model, ds, out, name, split=split, k=k, with_bm25=with_bm25, threads=threads,
-                              windows=windows, stride=stride, refit_idf=refit_idf, progress=progress)
+                              windows=windows, stride=stride, refit_idf=refit_idf, progress=progress,
+                              fold_idf=fold_idf)
         from recsparse.retrieval.harness import safe_name
 
         path = out / "indexes" / safe_name(name)
         return {"index": path, "meta": json.loads((path / "recsparse.json").read_text()), "records": recs}
     import time
 
-    r = ImpactRetriever(model, name=name, windows=windows, stride=stride, refit_idf=refit_idf, progress=progress)
+    r = ImpactRetriever(model, name=name, windows=windows, stride=stride, refit_idf=refit_idf, progress=progress,
+                        fold_idf=fold_idf)
     t0 = time.perf_counter()
     r.index(ds.corpus, out / "index", threads=threads)
     r.meta["index_s"] = round(time.perf_counter() - t0, 3)

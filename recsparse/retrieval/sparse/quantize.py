@@ -10,7 +10,7 @@ unclipped weight is at most ``0.5 / scale``. Query weights use the same scale, s
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -61,3 +61,13 @@ def threshold_for_nnz(impact_dicts: list[dict[str, int]], target_avg_nnz: float)
         return 1
     # keep every value strictly above the value at the budget position (ties are dropped so nnz <= target)
     return vals[budget] + 1
+
+
+def fold_query_weights(impacts: Sequence[Mapping[str, int]], query_impacts: Mapping[str, int],
+                       scale: float = DEFAULT_SCALE) -> list[dict[str, int]]:
+    """Fold a fixed (inference-free) query table into document impacts: ``d'_t = round(q_t * d_t / scale)``, terms
+    with no query weight or a zero product dropped. A query then weighs each of its terms 1, and its score is
+    ``sum_t q_t d_t / scale`` up to the rounding of each product (relative error <= 0.5 / d'_t)."""
+    check_positive("scale", scale)
+    return [{t: p for t, v in d.items() if (w := query_impacts.get(t, 0)) > 0 and (p := round(v * w / scale)) > 0}
+            for d in impacts]
