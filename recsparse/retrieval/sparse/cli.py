@@ -70,6 +70,12 @@ def index_command(
 
 @app.command("run")
 def run_command(
+    overrides: Optional[List[str]] = typer.Argument(None, help="Training config overrides KEY=VALUE (e.g. lr=2e-5 "
+                                                               "reg_schedule=linear); win over the options and "
+                                                               "--config."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML with training config keys (see "
+                                                                 "recsparse.retrieval.sparse.training.TrainConfig); "
+                                                                 "its values win over the options."),
     dataset: List[str] = typer.Option(["scifact"], help="BEIR collection(s) to train on (train split; repeatable) "
                                                         "and test on."),
     variant: str = typer.Option("inference-free", help="inference-free | splade"),
@@ -101,11 +107,13 @@ def run_command(
     from recsparse.retrieval.sparse.pipeline import run
     from recsparse.retrieval.sparse.training import TrainConfig
 
-    cfg = TrainConfig(variant=variant, reg=reg, loss=loss, teacher=teacher, backbone=backbone,
-                      max_length=max_length, doc_windows=doc_windows, max_steps=max_steps, batch_size=batch_size,
-                      negatives=negatives, lambda_doc=lambda_doc, lambda_query=lambda_query,
-                      reg_schedule=reg_schedule, reg_warmup_ratio=reg_warmup_ratio, lr=lr, learn_idf=learn_idf,
-                      seed=seed)
+    from recsparse.config import load
+
+    options = dict(variant=variant, reg=reg, loss=loss, teacher=teacher, backbone=backbone, max_length=max_length,
+                   doc_windows=doc_windows, max_steps=max_steps, batch_size=batch_size, negatives=negatives,
+                   lambda_doc=lambda_doc, lambda_query=lambda_query, reg_schedule=reg_schedule,
+                   reg_warmup_ratio=reg_warmup_ratio, lr=lr, learn_idf=learn_idf, seed=seed)
+    cfg = load(TrainConfig, config, overrides or (), defaults=options)  # typed: one ConfigError line per bad value
     _record_command(out)
     summary = run(dataset, cfg, out, eval_datasets=eval_, k=k, with_bm25=bm25, progress=progress,
                   test_train_sets=test_train_sets)

@@ -20,14 +20,15 @@ import random
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 
+from recsparse.config import Config
 from recsparse.data.beir import BeirDataset
 from recsparse.errors import ConfigError, UserError
-from recsparse.retrieval.sparse.models import (BACKBONES, DEFAULT_MAX_LENGTH, DEFAULT_QUERY_MAX_LENGTH, VARIANTS,
-                                               build_model, corpus_idf, max_logit_pooling, query_table, set_query_idf, text_of,
+from recsparse.retrieval.sparse.models import (BACKBONES, DEFAULT_MAX_LENGTH, DEFAULT_QUERY_MAX_LENGTH, build_model,
+                                               corpus_idf, max_logit_pooling, query_table, set_query_idf, text_of,
                                                tokenizer_of, variant_of, vocab_size)
 
 REGULARIZERS = ("idf-flops", "flops", "none")
@@ -36,14 +37,16 @@ TEACHERS = ("dense+bm25", "dense", "bm25")
 
 
 @dataclass
-class TrainConfig:
-    """Default: inference-free + IDF-FLOPS on splade-tiny, 150 steps of 16 queries (2 CPU cores: ~10 min)."""
+class TrainConfig(Config):
+    """``recsparse sparse run``'s training settings, typed by :mod:`recsparse.config` (YAML + ``key=value``).
 
-    variant: str = "inference-free"
+    Default: inference-free + IDF-FLOPS on splade-tiny, 150 steps of 16 queries."""
+
+    variant: Literal["inference-free", "splade"] = "inference-free"
     backbone: str = "splade-tiny"  # a shipped backbone, or a saved sentence-transformers sparse model to continue
-    reg: str = "idf-flops"
-    loss: str = "mnrl"
-    teacher: str = "dense+bm25"  # kl / margin-mse only
+    reg: Literal["idf-flops", "flops", "none"] = "idf-flops"
+    loss: Literal["mnrl", "kl", "margin-mse"] = "mnrl"
+    teacher: Literal["dense+bm25", "dense", "bm25"] = "dense+bm25"  # kl / margin-mse only
     max_length: int = DEFAULT_MAX_LENGTH
     query_max_length: int = DEFAULT_QUERY_MAX_LENGTH
     doc_windows: int = 1  # indexing only: a trained model is re-indexed with other windows without retraining
@@ -58,7 +61,7 @@ class TrainConfig:
     lr_warmup_steps: int = 10
     lambda_doc: float = 5e-3
     lambda_query: float = 5e-3  # siamese only
-    reg_schedule: str = "quadratic"  # quadratic | linear ramp of the regulariser weights
+    reg_schedule: Literal["quadratic", "linear"] = "quadratic"  # ramp of the regulariser weights
     reg_warmup_ratio: float = 1 / 3
     learn_idf: bool = False
     scale: float = 1.0  # MNRL: logits = scale * dot
@@ -66,20 +69,15 @@ class TrainConfig:
     seed: int = 13
     num_threads: int = 2
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         def bad(name: str, why: str) -> ConfigError:
             return ConfigError(f"sparse train config: {name}={getattr(self, name)!r}: {why}")
 
-        for name, choices in (("variant", VARIANTS), ("reg", REGULARIZERS), ("loss", LOSSES), ("teacher", TEACHERS),
-                              ("reg_schedule", ("quadratic", "linear"))):
-            if getattr(self, name) not in choices:
-                raise bad(name, f"must be one of {', '.join(choices)}")
         if self.split == "test":
             raise bad("split", "test queries are never used for training or tuning")
         for name in ("batch_size", "bm25_depth", "max_steps", "lr", "scale", "num_threads", "max_length",
                      "query_max_length", "doc_windows", "teacher_temperature"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not v > 0:
+            if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
         for name in ("negatives", "weight_decay", "lr_warmup_steps", "lambda_doc", "lambda_query", "doc_stride"):
             if not getattr(self, name) >= 0:
@@ -117,12 +115,11 @@ class Examples:
 
 def bm25_run(dataset: BeirDataset, queries: dict[str, str], depth: int, index_dir: str | Path):  # noqa: ANN201
     """BM25 top-``depth`` per query from the project's Lucene BM25 (index built once, reused if it matches)."""
-    from recsparse.retrieval.harness import corpus_sha
     from recsparse.retrieval.lucene import BM25Retriever
 
     bm25 = BM25Retriever()
     index_dir = Path(index_dir)
-    if not (index_dir.is_dir() and bm25.reuse(index_dir, corpus_sha(dataset))):
+    if not (index_dir.is_dir() and bm25.reuse(index_dir, dataset.fingerprint)):
         bm25.index(dataset.corpus, index_dir)
     run = bm25.batch_search(queries, k=depth, threads=1)
     bm25.close()
@@ -132,10 +129,10 @@ def bm25_run(dataset: BeirDataset, queries: dict[str, str], depth: int, index_di
 def dense_scorer(dataset: BeirDataset, queries: dict[str, str]) -> Callable[[str, Sequence[str]], torch.Tensor]:
     """all-MiniLM-L6-v2 cosine scores ``(qid, [docids]) -> (n,)``: the BEIR harness's dense encoder and its on-disk
     corpus-embedding cache, so a corpus already searched densely is not encoded again."""
-    from recsparse.retrieval.dense import Encoder, encode_corpus
+    from recsparse.retrieval.dense import Encoder, embed_corpus
 
     enc = Encoder()
-    demb = torch.from_numpy(encode_corpus(enc, dataset.corpus))
+    demb = torch.from_numpy(embed_corpus(enc, dataset.corpus))
     qids = list(queries)
     qemb = torch.from_numpy(enc.encode([queries[q] for q in qids]))
     drow = {d: i for i, d in enumerate(dataset.corpus["_id"].to_list())}

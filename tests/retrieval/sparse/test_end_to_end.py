@@ -16,7 +16,7 @@ from recsparse.retrieval.sparse.training import TrainConfig
 def test_train_config_refuses_test_split_and_bad_values():
     with pytest.raises(ConfigError, match="split='test'"):
         TrainConfig(split="test")
-    with pytest.raises(ConfigError, match="reg='l1'"):
+    with pytest.raises(ConfigError, match="reg: must be one of"):
         TrainConfig(reg="l1")
     with pytest.raises(ConfigError, match="batch_size=0"):
         TrainConfig(batch_size=0)
@@ -24,6 +24,12 @@ def test_train_config_refuses_test_split_and_bad_values():
         TrainConfig(loss="margin-mse", negatives=2)
     with pytest.raises(ConfigError, match="learn_idf"):
         TrainConfig(variant="splade", learn_idf=True)
+    # the typed config system shared with `recsparse train`: YAML-style strings and overrides are checked
+    from recsparse.config import load
+
+    assert load(TrainConfig, None, ["lr=1e-3", "reg=flops"]).lr == 1e-3
+    with pytest.raises(ConfigError, match="max_steps: expected an integer, got 2.5"):
+        load(TrainConfig, None, ["max_steps=2.5"])
 
 
 SEARCH = """

@@ -51,9 +51,9 @@ def test_open_names_the_missing_metadata(tmp_path):
     from recsparse.io import INDEX_META
     from recsparse.retrieval.sparse.impact import ImpactRetriever
 
-    from recsparse.retrieval.sparse.models import ModelError
+    from recsparse.retrieval.base import IndexNotFoundError
 
-    with pytest.raises(ModelError, match=INDEX_META):
+    with pytest.raises(IndexNotFoundError, match=INDEX_META):
         ImpactRetriever.open(tmp_path)
 
 
