@@ -146,10 +146,15 @@ class TrainerConfig(Config):
     output_dir: str = "runs/{name}"
     resume: str | None = None
     overwrite: bool = False
+    # several processes (recsparse.pipelines.strategy): TorchRec-sharded tables, data-parallel dense part
+    strategy: Literal["auto", "torchrec"] = "auto"
+    devices: int = 1  # processes on this machine (under torchrun: its --nproc-per-node)
+    plan: Literal["auto", "table_wise", "row_wise", "column_wise"] = "auto"  # auto: TorchRec's planner
+    dist_timeout_s: float = 300.0  # a collective waiting longer (a dead or stuck rank) fails the job
 
     def validate(self) -> None:
         for n in ("max_epochs", "batch_size", "lr", "num_threads", "patience", "check_val_every_n_epoch",
-                  "limit_train_batches"):
+                  "limit_train_batches", "devices", "dist_timeout_s"):
             _pos("trainer", n, getattr(self, n))
         if isinstance(self.limit_train_batches, float) and self.limit_train_batches > 1.0:
             raise ValueError("trainer.limit_train_batches must be a fraction in (0, 1] or a whole number of batches, "
