@@ -263,7 +263,8 @@ class ParetoStudy:
         points this call."""
         done = 0
         for stage in ("grid", "quant"):
-            points = list(grid) if stage == "grid" else self.quant_points(self.recorded(), quant)
+            points = (list(grid) if stage == "grid"
+                      else self.quant_points(self.recorded(), quant, {p.method for p in grid if p.kind == "train"}))
             for i, p in enumerate(points, start=1):
                 rec = self.recorded()
                 tag = f"[{stage} {i}/{len(points)}] {p.name}"
@@ -295,10 +296,12 @@ class ParetoStudy:
                  f"{row['bytes'] / 2**20:.2f} MiB, {time.perf_counter() - t0:.0f} s")
         return row
 
-    def quant_points(self, rec: dict[str, dict[str, Any]], quant: Sequence[str]) -> list[Point]:
+    def quant_points(self, rec: dict[str, dict[str, Any]], quant: Sequence[str],
+                     methods: set[str] | None = None) -> list[Point]:
+        """int8/int4 copies of the best recorded trained point of each method (of ``methods``, default all)."""
         best: dict[str, dict[str, Any]] = {}
         for r in rec.values():
-            if r.get("kind") != "train":
+            if r.get("kind") != "train" or (methods is not None and r["method"] not in methods):
                 continue
             if r["method"] not in best or r["recall@20"] > best[r["method"]]["recall@20"]:
                 best[r["method"]] = r
