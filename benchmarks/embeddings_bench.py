@@ -435,7 +435,6 @@ def bench_dsl(batches: int, densities: list[float], interval: int) -> list[dict[
     sparse learning at each density, the same run; the DSL runs update their masks every ``interval`` steps."""
     from pathlib import Path
 
-    from recsparse.embeddings.dsl import DSLConfig, dsl_callback
     from recsparse.pipelines.config import load_config
     import shutil
 
@@ -445,12 +444,12 @@ def bench_dsl(batches: int, densities: list[float], interval: int) -> list[dict[
     recs: list[dict[str, Any]] = []
     for density in [None, *densities]:
         name = "gowalla_mf_dense" if density is None else f"gowalla_mf_dsl{density:g}"
+        dsl = [] if density is None else [f"model.dsl.density={density}", f"model.dsl.interval={interval}"]
         cfg = load_config(config, ["trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
                                    "trainer.progress_bar=false", f"name={name}", "trainer.num_threads=2",
-                                   "trainer.output_dir=/tmp/recsparse-dsl-throughput/{name}"])
+                                   "trainer.output_dir=/tmp/recsparse-dsl-throughput/{name}", *dsl])
         shutil.rmtree(cfg.output_dir, ignore_errors=True)
-        cbs = [] if density is None else [dsl_callback(DSLConfig(density=density, interval=interval))]
-        rec = run(cfg, test=False, extra_callbacks=cbs)
+        rec = run(cfg, test=False)
         recs.append({"section": "dsl", "name": name, "dataset": "gowalla", "model": "mf", "density": density or 1.0,
                      "interval": interval if density else None, "batches": batches,
                      "batch_size": cfg.trainer.batch_size, "threads": cfg.trainer.num_threads,
