@@ -36,3 +36,63 @@ def test_markdown_report_one_table_per_section_with_its_own_columns():
     tbe, quant = md.split("## quant")
     assert "## tbe" in tbe and "| name | ms |" in tbe and "bytes" not in tbe and "`bench --x`" in tbe
     assert "| name | bytes |" in quant and "ms" not in quant
+
+
+def test_results_dir_for_an_installed_package(tmp_path, monkeypatch):
+    """RESULTS_DIR was a path relative to the package source: site-packages/benchmarks/results once installed."""
+    import recsparse.results as results
+
+    monkeypatch.setenv("RECSPARSE_RESULTS_DIR", str(tmp_path / "env"))
+    assert results.default_results_dir() == tmp_path / "env"
+    save_results("area", [{"dataset": "a"}], key=["dataset"])
+    assert (tmp_path / "env" / "area.json").is_file()
+    monkeypatch.delenv("RECSPARSE_RESULTS_DIR")
+    monkeypatch.setattr(results, "_SOURCE_ROOT", tmp_path / "site-packages")  # no checkout around the package
+    monkeypatch.chdir(tmp_path)
+    assert results.default_results_dir() == tmp_path / "benchmarks" / "results"
+
+
+def test_require_clean_tree(monkeypatch):
+    import pytest
+
+    import recsparse.results as results
+    from recsparse.errors import UserError
+
+    monkeypatch.setattr(results, "git_commit", lambda: "abc1234-dirty")
+    with pytest.raises(UserError, match="uncommitted changes .*abc1234-dirty"):
+        results.require_clean_tree()
+    assert results.require_clean_tree(allow_dirty=True) == "abc1234-dirty"
+    monkeypatch.setattr(results, "git_commit", lambda: "abc1234")
+    assert results.require_clean_tree() == "abc1234"
+
+
+def test_rec_bench_audit_marks_rows_whose_config_changed(tmp_path):
+    """Rows measured with an older configs/gowalla_lightgcn.yaml (512 negatives, no item bias) stayed in rec.json as
+    if its command still produced them."""
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[1]
+    old = "2f99c16"  # the commit of the first LightGCN recipe
+    if subprocess.run(["git", "cat-file", "-e", old], cwd=root, capture_output=True).returncode != 0:
+        pytest.skip("needs the repository history")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip()
+    spec = importlib.util.spec_from_file_location("rec_bench", root / "benchmarks" / "rec_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"section": "train", "name": "then", "config": "configs/gowalla_lightgcn.yaml", "git_commit": old,
+             "overrides": "trainer.max_epochs=2"},
+            {"section": "train", "name": "now", "config": "configs/gowalla_lightgcn.yaml", "git_commit": head,
+             "overrides": "trainer.progress_bar=false name=x"},
+            {"section": "train", "name": "gone", "config": "configs/nope.yaml", "git_commit": head}]
+    path = tmp_path / "rec.json"
+    path.write_text(json.dumps(rows))
+    assert bench.audit(path) == 2
+    got = {r["name"]: r.get("superseded", "") for r in json.loads(path.read_text())}
+    assert "changed since 2f99c16" in got["then"] and "model.item_bias" in got["then"]
+    assert got["now"] == "" and "no longer exists" in got["gone"]
+    assert (tmp_path / "rec.md").is_file()

@@ -5,6 +5,7 @@ export round trip (rows, embed, pooled forward, save/load) on real Gowalla ids."
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +15,9 @@ from recsparse.embeddings import FeatureConfig, MappedEmbeddingBagCollection
 from recsparse.embeddings.dsl import DSLConfig, DynamicSparsity, magnitude_masks, update_ratio
 from recsparse.embeddings.sparse import SparseEmbeddingTables, export_sparse
 from recsparse.errors import ConfigError
+from tests.pipelines.conftest import gowalla_small  # noqa: F401  (fixture)
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_cosine_schedule_values():
@@ -31,10 +35,10 @@ def test_cosine_schedule_values():
 def test_config_validation():
     c = DSLConfig()
     assert (c.density, c.interval, c.ratio, c.ratio_final, c.schedule) == (0.5, 3000, 0.5, 0.005, "cosine")
-    for bad, field in [(dict(density=0.0), "dsl.density"), (dict(density=1.5), "dsl.density"),
-                       (dict(interval=0), "dsl.interval"), (dict(interval=2.5), "dsl.interval"),
-                       (dict(ratio=1.2), "dsl.ratio"), (dict(schedule="linear"), "dsl.schedule"),
-                       (dict(density="half"), "dsl.density")]:
+    for bad, field in [(dict(density=0.0), "density"), (dict(density=1.5), "density"),
+                       (dict(interval=0), "interval"), (dict(interval=2.5), "interval"),
+                       (dict(ratio=1.2), "ratio"), (dict(schedule="linear"), "schedule"),
+                       (dict(density="half"), "density"), (dict(end=0), "end")]:
         with pytest.raises(ConfigError, match=field):
             DSLConfig(**bad)
 
@@ -81,7 +85,7 @@ def test_masks_stay_exactly_zero_and_at_density(gowalla, backend, opt_name):
         _loss(t, users, items).backward()
         dsl.before_step(opt)
         opt.step()
-        # the invariant holds right after the optimizer step, before any re-masking
+        # the invariant holds right after the optimizer step (nothing re-masks the weights)
         for n, w in dsl.params.items():
             mask = dsl.masks[n]
             assert int(mask.sum()) == counts[n]  # density is constant through updates
@@ -89,7 +93,6 @@ def test_masks_stay_exactly_zero_and_at_density(gowalla, backend, opt_name):
             for v in opt.state[w].values():  # Adam moments, momentum buffers, Adagrad sums
                 if isinstance(v, torch.Tensor) and v.shape == w.shape:
                     assert torch.count_nonzero(v[~mask]) == 0
-        dsl.after_step()
     assert len(dsl.history) == 3  # updates at steps 3, 6, 9 (none at the last step)
     # the weights that stayed active were trained
     w = dsl.params["t_item"].detach()
@@ -97,34 +100,47 @@ def test_masks_stay_exactly_zero_and_at_density(gowalla, backend, opt_name):
 
 
 def test_prune_grow_counts_and_criteria(gowalla):
+    """Every 2nd step: round(ratio_t · active) pruned (smallest |w|) and as many regrown (largest |gradient summed
+    over the interval|, zero-initialised); the cosine runs over the first end=0.75 of the steps, then the mask is
+    frozen."""
     t = _tables(gowalla)
-    cfg = DSLConfig(density=0.3, interval=1, ratio=0.4, ratio_final=0.01)
-    dsl = DynamicSparsity(t, cfg, total_steps=10)
+    cfg = DSLConfig(density=0.3, interval=2, ratio=0.4, ratio_final=0.01, end=0.75)
+    total = 12
+    dsl = DynamicSparsity(t, cfg, total_steps=total)
+    assert dsl.end_step == 9
     opt = torch.optim.SGD(t.parameters(), lr=0.5)
-    for step, (users, items) in enumerate(_batches(gowalla, 4), start=1):
+    gsum = {n: torch.zeros_like(w) for n, w in dsl.params.items()}
+    updates = 0
+    for step, (users, items) in enumerate(_batches(gowalla, total, size=512), start=1):
         opt.zero_grad()
         _loss(t, users, items).backward()
         before = {n: m.clone() for n, m in dsl.masks.items()}
         weights = {n: w.detach().clone() for n, w in dsl.params.items()}
-        grads = {n: w.grad.clone() for n, w in dsl.params.items()}
+        for n, w in dsl.params.items():
+            gsum[n] += w.grad
         entry = dsl.before_step(opt)
-        ratio = update_ratio(step, 10, 0.4, 0.01)
-        assert entry["step"] == step and entry["ratio"] == pytest.approx(ratio)
-        for n, old in before.items():
-            new = dsl.masks[n]
-            expect = round(ratio * int(old.sum()))
-            pruned, grown = old & ~new, new & ~old
-            assert entry["pruned"][n] == entry["grown"][n] == expect
-            assert int(pruned.sum()) == int(grown.sum()) == expect
-            # pruned: the smallest |w| among the active weights
-            kept = old & new
-            assert weights[n][pruned].abs().max() <= weights[n][kept].abs().min()
-            # grown: the largest |g| among the candidates (inactive, not just pruned), zero-initialised
-            cand = ~old & ~new
-            assert grads[n][grown].abs().min() >= grads[n][cand].abs().max()
-            assert torch.count_nonzero(dsl.params[n].detach()[grown]) == 0
+        if step % 2 or step > 9:
+            assert entry is None and all(torch.equal(before[n], dsl.masks[n]) for n in before)
+        else:
+            updates += 1
+            ratio = update_ratio(step, 9, 0.4, 0.01)
+            assert entry["step"] == step and entry["ratio"] == pytest.approx(ratio)
+            for n, old in before.items():
+                new = dsl.masks[n]
+                expect = round(ratio * int(old.sum()))
+                pruned, grown = old & ~new, new & ~old
+                assert entry["pruned"][n] == entry["grown"][n] == expect > 0
+                assert int(pruned.sum()) == int(grown.sum()) == expect
+                # pruned: the smallest |w| among the active weights
+                kept = old & new
+                assert weights[n][pruned].abs().max() <= weights[n][kept].abs().min()
+                # grown: the largest |gradient summed since the last update| among the candidates
+                cand = ~old & ~new
+                assert gsum[n][grown].abs().min() >= gsum[n][cand].abs().max()
+                assert torch.count_nonzero(dsl.params[n].detach()[grown]) == 0
+                gsum[n].zero_()
         opt.step()
-        dsl.after_step()
+    assert updates == len(dsl.history) == 4 and not dsl.grad_sum  # frozen after step 9, score buffers freed
 
 
 def test_fbgemm_backend_is_rejected_with_reason():
@@ -195,3 +211,30 @@ def test_sparse_artefact_is_validated(gowalla):
         SparseEmbeddingTables.from_artefact(art)
     with pytest.raises(MapperStateError, match="not a recsparse sparse-table artefact"):
         SparseEmbeddingTables.from_artefact({"format": "x"})
+
+
+def test_model_dsl_config_trains_mf_end_to_end(gowalla_small, tmp_path):  # noqa: F811
+    """``model.dsl.*`` switches DSL on for `recsparse train`: the trained tables hold exactly the density, the
+    reported bytes are the CSR artefact's, the masks travel in the checkpoint; bad combinations name the field."""
+    from recsparse.pipelines.config import load_config
+    from recsparse.pipelines.train import run
+
+    cfg_path = REPO / "configs" / "gowalla_mf.yaml"
+    common = [f"data.dataset={gowalla_small}", "model.dim=8", "trainer.batch_size=256", "trainer.max_epochs=2",
+              "loss.num_uniform_negatives=32", "trainer.progress_bar=false", f"trainer.output_dir={tmp_path}/run"]
+    cfg = load_config(cfg_path, [*common, "model.dsl.density=0.25", "model.dsl.interval=3", "model.dsl.ratio=0.3"])
+    assert cfg.model.dsl == DSLConfig(density=0.25, interval=3, ratio=0.3)
+    rec = run(cfg)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)
+    state = next(v for k, v in ckpt["callbacks"].items() if "DynamicSparsity" in k)
+    assert state["step"] > 3 and len(state["history"]) >= 1
+    for name, mask in state["masks"].items():
+        w = ckpt["state_dict"][f"model.tables.bags.{name}.weight"]
+        assert int(mask.sum()) == round(0.25 * mask.numel()) and torch.count_nonzero(w[~mask]) == 0
+    assert rec["nnz"] <= sum(int(m.sum()) for m in state["masks"].values()) and rec["bytes"] < rec["dense_bytes"]
+    for bad, msg in [(["model.backend=fbgemm"], "model.dsl does not run on model.backend=fbgemm"),
+                     (["model.dsl.density=1.5"], "model.dsl.density must be in"),
+                     (["model.dsl.interval=0.5"], "model.dsl.interval"),
+                     (["model.dsl.sparsity=0.5"], "model.dsl.sparsity")]:
+        with pytest.raises(ConfigError, match=msg):
+            load_config(cfg_path, [*common, "model.dsl.density=0.2", *bad])
