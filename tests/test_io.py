@@ -34,3 +34,21 @@ def test_atomic_dir_swaps_in_and_preserves_old_on_error(tmp_path):
         (tmp / "v").write_text("3")
     assert (d / "v").read_text() == "3"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["index"]
+
+
+def test_sweep_keeps_live_and_foreign_entries(tmp_path):
+    """Only entries of the exact pattern whose pid is dead go; this process's own and other names stay."""
+    import os
+    import subprocess
+    import sys
+
+    from recsparse.io import sweep_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    for name in (f".idx.{dead}.abc.tmp", f".idx.{os.getpid()}.abc.tmp", f".idx.5.{dead}.abc.tmp", "idx", ".other"):
+        (tmp_path / name).mkdir()
+    removed = sweep_stale(tmp_path, r"\.idx\.(\d+)\.[^.]+\.tmp")
+    assert [p.name for p in removed] == [f".idx.{dead}.abc.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".idx.{os.getpid()}.abc.tmp", f".idx.5.{dead}.abc.tmp", "idx", ".other"])
