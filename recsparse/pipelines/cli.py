@@ -35,12 +35,7 @@ def command(config: Annotated[Path, typer.Argument(help="YAML config (see config
         typer.echo(f"metrics: {Path(opts['output_dir'].format(name=opts['name'])) / 'metrics.json'}")
         return
 
-    try:
-        cfg = load_config(config, overrides or [])
-    except (ValueError, FileNotFoundError) as e:
-        from recsparse.errors import ConfigError
-
-        raise ConfigError(str(e)) from e
+    cfg = load_config(config, overrides or [])  # ConfigError names the field and file:line / override
     from recsparse.pipelines.train import run, summary
 
     rec = run(cfg)
