@@ -122,8 +122,10 @@ def _convert(tp: Any, value: Any, path: str) -> Any:
                 return _convert(a, value, path)
             except _Invalid as e:
                 errors.append(e)
-        if len(errors) == 1 and errors[0].path != path:  # Optional[section]: the inner error is more precise
-            raise errors[0]
+        alts = [a for a in args if a is not type(None)]
+        section = dataclasses.is_dataclass(alts[0]) and isinstance(value, Mapping)
+        if len(errors) == 1 and (errors[0].path != path or section):
+            raise errors[0]  # Optional[section] given a mapping: the section's own error is more precise
         raise _Invalid(path, f"expected {_describe(tp)}, got {value!r}")
     if origin is Literal:
         if any(value == a and type(value) is type(a) for a in args):

@@ -26,7 +26,7 @@ from recsparse.io import write_json
 from recsparse.pipelines.config import TrainConfig
 from recsparse.pipelines.data import RecDataModule, RecSplit
 from recsparse.pipelines.modules import RankingModule, build_module
-from recsparse.pipelines.strategy import strategy_devices
+from recsparse.pipelines.strategy import strategy_devices, strategy_from_config
 
 
 class Throughput(Callback):
@@ -165,11 +165,15 @@ def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callbac
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     else:
         callbacks.append(EpochLog(thr, cfg.eval.monitor if has_val else "", cfg.trainer.max_epochs))
+    if cfg.model.dsl is not None:  # dynamic sparse learning of the tables (masks saved in the checkpoints)
+        from recsparse.embeddings.dsl import dsl_callback
+
+        callbacks.append(dsl_callback(cfg.model.dsl))
     callbacks += list(extra_callbacks or [])
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator="cpu", deterministic=cfg.trainer.deterministic,
         # several processes (TorchRecStrategy): every rank reads the whole global batch and keeps its slice
-        **({"devices": 1} if strategy is None else {"strategy": strategy, "devices": strategy_devices(),
+        **({"devices": 1} if strategy is None else {"strategy": strategy, "devices": strategy_devices(cfg.trainer.devices),
                                                      "use_distributed_sampler": False}),
         # versioned log dirs (csv/version_N): a resumed run adds a version instead of overwriting the history
         logger=[CSVLogger(out, name="csv"), TensorBoardLogger(out, name="tb")],
@@ -186,6 +190,7 @@ def run(cfg: TrainConfig, split: RecSplit | None = None, extra_callbacks: list[C
     """Fit (resuming if asked) and test; returns (and writes ``metrics.json``) the results record.
     ``strategy``: a :class:`~recsparse.pipelines.strategy.TorchRecStrategy` trains on several processes."""
     t0 = time.perf_counter()
+    strategy = strategy or strategy_from_config(cfg)  # a bad trainer.strategy/devices/plan fails before any work
     ckpt = prepare_run_folder(cfg)  # before anything writes into it
     torch.set_num_threads(cfg.trainer.num_threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
