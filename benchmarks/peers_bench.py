@@ -528,9 +528,10 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
     import torch
 
     from recsparse.retrieval.cli import make_retriever
-    from recsparse.retrieval.dense import Encoder, encode_corpus, model_path
+    from recsparse.retrieval.base import safe_name
+    from recsparse.retrieval.dense import Encoder, embed_corpus, model_path
     from recsparse.retrieval.evaluation import evaluate, read_trec_run
-    from recsparse.retrieval.harness import evaluate_retrievers, safe_name
+    from recsparse.retrieval.harness import evaluate_retrievers
     from recsparse.results import provenance
 
     torch.set_num_threads(threads)
@@ -549,7 +550,7 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
         dres = None
         if "dense" in retrievers:
             # (2) beir's DRES on the harness's cached corpus vectors (filled by the dense run above)
-            np.save(out_dir / "corpus.npy", encode_corpus(Encoder(), ds.corpus))
+            np.save(out_dir / "corpus.npy", embed_corpus(Encoder(), ds.corpus))
             (out_dir / "corpus_ids.json").write_text(json.dumps(ds.corpus["_id"].to_list()))
             beir_out = out_dir / "beir_dense.json"
             run_files["beir_dres"] = out_dir / "beir_dres.trec"
