@@ -160,10 +160,10 @@ def test_sparse_index_on_another_corpus_is_one_line_exit_2(cranfield_small, cran
     import subprocess
     import sys
 
-    from recsparse.retrieval.sparse.encoders import SparseModel
     from recsparse.retrieval.sparse.impact import ImpactRetriever
+    from recsparse.retrieval.sparse.models import splade_model
 
-    r = ImpactRetriever(SparseModel("splade"), name="sp")
+    r = ImpactRetriever(splade_model("splade-tiny"), name="sp", progress=False)
     r.index(load(cranfield_tiny).corpus, tmp_path / "sp")
     r.close()
     assert r.index_meta is None and load(cranfield_tiny).fingerprint == \
