@@ -44,9 +44,16 @@ class Tower(nn.Module):
         self.ebc = MappedEmbeddingBagCollection(features, backend=backend, init_std=init_std, seed=seed)
         self.mlp = mlp(sum(self.ebc.embedding_dims), hidden, out_dim, dropout)
 
-    def forward(self, kjt: Any) -> torch.Tensor:
-        pooled = self.ebc(kjt).values()  # [B, Σ dims]
+    def embed_features(self, kjt: Any) -> torch.Tensor:
+        """Raw-id KJT -> pooled ``[B, Σ dims]``, one block per feature in ``ebc.feature_names`` order."""
+        return self.ebc(kjt).values()
+
+    def encode(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``[B, Σ dims]`` -> ``[B, out_dim]`` unit vectors (the SSL term feeds masked views through here too)."""
         return F.normalize(self.mlp(pooled), dim=-1)
+
+    def forward(self, kjt: Any) -> torch.Tensor:
+        return self.encode(self.embed_features(kjt))
 
 
 class TwoTower(nn.Module):

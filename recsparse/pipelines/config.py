@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from recsparse.models.ssl import SSLConfig
 from recsparse.types import check_choice, check_positive
 
 FAMILIES = ("mf", "lightgcn", "two_tower")
@@ -106,8 +107,11 @@ class LossConfig:
     num_uniform_negatives: int = 0
     in_batch: bool = True
     reg_weight: float = 0.0
+    ssl: SSLConfig = field(default_factory=SSLConfig)
 
     def __post_init__(self) -> None:
+        if isinstance(self.ssl, Mapping):
+            self.ssl = SSLConfig(**self.ssl)
         check_choice("loss.name", self.name, LOSSES)
         if self.name == "softmax" and not self.in_batch and self.num_uniform_negatives == 0:
             raise ValueError("loss.in_batch=false needs loss.num_uniform_negatives > 0")
@@ -163,8 +167,11 @@ class EvalConfig:
     monitor: str = "recall@20"
     chunk_size: int = 1024
     backend: str = "torch"
+    head_fraction: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.head_fraction < 1.0:
+            raise ValueError(f"eval.head_fraction must be in [0, 1), got {self.head_fraction!r}")
         self.ks = [int(k) for k in (self.ks if isinstance(self.ks, (list, tuple)) else [self.ks])]
         if not self.ks or min(self.ks) <= 0:
             raise ValueError(f"eval.ks must be a non-empty list of positive integers, got {self.ks!r}")
