@@ -8,6 +8,8 @@ Sections (``--sections``, comma-separated):
   popularity head (top 20 % of items by training count) and on the tail, for test and for validation; one ``mean``
   row per variant with mean ± std over the seeds and the relative change of each figure against the ``none``
   variant of the same invocation.
+* ``collect`` — merge the rows that runs started with ``--rows-out`` wrote (``--rows-in`` files; parallel runs
+  cannot share one results file) and add the ``mean`` rows.
 * ``cost`` — training examples/s with and without the SSL term (``--batches`` steps of one epoch, no evaluation);
   run it under the timing lock.
 
@@ -23,6 +25,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import time
@@ -174,21 +177,30 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=40, help="steps timed by --sections cost")
     p.add_argument("--set", action="append", default=[], help="extra override KEY=VALUE for every run")
     p.add_argument("--runs", default="/tmp/recsparse-ssl-runs", help="folder for the run directories")
+    p.add_argument("--rows-out", default=None, help="write the rows to this JSON file instead of the results file")
+    p.add_argument("--rows-in", nargs="*", default=[], help="--sections collect: JSON files written by --rows-out")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
+    from recsparse.io import write_json
     from recsparse.results import print_table, save_results
 
     records: list[dict[str, Any]] = []
     for section in args.sections.split(","):
         if section == "two_tower":
             runs = two_tower_rows(args)
+            records += runs if args.rows_out else runs + mean_rows(runs)
+        elif section == "collect":
+            runs = [r for path in args.rows_in for r in json.loads(Path(path).read_text())]
             records += runs + mean_rows(runs)
         elif section == "cost":
             records += cost_rows(args)
         else:
-            raise SystemExit(f"unknown section {section!r} (two_tower, cost)")
+            raise SystemExit(f"unknown section {section!r} (two_tower, collect, cost)")
     cols = ["section", "study", "variant", "seed", "recall@50", "tail_recall@50", "head_recall@50", "ndcg@50"]
     print_table(records, [c for c in cols if any(c in r for r in records)])
+    if args.rows_out:
+        write_json(args.rows_out, records)
+        return
     if not args.no_save:
         print(save_results("ssl", records, KEY))
 
