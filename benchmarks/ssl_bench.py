@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -64,6 +66,30 @@ def _metrics(m: dict[str, float], prefix: str, ks: list[int]) -> dict[str, float
     return out
 
 
+def add_title_words(split: Any, min_count: int = 2) -> None:
+    """Add ML-100K title words (lower-cased tokens of ``movie_title`` used by >= ``min_count`` items; a multi-hot
+    ``title`` feature) to the split's item features: with id, genres and year that makes four item features, so
+    half (two) are masked per view and CFM's MI-chosen pairs differ from random ones (with three features
+    ⌊3/2⌋ = 1 feature is masked and CFM's group is the seed alone, i.e. RFM)."""
+    from collections import Counter
+
+    from recsparse.data import load
+
+    ds = load(split.name)
+    assert split.item_features is not None and ds.item is not None
+    # the split's dense item index: raw ids sorted by (length, string) over interactions ∪ item table
+    raw = sorted(set(ds.inter["item_id"].to_list()) | set(ds.item["item_id"].to_list()), key=lambda t: (len(t), t))
+    titles = dict(zip(ds.item["item_id"].to_list(),
+                      [[w.lower().strip(",.:()!?'\"") for w in x] for x in ds.item["movie_title"].to_list()]))
+    counts = Counter(w for t in titles.values() for w in set(t) if w)
+    vocab = {w: i for i, w in enumerate(sorted(w for w, c in counts.items() if c >= min_count))}
+    bags = [sorted({vocab[w] for w in titles.get(r, []) if w in vocab}) for r in raw]
+    store = split.item_features
+    store.lengths["title"] = torch.tensor([len(b) for b in bags], dtype=torch.long)
+    store.values["title"] = torch.tensor([v for b in bags for v in b], dtype=torch.long)
+    store.vocab_sizes["title"] = len(vocab)
+
+
 def two_tower_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     from lightning.pytorch.callbacks import Callback
 
@@ -93,12 +119,15 @@ def two_tower_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             cfg = load_config(args.config, ov)
             if split is None:
                 split = build_split(cfg)  # the split does not depend on the seed or the SSL settings
+                if args.title_words:
+                    add_title_words(split)
             cb = ValAtBest()
             t0 = time.perf_counter()
             rec = run(cfg, split, extra_callbacks=[cb])
             wall = time.perf_counter() - t0
             row = {"section": "run", "study": args.study, "variant": variant, "seed": seed,
-                   "dataset": rec["dataset"], "epochs": rec["epochs"]}
+                   "dataset": rec["dataset"], "item_features": ",".join(split.item_features.names),
+                   "epochs": rec["epochs"]}
             row.update(_metrics(rec["test"], "", cfg.eval.ks))
             row.update(_metrics(cb.val, "val_", cfg.eval.ks))
             row.update({"head_users": rec["test"]["head_num_users"], "tail_users": rec["test"]["tail_num_users"],
@@ -148,7 +177,10 @@ def cost_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
               f"trainer.limit_train_batches={args.batches}", *args.set, *variant_overrides(variant),
               "name=ssl_cost", "trainer.output_dir=/tmp/recsparse-ssl-cost/{name}"]
         cfg = load_config(args.config, ov)
-        split = split or build_split(cfg)
+        if split is None:
+            split = build_split(cfg)
+            if args.title_words:
+                add_title_words(split)
         t0 = time.perf_counter()
         rec = run(cfg, split, test=False)
         row = {"section": "cost", "study": args.study, "variant": variant, "seed": 0, "dataset": rec["dataset"],
@@ -174,6 +206,8 @@ def main() -> None:
     p.add_argument("--study", default="main", help="name of this comparison (rows are keyed by it)")
     p.add_argument("--epochs", type=int, default=30, help="trainer.max_epochs (early stopping still applies)")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--no-title-words", dest="title_words", action="store_false",
+                   help="keep the config's item features (id, genres, year) only")
     p.add_argument("--batches", type=int, default=40, help="steps timed by --sections cost")
     p.add_argument("--set", action="append", default=[], help="extra override KEY=VALUE for every run")
     p.add_argument("--runs", default="/tmp/recsparse-ssl-runs", help="folder for the run directories")
