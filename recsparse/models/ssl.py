@@ -254,8 +254,8 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float, ids: torch.Te
 class FeatureEncoder(Protocol):
     """What the SSL term needs from a model: its feature-embedding layer and the network above it."""
 
-    def embed_features(self, kjt: Any) -> torch.Tensor:
-        """Raw-id ``KeyedJaggedTensor`` (stride B) -> ``[B, Σ widths]`` per-feature embedding blocks."""
+    def embed_features(self, kjt: Any, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw-id ``KeyedJaggedTensor`` (stride B) [+ dense ``[B, n]``] -> ``[B, Σ widths]`` per-feature blocks."""
         ...
 
     def encode(self, embedded: torch.Tensor) -> torch.Tensor:
@@ -279,20 +279,49 @@ class SSLLoss(nn.Module):
         self.weight = float(weight)
         self.temperature = float(temperature)
 
-    def views(self, encoder: FeatureEncoder, kjt: Any,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def views(self, encoder: FeatureEncoder, kjt: Any, generator: torch.Generator | None = None,
+              dense: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The two views' representations ``[B, d]`` each."""
         mask = self.masking.masks(kjt.stride(), generator)
         out = []
         for m in (mask, ~mask):
-            emb = encoder.embed_features(self.masking.drop(kjt, generator))
+            emb = encoder.embed_features(self.masking.drop(kjt, generator), dense)
             out.append(encoder.encode(self.masking.fill(emb, m)))
         return out[0], out[1]
 
     def forward(self, encoder: FeatureEncoder, kjt: Any, ids: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
-        a, b = self.views(encoder, kjt, generator)
+                generator: torch.Generator | None = None, dense: torch.Tensor | None = None) -> torch.Tensor:
+        a, b = self.views(encoder, kjt, generator, dense)
         return self.weight * info_nce(a, b, self.temperature, ids)
+
+
+class EmbeddingLayerEncoder(nn.Module):
+    """:class:`FeatureEncoder` for models without a tower (the CTR zoo): the model's feature-embedding layer
+    ``embed(kjt) -> [B, F, d]``, flattened, with the dense features appended as width-1 blocks, then a projection
+    MLP owned by the SSL term -> ``[B, out_dim]`` unit vectors. The aux loss thus shapes the shared embedding
+    tables (and, through the masked views, the defaults) without touching the model's interaction layers."""
+
+    def __init__(self, embed: Any, num_sparse: int, dim: int, num_dense: int = 0, hidden: Sequence[int] = (128,),
+                 out_dim: int = 64) -> None:
+        super().__init__()
+        from recsparse.models.two_tower import mlp
+
+        self._embed = embed  # a bound method of the model (not a submodule here: the model owns its tables)
+        self.num_dense = int(num_dense)
+        self.widths = [int(dim)] * int(num_sparse) + [1] * self.num_dense
+        self.proj = mlp(sum(self.widths), hidden, out_dim)
+
+    def embed_features(self, kjt: Any, dense: torch.Tensor | None = None) -> torch.Tensor:
+        emb = self._embed(kjt).flatten(1)
+        if self.num_dense:
+            if dense is None or dense.shape[1] != self.num_dense:
+                raise ValueError(f"expected dense features [B, {self.num_dense}], got "
+                                 f"{None if dense is None else tuple(dense.shape)}")
+            emb = torch.cat([emb, dense.to(emb.dtype)], dim=1)
+        return emb
+
+    def encode(self, embedded: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(embedded), dim=-1)
 
 
 def build_ssl(cfg: SSLConfig, features: Sequence[str], widths: Sequence[int], multi_hot: Sequence[str] = (),

@@ -44,8 +44,11 @@ class Tower(nn.Module):
         self.ebc = MappedEmbeddingBagCollection(features, backend=backend, init_std=init_std, seed=seed)
         self.mlp = mlp(sum(self.ebc.embedding_dims), hidden, out_dim, dropout)
 
-    def embed_features(self, kjt: Any) -> torch.Tensor:
-        """Raw-id KJT -> pooled ``[B, Σ dims]``, one block per feature in ``ebc.feature_names`` order."""
+    def embed_features(self, kjt: Any, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw-id KJT -> pooled ``[B, Σ dims]``, one block per feature in ``ebc.feature_names`` order (towers have
+        no dense features: ``dense`` is part of the SSL encoder contract and must be ``None``)."""
+        if dense is not None:
+            raise ValueError("Tower has no dense features")
         return self.ebc(kjt).values()
 
     def encode(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -11,8 +11,8 @@ import polars as pl
 import pytest
 import torch
 
-from recsparse.models.ssl import (FeatureMasking, SSLConfig, SSLLoss, build_ssl, cfm_groups, info_nce,
-                                  jagged_frame, mutual_information)
+from recsparse.models.ssl import (EmbeddingLayerEncoder, FeatureMasking, SSLConfig, SSLLoss, build_ssl, cfm_groups,
+                                  info_nce, jagged_frame, mutual_information)
 from tests.conftest import dataset_path
 
 
@@ -152,8 +152,8 @@ def test_views_are_complementary_and_masked_blocks_take_the_default(ml100k):
     seen = []
 
     class Spy:
-        def embed_features(self, k):
-            return tower.embed_features(k)
+        def embed_features(self, k, dense=None):
+            return tower.embed_features(k, dense)
 
         def encode(self, e):
             seen.append(e.detach().clone())
@@ -241,3 +241,32 @@ def test_jagged_frame_and_ssl_config():
                        ({"dropout": 1.0}, "dropout"), ({"batch_size": 0}, "batch_size")):
         with pytest.raises(ValueError, match=match):
             SSLConfig(**bad)
+
+
+def test_embedding_layer_encoder_masks_sparse_and_dense_blocks(ml100k):
+    """The CTR form: [B, F, d] embedding layer + dense columns; a masked dense column takes its default value."""
+    from recsparse.embeddings import FeatureConfig, MappedEmbeddingBagCollection
+
+    split, kjt, ids = _item_batch(ml100k, n=32)
+    store = split.item_features
+    ebc = MappedEmbeddingBagCollection([FeatureConfig(f, store.vocab_sizes[f], 4) for f in store.names],
+                                       backend="torch", seed=1)
+    embed = lambda k: ebc(k).values().view(-1, 3, 4)  # noqa: E731  (what CTRModel.embed returns)
+    enc = EmbeddingLayerEncoder(embed, num_sparse=3, dim=4, num_dense=2, hidden=[8], out_dim=5)
+    dense = torch.randn(32, 2, generator=torch.Generator().manual_seed(0))
+    e = enc.embed_features(kjt, dense)
+    assert e.shape == (32, 14) and torch.equal(e[:, 12:], dense)
+    names = [*store.names, "d0", "d1"]
+    masking = FeatureMasking(names, enc.widths, "rfm")
+    with torch.no_grad():
+        masking.default.fill_(-7.0)
+    mask = masking.masks(32, torch.Generator().manual_seed(2))
+    assert (mask.sum(1) == 2).all()  # ⌊5/2⌋ of the 5 features (3 sparse, 2 dense)
+    filled = masking.fill(e, mask)
+    col_mask = mask[:, torch.repeat_interleave(torch.arange(5), torch.tensor(enc.widths))]
+    assert (filled[col_mask] == -7.0).all() and torch.equal(filled[~col_mask], e[~col_mask])
+    loss = SSLLoss(masking, 1.0, 0.1)(enc, kjt, ids, torch.Generator().manual_seed(3), dense)
+    loss.backward()
+    assert ebc.table_weight("item_id").grad is not None and masking.default.grad[12:].abs().sum() > 0
+    with pytest.raises(ValueError, match="dense"):
+        enc.embed_features(kjt)
