@@ -12,7 +12,15 @@ from recsparse.data.recbole import AtomicDataset, load_recbole, read_atomic
 from recsparse.data.registry import (REGISTRY, DatasetSpec, data_root, dataset_dir, get_spec, sha256_file,
                                      verify_checksums)
 
-_LOADERS = {"lightgcn": load_lightgcn, "recbole": load_recbole, "beir": load_beir}
+
+
+def _load_ctr(folder: Path, name: str | None = None) -> Any:
+    from recsparse.data.ctr import load_ctr
+
+    return load_ctr(name or folder.name)
+
+
+_LOADERS = {"lightgcn": load_lightgcn, "recbole": load_recbole, "beir": load_beir, "ctr": _load_ctr}
 
 
 def load(name_or_path: str | Path, verify: bool = False) -> Any:

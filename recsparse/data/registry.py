@@ -42,7 +42,7 @@ class DatasetSpec:
     reference: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.format not in ("lightgcn", "recbole", "beir"):
+        if self.format not in ("lightgcn", "recbole", "beir", "ctr"):
             raise ValueError(f"dataset {self.name!r}: unknown format {self.format!r}")
 
     @property
@@ -85,6 +85,8 @@ def verify_checksums(spec: DatasetSpec, root: Path | None = None) -> None:
     """Raise :class:`ChecksumError` for the first file whose sha256 differs from the registry."""
     d = (root or data_root()) / spec.name
     for rel, expected in spec.files.items():
+        if not expected:  # no published sha256 (e.g. Criteo behind a licence page): nothing to compare
+            continue
         actual = sha256_file(d / rel)
         if actual != expected:
             raise ChecksumError(d / rel, expected, actual)
@@ -159,7 +161,7 @@ def _download(spec: DatasetSpec, root: Path, missing: list[str]) -> None:
         raise _not_found(spec, root, missing, reason=f"download failed, offline? ({e})") from e
     for rel in missing:
         actual = sha256_file(target / rel)
-        if actual != spec.files[rel]:
+        if spec.files[rel] and actual != spec.files[rel]:
             bad = target / rel
             bad.unlink()  # never leave an unverified file where a verified one is expected
             raise ChecksumError(bad, spec.files[rel], actual)

@@ -5,10 +5,11 @@ from __future__ import annotations
 import runpy
 import sys
 from pathlib import Path
+from typing import Optional
 
 import typer
 
-app = typer.Typer(help="Embedding core: id-mappers, GraphHash clustering, TBE benchmarks.", no_args_is_help=True,
+app = typer.Typer(help="Embedding core: id-mappers, GraphHash clustering, TBE benchmarks, compression Pareto.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
 
 
@@ -63,6 +64,67 @@ def bench(sections: str = typer.Option("tbe,graphhash,mappers,quant", help="Comm
         raise typer.BadParameter(f"{script} not found (run from a source checkout)")
     sys.argv = [str(script), "--sections", sections, "--iters", str(iters)]
     runpy.run_path(str(script), run_name="__main__")
+
+
+def _floats(name: str, raw: str) -> list[float]:
+    from recsparse.errors import ConfigError
+
+    try:
+        vals = [float(x) for x in raw.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--{name} must be comma-separated numbers, got {raw!r}") from None
+    if not vals or any(not 0 < v <= 1 for v in vals):
+        raise ConfigError(f"--{name} must be fractions in (0, 1], got {raw!r}")
+    return vals
+
+
+@app.command("pareto")
+def pareto(dataset: str = typer.Option("gowalla", help="Registered implicit-feedback dataset."),
+           model: str = typer.Option("mf", help="mf | lightgcn (the base config's training recipe)."),
+           config: Optional[Path] = typer.Option(None, help="Base YAML config (default: configs/<dataset>_<model>"
+                                                            ".yaml of the checkout)."),
+           epochs: int = typer.Option(10, min=1, help="Training epochs of every trained point."),
+           methods: str = typer.Option("full,dsl,prune,graphhash,double_graphhash,modulo,universal,frequency,qr",
+                                       help="Comma-separated methods."),
+           budgets: str = typer.Option("0.25,0.1,0.5,0.05", help="Row fractions of the mappers (priority order)."),
+           densities: str = typer.Option("0.2,0.5,0.1,0.05", help="DSL / pruning densities (priority order)."),
+           quant: str = typer.Option("int8,int4", help="Post-training quantisation of each method's best point "
+                                                       "('' for none)."),
+           dsl_interval: int = typer.Option(50, min=1, help="DSL mask-update interval (optimizer steps)."),
+           runs_dir: Path = typer.Option(Path("runs/pareto"), help="Run folders (one per trained point)."),
+           results_dir: Optional[Path] = typer.Option(None, help="Where pareto.{json,md,png} go "
+                                                                 "(default: benchmarks/results)."),
+           limit: Optional[int] = typer.Option(None, min=1, help="Run at most N new points, then stop."),
+           overrides: Optional[list[str]] = typer.Option(None, "--set", help="Config override for every point "
+                                                                            "(repeatable), e.g. trainer.lr=0.01."),
+           ) -> None:
+    """Train (or reuse recorded runs of) every compression method over a grid of budgets and write a memory vs
+    Recall@20 table and chart with the Pareto frontier (benchmarks/results/pareto.{json,md,png}). Resumable:
+    finished points are skipped, an interrupted point resumes from its last checkpoint."""
+    from recsparse.embeddings.pareto import MAPPER_METHODS, QUANT, ParetoStudy, build_grid
+    from recsparse.errors import ConfigError
+
+    known = ("full", "dsl", "prune", *MAPPER_METHODS)
+    ms = [m.strip() for m in methods.split(",") if m.strip()]
+    bad = [m for m in ms if m not in known]
+    if bad:
+        raise ConfigError(f"--methods: unknown {bad}; choose from {', '.join(known)}")
+    qs = [q.strip() for q in quant.split(",") if q.strip()]
+    if any(q not in QUANT for q in qs):
+        raise ConfigError(f"--quant must list {', '.join(QUANT)} (or be empty), got {quant!r}")
+    if config is None:
+        config = Path(__file__).resolve().parents[2] / "configs" / f"{dataset}_{model}.yaml"
+    if not config.is_file():
+        raise ConfigError(f"base config {config} not found; pass --config PATH")
+    try:
+        study = ParetoStudy(config, dataset, model, epochs, runs_dir, results_dir, overrides or [],
+                            dsl_interval=dsl_interval, log=lambda s: typer.echo(s))
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"{config}: {e}") from None
+    grid = build_grid(ms, _floats("budgets", budgets), _floats("densities", densities))
+    typer.echo(f"pareto grid: {len(grid)} points + quantized copies ({', '.join(qs) or 'none'}), "
+               f"{epochs} epochs each; results -> {study.results_dir}/pareto.{{json,md,png}}")
+    study.run(grid, qs, limit)
 
 
 if __name__ == "__main__":

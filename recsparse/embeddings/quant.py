@@ -24,15 +24,22 @@ DTYPES = {"int8": torch.qint8, "int4": torch.quint4x2, "int2": torch.quint2x4}
 def quantize_tables(module: MappedEmbeddingBagCollection, dtype: str = "int8",
                     row_alignment: int = 1) -> MappedEmbeddingBagCollection:
     """A quantized copy of ``module`` (the original is untouched). ``row_alignment=1`` packs rows tightly (the CPU
-    kernel does not need the GPU's 16-byte alignment)."""
+    kernel does not need the GPU's 16-byte alignment). A ``torch`` / ``fbgemm`` module is first copied onto a
+    ``torchrec`` one (same features and mappers, same weights)."""
     check_choice("dtype", dtype, DTYPES)
-    if module.backend != "torchrec" or module.is_sharded:
-        raise ValueError("quantize_tables needs an unsharded backend='torchrec' module")
+    if module.is_sharded:
+        raise ValueError("quantize_tables needs an unsharded module")
     import torchrec
     from torchrec.inference.modules import quantize_embeddings
     from torchrec.quant.embedding_modules import quant_prep_customize_row_alignment
 
-    q = copy.deepcopy(module)
+    if module.backend == "torchrec":
+        q = copy.deepcopy(module)
+    else:
+        q = MappedEmbeddingBagCollection(copy.deepcopy(module.features), backend="torchrec")
+        with torch.no_grad():
+            for f in module.features:
+                q.table_weight(f.name).copy_(module.table_weight(f.name).detach())
     quant_prep_customize_row_alignment(q, [torchrec.EmbeddingBagCollection], row_alignment)
     quantize_embeddings(q, dtype=DTYPES[dtype], inplace=True, output_dtype=torch.float)
     q.quant_dtype = dtype

@@ -31,11 +31,13 @@ avoids materialising full tables on every rank.)
 
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
 
 from recsparse.types import check_choice
 
@@ -58,8 +60,13 @@ def _sharder_cls() -> type:
     return CPUShardingEBCSharder
 
 
-def make_sharder(optimizer: str = "sgd", learning_rate: float = 0.01, eps: float = 1e-8) -> Any:
-    """The EBC sharder with a fused FBGEMM optimizer (``"sgd"``, ``"rowwise_adagrad"``, ``"adagrad"``)."""
+def make_sharder(optimizer: str = "sgd", learning_rate: float = 0.01, eps: float = 1e-8,
+                 fused_params: Mapping[str, Any] | None = None) -> Any:
+    """The EBC sharder with a fused FBGEMM optimizer (``"sgd"``, ``"rowwise_adagrad"``, ``"adagrad"``), or with the
+    FBGEMM kwargs ``fused_params`` as given (what :func:`recsparse.pipelines.optim.sharder_fused_params` maps the
+    trainer's settings to)."""
+    if fused_params is not None:
+        return _sharder_cls()(fused_params=dict(fused_params))
     from fbgemm_gpu.split_embedding_configs import EmbOptimType
 
     check_choice("optimizer", optimizer, ("sgd", "rowwise_adagrad", "adagrad"))
@@ -80,12 +87,40 @@ def _ebc_tables(model: nn.Module) -> list[str]:
     return names
 
 
+def topology(device: torch.device, pg: Any = None) -> Any:
+    """TorchRec ``Topology`` of this job: world size, ranks per host, and each rank's memory (GPU memory on CUDA,
+    host memory split over the host's ranks on CPU) — what the planner fits the tables into."""
+    from torchrec.distributed.planner import Topology
+
+    world = dist.get_world_size(pg)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    kw: dict[str, Any] = {}
+    if device.type == "cuda":
+        kw["hbm_cap"] = torch.cuda.get_device_properties(device).total_memory
+    else:
+        kw["ddr_cap"] = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(1, local)
+    return Topology(world_size=world, compute_device=device.type, local_world_size=local, **kw)
+
+
+def plan_sharding(model: nn.Module, plan: str, sharder: Any, device: torch.device, pg: Any = None) -> Any:
+    """A TorchRec ``ShardingPlan`` for every EBC table of ``model``: ``plan`` = ``table_wise`` | ``row_wise`` |
+    ``column_wise`` | ``data_parallel`` (every table that way) or ``auto`` (TorchRec's ``EmbeddingShardingPlanner``
+    chooses per table from the topology and the tables' sizes). Collective: rank 0 plans, every rank gets it."""
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+
+    check_choice("plan", plan, ("auto",) + PLANS)
+    pg = pg or dist.GroupMember.WORLD
+    tables = _ebc_tables(model)
+    constraints = None if plan == "auto" else {t: ParameterConstraints(sharding_types=[plan]) for t in tables}
+    planner = EmbeddingShardingPlanner(topology=topology(device, pg), constraints=constraints, debug=False)
+    return planner.collective_plan(model, [sharder], pg)
+
+
 def shard_model(model: nn.Module, plan: str = "table_wise", device: torch.device | str | None = None,
                 optimizer: str = "sgd", learning_rate: float = 0.01, pg: Any = None) -> nn.Module:
     """Wrap ``model`` in ``DistributedModelParallel`` with every table sharded by ``plan`` (needs an initialised
     process group: gloo on CPU, NCCL on GPU). Returns the DMP module; call it exactly like ``model``."""
     from torchrec.distributed.model_parallel import DistributedModelParallel
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints, Topology
 
     check_choice("plan", plan, PLANS)
     if not dist.is_initialized():
@@ -93,11 +128,36 @@ def shard_model(model: nn.Module, plan: str = "table_wise", device: torch.device
     pg = pg or dist.GroupMember.WORLD
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     sharder = make_sharder(optimizer, learning_rate)
-    constraints = {t: ParameterConstraints(sharding_types=[plan]) for t in _ebc_tables(model)}
-    topology = Topology(world_size=dist.get_world_size(pg), compute_device=device.type)
-    sharding_plan = EmbeddingShardingPlanner(topology=topology, constraints=constraints).collective_plan(
-        model, [sharder], pg)
+    sharding_plan = plan_sharding(model, plan, sharder, device, pg)
     return DistributedModelParallel(model, device=device, plan=sharding_plan, sharders=[sharder])
+
+
+def share_mapper_state(model: nn.Module, src: int = 0) -> int:
+    """Broadcast rank ``src``'s id-mapper state (GraphHash clusters, vocabularies, hash seeds) into every
+    :class:`~recsparse.embeddings.MappedEmbeddingBagCollection` of ``model`` on every rank, so all ranks map ids
+    identically whatever each fitted. Collective. Returns the number of collections shared."""
+    from recsparse.embeddings.tables import MappedEmbeddingBagCollection
+
+    mods = [m for m in model.modules() if isinstance(m, MappedEmbeddingBagCollection)]
+    states = [m.get_extra_state() for m in mods]
+    dist.broadcast_object_list(states, src=src)
+    if dist.get_rank() != src:
+        for m, st in zip(mods, states):
+            m.set_extra_state(st)
+    return len(mods)
+
+
+def local_table_bytes(model: nn.Module) -> int:
+    """Bytes of the table weights held by THIS rank (its shards; a replicated table counts whole)."""
+    n = 0
+    for name, st in model.state_dict().items():
+        if ".embedding_bags." not in name:
+            continue
+        if isinstance(st, ShardedTensor):
+            n += sum(sh.tensor.numel() * sh.tensor.element_size() for sh in st.local_shards())
+        elif isinstance(st, torch.Tensor):
+            n += st.numel() * st.element_size()
+    return int(n)
 
 
 @torch.no_grad()
@@ -106,9 +166,13 @@ def load_full_weights(dmp: nn.Module, full_state: Mapping[str, torch.Tensor]) ->
     rank's local shards. Returns the number of shards written."""
     n = 0
     for name, st in dmp.state_dict().items():
-        if not hasattr(st, "local_shards") or name not in full_state:
+        if name not in full_state:
             continue
         full = full_state[name]
+        if not isinstance(st, ShardedTensor):  # a replicated (data-parallel) table
+            st.copy_(full)
+            n += 1
+            continue
         for sh in st.local_shards():
             (r0, c0), (r, c) = sh.metadata.shard_offsets, sh.metadata.shard_sizes
             sh.tensor.copy_(full[r0:r0 + r, c0:c0 + c])
@@ -121,6 +185,6 @@ def local_shards(dmp: nn.Module) -> dict[str, list[tuple[tuple[int, int], torch.
     """``table weight name -> [((row_offset, col_offset), shard tensor), ...]`` for this rank (for checks/exports)."""
     out: dict[str, list[tuple[tuple[int, int], torch.Tensor]]] = {}
     for name, st in dmp.state_dict().items():
-        if hasattr(st, "local_shards"):
+        if isinstance(st, ShardedTensor):
             out[name] = [(tuple(sh.metadata.shard_offsets[:2]), sh.tensor.detach().clone()) for sh in st.local_shards()]
     return out

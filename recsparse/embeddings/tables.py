@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from recsparse.embeddings.mappers import MapperBase, build_mapper, mapper_from_state
+from recsparse.embeddings.mappers import MapperStateError, build_mapper, mapper_from_state
 from recsparse.kernels.tbe import TBEConfig, fbgemm_available
 from recsparse.types import IdMapper, check_choice, check_positive
 
@@ -65,6 +65,8 @@ class FeatureConfig:
     ``mapper``: an :class:`~recsparse.types.IdMapper` instance (fitted already — GraphHash, Full-with-vocab,
     FrequencyHash need ``fit``) or a registry name (``"full"``, ``"modulo"``, ``"universal"``, ``"qr"`` ...) built
     with ``num_rows`` and ``mapper_kwargs``. ``pooling``: ``'sum'`` or ``'mean'`` over the ids of a bag.
+    ``table``: name of a table shared with other features (TorchRec's several ``feature_names`` on one
+    ``EmbeddingBagConfig``; same rows and dim required) — default: the feature's own table ``t_<name>``.
     """
 
     name: str
@@ -74,10 +76,13 @@ class FeatureConfig:
     pooling: str = "sum"
     num_rows: int | None = None
     mapper_kwargs: dict[str, Any] = field(default_factory=dict)
+    table: str | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+        if self.table is not None and (not isinstance(self.table, str) or not self.table):
+            raise ValueError(f"table must be a non-empty string or None, got {self.table!r}")
         check_positive("num_ids", self.num_ids)
         check_positive("embedding_dim", self.embedding_dim)
         check_choice("pooling", self.pooling, ("sum", "mean"))
@@ -88,7 +93,60 @@ class FeatureConfig:
 
     @property
     def table_name(self) -> str:
-        return f"t_{self.name}"
+        return self.table if self.table is not None else f"t_{self.name}"
+
+
+def map_kjt(features: Sequence[FeatureConfig], kjt: Any) -> tuple[Any, torch.Tensor]:
+    """Raw-id KJT (keys ⊇ feature names, stride B) -> (row KJT with ``features``' key order, each feature's values
+    through its mapper ``[L] -> [L, k]`` flattened and its lengths × k; raw lengths ``[T·B]``). The one KJT mapping
+    of every table module (mapped, unified, sparse-exported)."""
+    from torchrec import KeyedJaggedTensor
+
+    jts = kjt.to_dict()
+    missing = [f.name for f in features if f.name not in jts]
+    if missing:
+        raise ValueError(f"KeyedJaggedTensor lacks features {missing} (has {list(kjt.keys())})")
+    values, lengths, raw = [], [], []
+    for f in features:
+        jt = jts[f.name]
+        rows = f.mapper.transform(jt.values())
+        k = rows.shape[-1]
+        values.append(rows.reshape(-1))
+        raw.append(jt.lengths())
+        lengths.append(jt.lengths() * k)
+    return (KeyedJaggedTensor(keys=[f.name for f in features], values=torch.cat(values), lengths=torch.cat(lengths)),
+            torch.cat(raw))
+
+
+def mean_pool(pooled: torch.Tensor, features: Sequence[FeatureConfig], raw_lengths: torch.Tensor) -> torch.Tensor:
+    """Sum-pooled ``[B, sum dims]`` -> divide the columns of every ``pooling='mean'`` feature by its bags' RAW id
+    counts (``raw_lengths [T·B]``, empty bag -> 0 vector), so k rows per id still average over ids."""
+    if not any(f.pooling == "mean" for f in features):
+        return pooled
+    B = pooled.shape[0]
+    cols, start = [], 0
+    for t, f in enumerate(features):
+        block = pooled[:, start:start + f.embedding_dim]
+        if f.pooling == "mean":
+            block = block / raw_lengths[t * B:(t + 1) * B].clamp(min=1).unsqueeze(1).to(block.dtype)
+        cols.append(block)
+        start += f.embedding_dim
+    return torch.cat(cols, dim=1)
+
+
+@torch.no_grad()
+def init_table_(w: torch.Tensor, init_std: float | None, seed: int) -> None:
+    """N(0, init_std) (or TorchRec's U(±1/sqrt(rows)) when None), deterministic in ``seed``; a ``meta`` tensor has no
+    storage to fill and is left alone (DistributedModelParallel materialises and initialises the shards)."""
+    if w.is_meta:
+        return
+    g = torch.Generator().manual_seed(seed)
+    if init_std is not None:
+        new = torch.randn(w.shape, generator=g) * init_std
+    else:
+        bound = 1.0 / math.sqrt(w.shape[0])
+        new = torch.rand(w.shape, generator=g) * (2 * bound) - bound
+    w.copy_(new.to(w.dtype))
 
 
 class MappedEmbeddingBagCollection(nn.Module):
@@ -116,37 +174,47 @@ class MappedEmbeddingBagCollection(nn.Module):
         self.backend = resolve_backend(backend)
         self.device = torch.device(device)
         self._index = {f.name: i for i, f in enumerate(self.features)}
-        rows = [f.mapper.num_rows for f in self.features]
-        dims = [f.embedding_dim for f in self.features]
+        # table name -> (rows, dim, feature names), in first-use order
+        self._tables: dict[str, tuple[int, int, list[str]]] = {}
+        for f in self.features:
+            r, d = f.mapper.num_rows, f.embedding_dim
+            if f.table_name not in self._tables:
+                self._tables[f.table_name] = (r, d, [f.name])
+                continue
+            r0, d0, names_ = self._tables[f.table_name]
+            if (r0, d0) != (r, d):
+                raise ValueError(f"features sharing table {f.table_name!r} need equal rows and dim: {names_[0]!r} has "
+                                 f"{r0} x {d0}, {f.name!r} has {r} x {d}")
+            names_.append(f.name)
+        shared = len(self._tables) < len(self.features)
+        if self.device.type == "meta" and self.backend == "fbgemm":
+            raise ValueError("device='meta' builds tables without storage for sharding (backend='torchrec'); "
+                             "backend='fbgemm' allocates its kernel buffers at once")
         if self.backend == "torchrec":
             from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, PoolingType
 
             self.ebc = EmbeddingBagCollection(
-                tables=[EmbeddingBagConfig(name=f.table_name, embedding_dim=d, num_embeddings=r,
-                                           feature_names=[f.name], pooling=PoolingType.SUM)
-                        for f, r, d in zip(self.features, rows, dims)], device=self.device)
+                tables=[EmbeddingBagConfig(name=t, embedding_dim=d, num_embeddings=r, feature_names=fs,
+                                           pooling=PoolingType.SUM)
+                        for t, (r, d, fs) in self._tables.items()], device=self.device)
         elif self.backend == "fbgemm":
             from recsparse.kernels.tbe import FusedTBE
 
-            self.tbe = FusedTBE(rows, dims, tbe_config, self.device, table_names=[f.table_name for f in self.features])
+            if shared:
+                raise ValueError("shared tables (FeatureConfig.table) run on backend 'torchrec' or 'torch'")
+            self.tbe = FusedTBE([r for r, _, _ in self._tables.values()], [d for _, d, _ in self._tables.values()],
+                                tbe_config, self.device, table_names=list(self._tables))
         else:
-            self.bags = nn.ModuleDict({f.table_name: nn.EmbeddingBag(r, d, mode="sum", sparse=sparse,
-                                                                      device=self.device)
-                                       for f, r, d in zip(self.features, rows, dims)})
+            self.bags = nn.ModuleDict({t: nn.EmbeddingBag(r, d, mode="sum", sparse=sparse, device=self.device)
+                                       for t, (r, d, _) in self._tables.items()})
         self.reset_parameters(init_std, seed)
 
     # ---- tables ------------------------------------------------------------------------------------------
     @torch.no_grad()
     def reset_parameters(self, init_std: float | None = None, seed: int = 0) -> None:
-        for i, f in enumerate(self.features):
-            w = self.table_weight(f.name)
-            g = torch.Generator().manual_seed(seed * 1_000_003 + i)
-            if init_std is not None:
-                new = torch.randn(w.shape, generator=g) * init_std
-            else:
-                bound = 1.0 / math.sqrt(w.shape[0])
-                new = torch.rand(w.shape, generator=g) * (2 * bound) - bound
-            w.copy_(new.to(w.dtype))
+        """Re-draw every table (see :func:`init_table_`; table i uses seed ``seed·1_000_003 + i``)."""
+        for i, fs in enumerate(t[2] for t in self._tables.values()):
+            init_table_(self.table_weight(fs[0]), init_std, seed * 1_000_003 + i)
 
     def table_weight(self, feature: str) -> torch.Tensor:
         """The ``[num_rows, dim]`` weight of a feature's table (a Parameter, or a view into the TBE buffer)."""
@@ -154,7 +222,7 @@ class MappedEmbeddingBagCollection(nn.Module):
         if self.backend == "torchrec":
             return self.ebc.embedding_bags[f.table_name].weight
         if self.backend == "fbgemm":
-            return self.tbe.weights(self._index[feature])
+            return self.tbe.weights(self._index[feature])  # no shared tables: table t = feature t
         return self.bags[f.table_name].weight
 
     def feature(self, name: str) -> FeatureConfig:
@@ -176,36 +244,23 @@ class MappedEmbeddingBagCollection(nn.Module):
     def num_rows(self) -> dict[str, int]:
         return {f.name: f.mapper.num_rows for f in self.features}
 
-    def num_bytes(self) -> int:
-        """Bytes of all table weights (fp32 -> 4 B per value) plus the mappers' own state."""
-        n = sum(self.table_weight(f.name).numel() * self.table_weight(f.name).element_size() for f in self.features)
-        return int(n + sum(getattr(f.mapper, "num_bytes_state", 0) for f in self.features))
+    @property
+    def table_names(self) -> list[str]:
+        """Distinct tables (a shared table once), in first-use order."""
+        return list(self._tables)
 
-    def sparse_parameters(self) -> Iterator[nn.Parameter]:
-        """The table parameters (for a separate sparse optimizer); empty for 'fbgemm' (fused into backward)."""
-        if self.backend == "fbgemm":
-            return iter(())
-        return iter(self.table_weight(f.name) for f in self.features)
+    def num_bytes(self) -> int:
+        """Bytes of all table weights (fp32 -> 4 B per value; a shared table once) plus the mappers' own state."""
+        n = 0
+        for _, _, fs in self._tables.values():
+            w = self.table_weight(fs[0])
+            n += w.numel() * w.element_size()
+        return int(n + sum(getattr(f.mapper, "num_bytes_state", 0) for f in self.features))
 
     # ---- mapping -----------------------------------------------------------------------------------------
     def map_kjt(self, kjt: Any) -> tuple[Any, torch.Tensor]:
         """Raw-id KJT -> (row KJT with this module's key order and lengths × k, raw lengths ``[T·B]``)."""
-        from torchrec import KeyedJaggedTensor
-
-        jts = kjt.to_dict()
-        missing = [n for n in self.feature_names if n not in jts]
-        if missing:
-            raise ValueError(f"KeyedJaggedTensor lacks features {missing} (has {list(kjt.keys())})")
-        values, lengths, raw = [], [], []
-        for f in self.features:
-            jt = jts[f.name]
-            rows = f.mapper.transform(jt.values())
-            k = rows.shape[-1]
-            values.append(rows.reshape(-1))
-            raw.append(jt.lengths())
-            lengths.append(jt.lengths() * k)
-        return (KeyedJaggedTensor(keys=self.feature_names, values=torch.cat(values), lengths=torch.cat(lengths)),
-                torch.cat(raw))
+        return map_kjt(self.features, kjt)
 
     # ---- forward -----------------------------------------------------------------------------------------
     def forward(self, features: Any) -> Any:
@@ -230,16 +285,7 @@ class MappedEmbeddingBagCollection(nn.Module):
                 lo = off[t * B]
                 outs.append(self.bags[f.table_name](vals[lo:off[(t + 1) * B]], off[t * B:(t + 1) * B] - lo))
             pooled = torch.cat(outs, dim=1)
-        if any(f.pooling == "mean" for f in self.features):
-            B = mapped.stride()
-            cols, start = [], 0
-            for t, f in enumerate(self.features):
-                block = pooled[:, start:start + f.embedding_dim]
-                if f.pooling == "mean":
-                    block = block / raw_lengths[t * B:(t + 1) * B].clamp(min=1).unsqueeze(1).to(block.dtype)
-                cols.append(block)
-                start += f.embedding_dim
-            pooled = torch.cat(cols, dim=1)
+        pooled = mean_pool(pooled, self.features, raw_lengths)
         return KeyedTensor(keys=self.feature_names, length_per_key=self.embedding_dims, values=pooled)
 
     def embed(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
@@ -293,14 +339,19 @@ class MappedEmbeddingBagCollection(nn.Module):
         return {f.name: f.mapper.state_dict() for f in self.features}
 
     def set_extra_state(self, state: Mapping[str, Any]) -> None:
-        for f in self.features:
+        loaded = []
+        for f in self.features:  # validate every feature's state before changing any mapper
             if f.name not in state:
-                raise ValueError(f"checkpoint has no mapper state for feature {f.name!r}")
+                raise MapperStateError(f"checkpoint has no mapper state for feature {f.name!r}")
             s = state[f.name]
-            if isinstance(f.mapper, MapperBase) and s.get("mapper") == f.mapper.name:
-                f.mapper.load_state_dict(s)
+            new = mapper_from_state(dict(s))  # validated: ids can only map inside [0, num_rows)
+            rows = self._tables[f.table_name][0]
+            if new.num_rows != rows:
+                raise MapperStateError(f"mapper state of feature {f.name!r} ({s.get('mapper')}) has "
+                                       f"{new.num_rows} rows but its table has {rows}")
+            loaded.append(new)
+        for f, new in zip(self.features, loaded):
+            if type(f.mapper) is type(new):
+                f.mapper.__dict__.update(new.__dict__)  # keep the instance others may hold
             else:
-                f.mapper = mapper_from_state(dict(s))
-            if not self.is_sharded and f.mapper.num_rows != self.table_weight(f.name).shape[0]:
-                raise ValueError(f"mapper state of {f.name!r} has {f.mapper.num_rows} rows but the table has "
-                                 f"{self.table_weight(f.name).shape[0]}")
+                f.mapper = new

@@ -15,6 +15,7 @@ import torch
 
 from recsparse.embeddings import FeatureConfig, MappedEmbeddingBagCollection, build_mapper
 from recsparse.embeddings.mappers import GraphHashMapper, cluster_bipartite
+from recsparse.kernels.tbe import TBEConfig
 from recsparse.types import IdMapper
 
 # mappers whose rows come from the clustering itself
@@ -69,11 +70,14 @@ def build_cf_mappers(name: str, train: pl.DataFrame, num_users: int, num_items: 
 
 
 def cf_tables(user_mapper: IdMapper, item_mapper: IdMapper, num_users: int, num_items: int, dim: int,
-              backend: str = "torch", init_std: float | None = 0.1, seed: int = 0) -> MappedEmbeddingBagCollection:
-    """The ``user`` and ``item`` tables (``[user_mapper.num_rows, dim]``, ``[item_mapper.num_rows, dim]``)."""
+              backend: str = "torch", init_std: float | None = 0.1, seed: int = 0,
+              tbe_config: TBEConfig | None = None) -> MappedEmbeddingBagCollection:
+    """The ``user`` and ``item`` tables (``[user_mapper.num_rows, dim]``, ``[item_mapper.num_rows, dim]``);
+    ``tbe_config``: the fused optimizer of ``backend='fbgemm'``."""
     return MappedEmbeddingBagCollection(
         [FeatureConfig("user", num_users, dim, mapper=user_mapper),
-         FeatureConfig("item", num_items, dim, mapper=item_mapper)], backend=backend, init_std=init_std, seed=seed)
+         FeatureConfig("item", num_items, dim, mapper=item_mapper)], backend=backend, init_std=init_std, seed=seed,
+        tbe_config=tbe_config)
 
 
 def table_stats(tables: MappedEmbeddingBagCollection) -> dict[str, int]:

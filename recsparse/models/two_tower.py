@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsparse.embeddings import FeatureConfig, MappedEmbeddingBagCollection
+from recsparse.kernels.tbe import TBEConfig
 from recsparse.types import check_positive
 
 
@@ -38,10 +39,12 @@ class Tower(nn.Module):
     """``KeyedJaggedTensor`` of raw ids (keys ⊇ the tower's features, stride B) -> ``[B, out_dim]`` unit vectors."""
 
     def __init__(self, features: Sequence[FeatureConfig], hidden: Sequence[int], out_dim: int,
-                 backend: str = "torch", init_std: float | None = None, seed: int = 0, dropout: float = 0.0) -> None:
+                 backend: str = "torch", init_std: float | None = None, seed: int = 0, dropout: float = 0.0,
+                 tbe_config: TBEConfig | None = None) -> None:
         super().__init__()
         check_positive("out_dim", out_dim)
-        self.ebc = MappedEmbeddingBagCollection(features, backend=backend, init_std=init_std, seed=seed)
+        self.ebc = MappedEmbeddingBagCollection(features, backend=backend, init_std=init_std, seed=seed,
+                                                tbe_config=tbe_config)
         self.mlp = mlp(sum(self.ebc.embedding_dims), hidden, out_dim, dropout)
 
     def embed_features(self, kjt: Any, dense: torch.Tensor | None = None) -> torch.Tensor:
@@ -64,10 +67,11 @@ class TwoTower(nn.Module):
 
     def __init__(self, user_features: Sequence[FeatureConfig], item_features: Sequence[FeatureConfig],
                  hidden: Sequence[int] = (128,), out_dim: int = 64, backend: str = "torch",
-                 init_std: float | None = None, seed: int = 0, dropout: float = 0.0) -> None:
+                 init_std: float | None = None, seed: int = 0, dropout: float = 0.0,
+                 tbe_config: TBEConfig | None = None) -> None:
         super().__init__()
-        self.user_tower = Tower(user_features, hidden, out_dim, backend, init_std, seed, dropout)
-        self.item_tower = Tower(item_features, hidden, out_dim, backend, init_std, seed + 1, dropout)
+        self.user_tower = Tower(user_features, hidden, out_dim, backend, init_std, seed, dropout, tbe_config)
+        self.item_tower = Tower(item_features, hidden, out_dim, backend, init_std, seed + 1, dropout, tbe_config)
 
     def forward(self, user_kjt: Any, item_kjt: Any) -> torch.Tensor:
         return (self.user_tower(user_kjt) * self.item_tower(item_kjt)).sum(-1)

@@ -67,30 +67,11 @@ class FeatureStore:
         return cls(lengths, values, dict(vocab_sizes))
 
 
-def _vocab(series: pl.Series) -> tuple[np.ndarray, int]:
-    """String column -> dense codes by sorted distinct value."""
+def _codes(series: pl.Series) -> tuple[np.ndarray, int]:
+    """Value column -> dense codes by sorted distinct value (vectorised), and the number of distinct values."""
     uniq = series.unique().sort()
-    lookup = {v: i for i, v in enumerate(uniq.to_list())}
-    return np.asarray([lookup[v] for v in series.to_list()], dtype=np.int64), len(lookup)
-
-
-def _age_bucket(age: str) -> str:
-    # MovieLens-1M age groups (1, 18, 25, 35, 45, 50, 56)
-    try:
-        a = int(age)
-    except ValueError:
-        return "unknown"
-    for lo in (56, 50, 45, 35, 25, 18):
-        if a >= lo:
-            return str(lo)
-    return "1"
-
-
-def _year_bucket(y: str) -> str:
-    try:
-        return str(int(float(y)) // 5 * 5)  # half-decades
-    except ValueError:
-        return "unknown"
+    codes = series.replace_strict(uniq, pl.Series(range(uniq.len()), dtype=pl.Int64), return_dtype=pl.Int64)
+    return codes.to_numpy().copy(), uniq.len()
 
 
 # --------------------------------------------------------------------------------------------------------- split
@@ -168,37 +149,52 @@ def _split_atomic(ds: Any, cfg: TrainConfig) -> RecSplit:
     nu, ni = len(users), len(items)
     test = Interactions.from_pairs(test_f["user_id"].to_numpy(), test_f["item_id"].to_numpy(), nu, ni)
     val = Interactions.from_pairs(val_f["user_id"].to_numpy(), val_f["item_id"].to_numpy(), nu, ni)
-    uf = itf = None
-    if cfg.model.family == "two_tower":
-        ucols: dict[str, Any] = {"user_id": np.arange(nu)}
-        usizes = {"user_id": nu}
-        ifeat: dict[str, Any] = {"item_id": np.arange(ni)}
-        isizes = {"item_id": ni}
-        if cfg.model.side_features and ds.user is not None:
-            ut = ds.user.with_columns(pl.col("user_id").replace_strict(uidx, return_dtype=pl.Int64).alias("_i")) \
-                .sort("_i")
-            if ut.height != nu:
-                raise ValueError(f"{ds.name}.user must list every user once ({ut.height} rows, {nu} users)")
-            for col, fn in (("age", _age_bucket), ("gender", None), ("occupation", None)):
-                if col in ut.columns:
-                    s = ut[col] if fn is None else ut[col].map_elements(fn, return_dtype=pl.Utf8)
-                    ucols[col], usizes[col] = _vocab(s)
-        if cfg.model.side_features and ds.item is not None:
-            it = ds.item.with_columns(pl.col("item_id").replace_strict(iidx, return_dtype=pl.Int64).alias("_i")) \
-                .sort("_i")
-            if it.height != ni:
-                raise ValueError(f"{ds.name}.item must list every item once ({it.height} rows, {ni} items)")
-            if "class" in it.columns:
-                genres = sorted({g for x in it["class"].to_list() for g in x})
-                gidx = {g: i for i, g in enumerate(genres)}
-                ifeat["genre"] = [[gidx[g] for g in x] for x in it["class"].to_list()]
-                isizes["genre"] = len(genres)
-            if "release_year" in it.columns:
-                ifeat["year"], isizes["year"] = _vocab(it["release_year"].map_elements(_year_bucket,
-                                                                                       return_dtype=pl.Utf8))
-        uf = FeatureStore.from_columns(ucols, usizes)
-        itf = FeatureStore.from_columns(ifeat, isizes)
+    uf, itf = _feature_stores(ds, uidx, iidx)
     return RecSplit(ds.name, nu, ni, train, val, test, uf, itf)
+
+
+# users: id + MovieLens age group, gender, occupation; items: id + genres (a bag) + release half-decade.
+# Which of them a model uses is the model's choice (two-tower: model.side_features); the split builds them all.
+USER_SIDE = {"age": "age_bucket", "gender": "gender", "occupation": "occupation"}
+ITEM_SIDE = {"genre": "genres", "year": "year_bucket"}
+
+
+def _feature_stores(ds: Any, uidx: dict[str, int], iidx: dict[str, int]) -> tuple[FeatureStore, FeatureStore]:
+    """Id + side-feature stores of every user and item (side columns from :mod:`recsparse.data.movielens`, when
+    the dataset has them); the same for every model family."""
+    from recsparse.data.movielens import item_features, user_features
+
+    nu, ni = len(uidx), len(iidx)
+    ucols: dict[str, Any] = {"user_id": np.arange(nu)}
+    usizes = {"user_id": nu}
+    icols: dict[str, Any] = {"item_id": np.arange(ni)}
+    isizes = {"item_id": ni}
+    if ds.user is not None:
+        ut = _dense_order(user_features(ds.user), "user_id", uidx, f"{ds.name}.user", "user")
+        for name, col in USER_SIDE.items():
+            if col in ut.columns:
+                ucols[name], usizes[name] = _codes(ut[col])
+    if ds.item is not None:
+        it = _dense_order(item_features(ds.item), "item_id", iidx, f"{ds.name}.item", "item")
+        if "genres" in it.columns:
+            g = it["genres"].fill_null([])
+            flat = g.explode().drop_nulls()
+            uniq = flat.unique().sort()
+            codes = g.list.eval(pl.element().replace_strict(uniq, pl.Series(range(uniq.len()), dtype=pl.Int64),
+                                                            return_dtype=pl.Int64))
+            icols["genre"], isizes["genre"] = codes.to_list(), uniq.len()
+        if "year_bucket" in it.columns:
+            icols["year"], isizes["year"] = _codes(it["year_bucket"])
+    return FeatureStore.from_columns(ucols, usizes), FeatureStore.from_columns(icols, isizes)
+
+
+def _dense_order(frame: pl.DataFrame, key: str, index: dict[str, int], source: str, what: str) -> pl.DataFrame:
+    """Side-feature rows in dense-id order; every entity exactly once."""
+    out = frame.with_columns(pl.col(key).replace_strict(index, return_dtype=pl.Int64, default=None).alias("_i")) \
+        .drop_nulls("_i").sort("_i")
+    if out.height != len(index):
+        raise ValueError(f"{source} must list every {what} once ({out.height} rows, {len(index)} {what}s)")
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------ batches

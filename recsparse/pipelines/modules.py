@@ -22,6 +22,8 @@ from recsparse.models.ssl import SSLConfig, SSLLoss, build_ssl, jagged_frame, mu
 from recsparse.pipelines.config import TrainConfig
 from recsparse.pipelines.data import RecSplit
 from recsparse.pipelines.evaluation import Interactions, full_ranking_metrics, head_tail_metrics, popularity_head
+from recsparse.pipelines.optim import dense_parameters, lr_at_epoch, set_fused_learning_rate, tbe_config
+from recsparse.pipelines.strategy import gather_rows, local_batch
 
 
 class RankingModule(L.LightningModule):
@@ -38,9 +40,19 @@ class RankingModule(L.LightningModule):
         self.last_metrics: dict[str, dict[str, float]] = {}
 
     # ---- training -----------------------------------------------------------------------------------------
+    def fused_tbe_config(self) -> Any:
+        """TBE optimizer of ``model.backend=fbgemm`` tables: the trainer's rule and lr (ConfigError if impossible)."""
+        return tbe_config(self.cfg.trainer) if self.cfg.model.backend == "fbgemm" else None
+
+    def on_train_epoch_start(self) -> None:
+        # fused TBE tables (fbgemm backend, TorchRec-sharded tables) follow the trainer's lr schedule per epoch
+        set_fused_learning_rate(self, lr_at_epoch(self.cfg.trainer, self.current_epoch))
+
     def configure_optimizers(self) -> Any:
         t = self.cfg.trainer
-        params = [p for p in self.parameters() if p.requires_grad]
+        params = dense_parameters(self)  # fused TBE weights are updated inside backward, with the same settings
+        if not params:  # every parameter is a fused table: nothing left for a torch optimizer
+            return None
         if t.optimizer == "adam":
             opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
         elif t.optimizer == "adagrad":
@@ -60,7 +72,10 @@ class RankingModule(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         lc = self.cfg.loss
-        v = self.batch_vectors(batch)
+        # several processes: each computes the vectors of its slice of the global batch, and the loss is that of the
+        # whole batch on every rank (gathered, gradient-carrying): N x B/N trains as 1 x B (recsparse.pipelines.strategy)
+        v = self.batch_vectors(local_batch(batch, self.global_rank, self.trainer.world_size))
+        v.update({k: gather_rows(v[k]) for k in ("user", "item", "neg") if k in v})
         B = batch["user"].numel()
         if lc.name == "bpr":
             pos = (v["user"] * v["item"]).sum(-1)
@@ -162,7 +177,8 @@ class _CFModule(RankingModule):
         s, m = self.split, self.cfg.model
         um, im = build_cf_mappers(m.mapper, s.train, s.num_users, s.num_items, m.user_rows, m.item_rows,
                                   m.budget_resolution, self.cfg.trainer.seed, m.mapper_kwargs)
-        return cf_tables(um, im, s.num_users, s.num_items, m.dim, m.backend, m.init_std, self.cfg.trainer.seed)
+        return cf_tables(um, im, s.num_users, s.num_items, m.dim, m.backend, m.init_std, self.cfg.trainer.seed,
+                         tbe_config=self.fused_tbe_config())
 
     def table_stats(self) -> dict[str, int]:
         st = table_stats(self.model.tables)
@@ -178,15 +194,14 @@ class MFModule(_CFModule):
 
     def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mf = self.model
-        ru, ri = mf.raw_user(batch["user"]), mf.raw_item(batch["item"])
-        out = {"user": mf._out(ru), "item": mf._out(ri)}
-        reg = ru.pow(2).sum() + ri.pow(2).sum()
-        if "neg" in batch:
-            rn = mf.raw_item(batch["neg"])
-            out["neg"] = mf._out(rn)
-            reg = reg + rn.pow(2).sum()
-        if "uniform" in batch:
-            out["uniform"] = mf.item_vectors(batch["uniform"])
+        # ONE lookup per table per step: a fused TBE optimizer (fbgemm backend, sharded tables) updates at every
+        # backward of a lookup, and two Adagrad updates are not one update with the summed gradient
+        keys = [k for k in ("item", "neg", "uniform") if k in batch]
+        ru = mf.raw_user(batch["user"])
+        raw = dict(zip(keys, mf.raw_item(torch.cat([batch[k] for k in keys])).split(
+            [batch[k].numel() for k in keys])))
+        out = {"user": mf._out(ru)} | {k: mf._out(raw[k]) for k in keys}
+        reg = ru.pow(2).sum() + sum(raw[k].pow(2).sum() for k in keys if k != "uniform")
         out["reg"] = reg / (2 * batch["user"].numel())
         return self._with_bias(out, batch)
 
@@ -247,7 +262,8 @@ class TwoTowerModule(RankingModule):
 
         def feats(store: Any, id_feature: str, n_ids: int) -> list[FeatureConfig]:
             out = []
-            for f in store.names:
+            # the split builds every side feature; the tower uses them with model.side_features (else the id only)
+            for f in (store.names if m.side_features else [id_feature]):
                 if f == id_feature and m.mapper != "full":
                     rows = m.user_rows if id_feature == "user_id" else m.item_rows
                     out.append(FeatureConfig(f, n_ids, m.dim, mapper=m.mapper, num_rows=rows,
@@ -259,7 +275,7 @@ class TwoTowerModule(RankingModule):
 
         self.model = TwoTower(feats(split.user_features, "user_id", split.num_users),
                               feats(split.item_features, "item_id", split.num_items), m.hidden, m.out_dim,
-                              m.backend, m.init_std, cfg.trainer.seed, m.dropout)
+                              m.backend, m.init_std, cfg.trainer.seed, m.dropout, tbe_config=self.fused_tbe_config())
         self.ssl = item_tower_ssl(cfg.loss.ssl, self.model.item_tower, split.item_features)
 
     def auxiliary_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
@@ -275,11 +291,10 @@ class TwoTowerModule(RankingModule):
     def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         s = self.split
         assert s.user_features is not None and s.item_features is not None
-        out = {"user": self.model.user_tower(s.user_features.kjt(batch["user"])),
-               "item": self.model.item_tower(s.item_features.kjt(batch["item"]))}
-        if "uniform" in batch:
-            out["uniform"] = self.model.item_tower(s.item_features.kjt(batch["uniform"]))
-        return out
+        out = {"user": self.model.user_tower(s.user_features.kjt(batch["user"]))}
+        keys = [k for k in ("item", "uniform") if k in batch]  # one item-tower lookup per step (see MFModule)
+        items = self.model.item_tower(s.item_features.kjt(torch.cat([batch[k] for k in keys])))
+        return out | dict(zip(keys, items.split([batch[k].numel() for k in keys])))
 
     def eval_vectors(self) -> tuple[Any, torch.Tensor]:
         s = self.split

@@ -16,11 +16,13 @@ import lightning.pytorch as L
 import torch
 from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.strategies import Strategy
 
 from recsparse.io import write_json
 from recsparse.pipelines.config import TrainConfig
 from recsparse.pipelines.data import RecDataModule, RecSplit
 from recsparse.pipelines.modules import RankingModule, build_module
+from recsparse.pipelines.strategy import strategy_devices
 
 
 class Throughput(Callback):
@@ -59,7 +61,7 @@ def resolve_resume(cfg: TrainConfig) -> str | None:
 
 
 def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callback] | None = None,
-                  ) -> tuple[L.Trainer, ModelCheckpoint | None, Throughput]:
+                  strategy: Strategy | None = None) -> tuple[L.Trainer, ModelCheckpoint | None, Throughput]:
     out = cfg.output_dir
     monitor = f"val/{cfg.eval.monitor}"
     thr = Throughput()
@@ -77,7 +79,10 @@ def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callbac
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     callbacks += list(extra_callbacks or [])
     trainer = L.Trainer(
-        max_epochs=cfg.trainer.max_epochs, accelerator="cpu", devices=1, deterministic=cfg.trainer.deterministic,
+        max_epochs=cfg.trainer.max_epochs, accelerator="cpu", deterministic=cfg.trainer.deterministic,
+        # several processes (TorchRecStrategy): every rank reads the whole global batch and keeps its slice
+        **({"devices": 1} if strategy is None else {"strategy": strategy, "devices": strategy_devices(),
+                                                     "use_distributed_sampler": False}),
         # versioned log dirs (csv/version_N): a resumed run adds a version instead of overwriting the history
         logger=[CSVLogger(out, name="csv"), TensorBoardLogger(out, name="tb")],
         callbacks=callbacks, enable_progress_bar=cfg.trainer.progress_bar, enable_model_summary=False,
@@ -89,8 +94,9 @@ def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callbac
 
 
 def run(cfg: TrainConfig, split: RecSplit | None = None, extra_callbacks: list[Callback] | None = None,
-        test: bool = True) -> dict[str, Any]:
-    """Fit (resuming if asked) and test; returns (and writes ``metrics.json``) the results record."""
+        test: bool = True, strategy: Strategy | None = None) -> dict[str, Any]:
+    """Fit (resuming if asked) and test; returns (and writes ``metrics.json``) the results record.
+    ``strategy``: a :class:`~recsparse.pipelines.strategy.TorchRecStrategy` trains on several processes."""
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.trainer.num_threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -99,7 +105,7 @@ def run(cfg: TrainConfig, split: RecSplit | None = None, extra_callbacks: list[C
     assert dm.split is not None
     module: RankingModule = build_module(cfg, dm.split)
     has_val = dm.split.val is not None
-    trainer, best, thr = build_trainer(cfg, has_val, extra_callbacks)
+    trainer, best, thr = build_trainer(cfg, has_val, extra_callbacks, strategy)
     ckpt = resolve_resume(cfg)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     fit_s = time.perf_counter() - t0

@@ -16,11 +16,12 @@ from tests.conftest import dataset_path
 def test_registry_entries_are_complete():
     for spec in registry.REGISTRY.values():
         assert spec.files and spec.counts and spec.license and spec.homepage
-        assert all(len(h) == 64 for h in spec.files.values())
+        # "" = no published sha256 (CTR sets behind a licence page): allowed only there
+        assert all(len(h) == 64 or (h == "" and spec.format == "ctr") for h in spec.files.values())
 
 
 def test_unknown_dataset_lists_known():
-    with pytest.raises(KeyError, match="known: cranfield, gowalla"):
+    with pytest.raises(KeyError, match="known: .*cranfield, .*gowalla"):
         get_spec("nope")
 
 

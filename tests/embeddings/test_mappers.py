@@ -13,8 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recsparse.embeddings.mappers import (MAPPERS, PRIME, DoubleGraphHashMapper, FrequencyHashMapper, FullMapper,
-                                          GraphHashMapper, QRMapper, UniversalHashMapper, build_mapper,
-                                          cluster_bipartite, mapper_from_state)
+                                          GraphHashMapper, MapperStateError, QRMapper, UniversalHashMapper,
+                                          build_mapper, cluster_bipartite, mapper_from_state)
 from recsparse.types import IdMapper
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
@@ -171,3 +171,62 @@ def test_build_mapper_errors():
         FrequencyHashMapper(10, num_top=10)
     with pytest.raises(ValueError, match="state is for mapper"):
         FullMapper(3).load_state_dict(UniversalHashMapper(3).state_dict())
+
+
+def test_full_and_modulo_do_not_drop_options():
+    """Regression (issue 12): `full` silently ignored num_rows, `full`/`modulo` silently ignored any option."""
+    assert build_mapper("full", 10, 11).num_rows == 11  # the size it has anyway is fine
+    with pytest.raises(ValueError, match="mapper 'full'.*num_rows=5"):
+        build_mapper("full", 10, 5)
+    with pytest.raises(ValueError, match="mapper 'modulo' takes no options.*seed"):
+        build_mapper("modulo", 10, 5, seed=3)
+    with pytest.raises(ValueError, match="mapper 'full' takes no options"):
+        build_mapper("full", 10, None, num_hashes=2)
+    with pytest.raises(ValueError, match="mapper 'qr'.*check mapper_kwargs"):
+        build_mapper("qr", 10, 5, num_hashes=2)
+    assert build_mapper("modulo", 10, 5).num_rows == 5
+
+
+@pytest.mark.parametrize("name,field,bad", [
+    ("modulo", "m", -5), ("modulo", "m", 0), ("modulo", "m", 2.5), ("universal", "m", -1),
+    ("universal", "num_hashes", 3), ("qr", "m_r", 0), ("frequency", "num_top", 10**6), ("full", "identity", 2),
+])
+def test_crafted_scalar_state_is_rejected(name, field, bad):
+    m = build_mapper(name, 1000, 100 if name != "full" else None)
+    state = m.state_dict()
+    state[field] = bad
+    with pytest.raises(MapperStateError, match=f"{name} mapper state.*{field}"):
+        mapper_from_state(state)
+    before = m.state_dict()
+    with pytest.raises(MapperStateError):
+        m.load_state_dict(state)
+    assert m.state_dict()["m" if "m" in before else "num_ids"] == before["m" if "m" in before else "num_ids"]
+
+
+def test_crafted_graphhash_labels_are_rejected(gowalla_slice):
+    """Regression (issue 12): out-of-range GraphHash labels loaded from a checkpoint made the fbgemm backend look up
+    row 0 silently (its bounds check clamps); now the load fails naming the mapper and field."""
+    from recsparse.embeddings import FeatureConfig, MappedEmbeddingBagCollection
+
+    Err = MapperStateError
+    users, items = GraphHashMapper.fit_bipartite(gowalla_slice, resolution=10.0)
+    m = MappedEmbeddingBagCollection([FeatureConfig("item", items.num_ids, 8, items)], backend="fbgemm", seed=0)
+    state = m.state_dict()
+    good = state["_extra_state"]["item"]["labels"].clone()
+    state["_extra_state"]["item"]["labels"] = good + items.num_clusters + 5  # every label past the table
+    with pytest.raises(Err, match="graphhash mapper state: labels"):
+        m.load_state_dict(state)
+    assert torch.equal(m.mapper("item").labels, good)  # the failed load changed nothing
+    state["_extra_state"]["item"]["labels"] = good[:-1]
+    with pytest.raises(Err, match="labels has"):
+        m.load_state_dict(state)
+    mod = MappedEmbeddingBagCollection([FeatureConfig("x", 10, 4, "modulo", num_rows=5)], backend="fbgemm")
+    state = mod.state_dict()
+    state["_extra_state"]["x"]["m"] = -5  # torch.remainder(ids, -5) <= 0: rows fbgemm would clamp to 0
+    with pytest.raises(Err, match="modulo mapper state: m"):
+        mod.load_state_dict(state)
+    assert mod.mapper("x").num_rows == 5
+    with pytest.raises(Err, match="'mapper' must be one of"):
+        mapper_from_state({"mapper": "nope"})
+    with pytest.raises(Err, match="1-D int64"):
+        mapper_from_state({**items.state_dict(), "labels": items.labels.float()})

@@ -151,3 +151,37 @@ def test_fbgemm_table_groups_match_torch_backend():
     before = b.table_weight("item").detach().clone()
     b(_kjt()).values().pow(2).sum().backward()  # fused exact SGD, lr 1
     torch.testing.assert_close(before - b.table_weight("item").detach(), a.table_weight("item").grad)
+
+
+@pytest.mark.parametrize("backend", ["torchrec", "torch"])
+def test_meta_device_allocates_and_initialises_nothing(backend):
+    """The sharding recipe builds huge tables on device='meta' (DMP materialises shards): no storage, no init."""
+    feats = [FeatureConfig("user", 10**9, 64, "modulo", num_rows=10**9), FeatureConfig("item", 10, 8)]
+    m = MappedEmbeddingBagCollection(feats, backend=backend, device="meta", init_std=0.1)
+    w = m.table_weight("user")
+    assert w.is_meta and w.shape == (10**9, 64)
+    assert m.num_bytes() == (10**9 * 64 + 11 * 8) * 4
+    with pytest.raises(ValueError, match="meta"):
+        MappedEmbeddingBagCollection(feats[1:], backend="fbgemm", device="meta")
+
+
+@pytest.mark.parametrize("backend", ["torchrec", "torch"])
+def test_shared_table(backend):
+    feats = [FeatureConfig("a", 100, 4, "modulo", num_rows=10, table="shared"), FeatureConfig("b", 5, 4),
+             FeatureConfig("c", 100, 4, "modulo", num_rows=10, table="shared", pooling="mean")]
+    m = MappedEmbeddingBagCollection(feats, backend=backend, seed=0)
+    assert m.table_names == ["shared", "t_b"]
+    assert m.table_weight("a") is m.table_weight("c") and len(list(m.parameters())) == 2
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["c", "a", "b"], values=torch.tensor([13, 3, 23, 1, 2]),
+                                              lengths=torch.tensor([2, 1, 1, 0, 1, 0]))
+    kt = m(kjt)
+    w = m.table_weight("a").detach()
+    torch.testing.assert_close(kt["c"][0], (w[3] + w[3]) / 2)  # 13 and 3 share row 3 of the shared table
+    torch.testing.assert_close(kt["c"][1], w[3])
+    torch.testing.assert_close(kt["a"][0], w[1])
+    torch.testing.assert_close(kt.values(), _reference(m, kjt))
+    with pytest.raises(ValueError, match="sharing table 'shared' need equal rows and dim"):
+        MappedEmbeddingBagCollection([feats[0], FeatureConfig("d", 100, 8, "modulo", num_rows=10, table="shared")])
+    with pytest.raises(ValueError, match="shared tables"):
+        MappedEmbeddingBagCollection(feats, backend="fbgemm")
+    assert not hasattr(m, "sparse_parameters")  # dead code removed (issue 12)

@@ -69,3 +69,22 @@ def test_state_round_trip_and_validation(gowalla):
         UnifiedEmbedding([FeatureConfig("a", 10, 12)], 100, 8)
     with pytest.raises(ValueError, match="chunk_dim"):
         UnifiedEmbedding([FeatureConfig("a", 10, 12)], 100, 0)
+
+
+def test_unified_is_one_mapped_collection(gowalla):
+    """One table code path (issue 12): the unified table IS a MappedEmbeddingBagCollection with a shared table;
+    device='meta' builds it without storage; crafted mapper state is rejected."""
+    from recsparse.embeddings import MappedEmbeddingBagCollection
+    from recsparse.embeddings.mappers import MapperStateError
+
+    m = UnifiedEmbedding(_features(), 1000, 8, backend="torch", seed=0)
+    assert isinstance(m.tables, MappedEmbeddingBagCollection) and m.tables.table_names == ["unified"]
+    assert m.tables.feature_names == ["user#0", "item#0", "item#1", "hour#0"]
+    ids = torch.arange(-5, 200)
+    torch.testing.assert_close(m.tables.mapper("item#1").transform(ids)[:, 0], m.mappers["item"].transform(ids)[:, 1])
+    meta = UnifiedEmbedding(_features(), 10**9, 8, backend="torchrec", device="meta")
+    assert meta.weight.is_meta and meta.weight.shape == (10**9, 8)
+    state = m.state_dict()
+    state["_extra_state"]["item"]["m"] = -5
+    with pytest.raises(MapperStateError, match="universal mapper state: m"):
+        m.load_state_dict(state)

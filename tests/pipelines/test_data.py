@@ -51,3 +51,29 @@ def test_bpr_negatives_are_not_training_items(gowalla_small, tmp_path):
     again = InteractionBatches(train, 256, seed=1, num_neg_per_pos=1, num_uniform=32)[(0, 0)]
     assert all(torch.equal(b[k], again[k]) for k in b)
     assert not torch.equal(b["user"], ds[(1, 0)]["user"])  # a new permutation each epoch
+
+
+def test_split_does_not_branch_on_model_family(ml100k_path, tmp_path):
+    """The same dataset gives the same split and feature stores whatever model family the config names; the
+    featurisation (age groups, genres, half-decades) is the dataset's (recsparse.data.movielens)."""
+    import numpy as np
+
+    mf = TrainConfig.from_dict({"data": {"dataset": "ml-100k", "split": "leave_last_out"},
+                                "model": {"family": "mf"}, "trainer": {"output_dir": str(tmp_path)}})
+    a, b = build_split(mf), build_split(_ml_cfg(tmp_path))
+    assert a.user_features is not None and a.user_features.names == b.user_features.names
+    for store_a, store_b in ((a.user_features, b.user_features), (a.item_features, b.item_features)):
+        for f in store_a.names:
+            assert torch.equal(store_a.values[f], store_b.values[f]) and store_a.vocab_sizes == store_b.vocab_sizes
+    # age codes follow the MovieLens-1M groups of recsparse.data.movielens
+    from recsparse.data import load
+    from recsparse.data.movielens import user_features
+
+    ds = load("ml-100k")
+    groups = user_features(ds.user)["age_bucket"]
+    assert a.user_features.vocab_sizes["age"] == groups.n_unique() == 7
+    users = sorted(ds.user["user_id"].to_list(), key=lambda s: (len(s), s))
+    u1 = users.index("1")  # user 1 is 24 -> group "18"
+    uniq = sorted(groups.unique().to_list())
+    assert int(a.user_features.values["age"][u1]) == uniq.index("18")
+    assert np.array_equal(a.train["item_id"].to_numpy(), b.train["item_id"].to_numpy())

@@ -15,7 +15,14 @@ import numpy as np
 import polars as pl
 import torch
 
+from recsparse.errors import UserError
+
 PRIME = 2**31 - 1  # Mersenne prime of the universal hash family
+
+
+class MapperStateError(UserError, ValueError):
+    """A mapper state (from a checkpoint or ``mapper_from_state``) that would map ids outside ``[0, num_rows)`` or is
+    inconsistent; the message names the mapper and the field."""
 
 
 def as_id_tensor(ids: Any) -> torch.Tensor:
@@ -96,14 +103,50 @@ class MapperBase:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         if state.get("mapper", self.name) != self.name:
-            raise ValueError(f"state is for mapper {state.get('mapper')!r}, not {self.name!r}")
+            raise MapperStateError(f"state is for mapper {state.get('mapper')!r}, not {self.name!r}")
         missing = [k for k in (*self._scalars, *self._tensors) if k not in state]
         if missing:
-            raise ValueError(f"{self.name} state is missing {missing}")
+            raise MapperStateError(f"{self.name} mapper state is missing {missing}")
+        staged = type(self).__new__(type(self))  # validate a copy: a bad state leaves this mapper untouched
         for k in self._scalars:
-            setattr(self, k, state[k])
+            setattr(staged, k, state[k])
         for k in self._tensors:
-            setattr(self, k, torch.as_tensor(state[k]).clone())
+            v = state[k]
+            if not isinstance(v, torch.Tensor) or v.dtype != torch.long or v.dim() != 1:
+                raise MapperStateError(f"{self.name} mapper state: {k} must be a 1-D int64 tensor, got "
+                                       f"{getattr(v, 'dtype', type(v).__name__)} {tuple(getattr(v, 'shape', ()))}")
+            setattr(staged, k, v.clone())
+        staged.validate()
+        self.__dict__.update(staged.__dict__)
+
+    # ---- state validation: a loaded state must keep every id inside [0, num_rows) -------------------------------
+    def validate(self) -> None:
+        """Raise :class:`MapperStateError` naming the field when the state is inconsistent (subclasses extend)."""
+
+    def _int_field(self, k: str, lo: int, hi: int | None = None) -> int:
+        v = getattr(self, k)
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo or (hi is not None and v > hi):
+            rng = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
+            raise MapperStateError(f"{self.name} mapper state: {k} must be an integer {rng}, got {v!r}")
+        return int(v)
+
+    def _tensor_range(self, k: str, lo: int, hi: int, size: int | None = None) -> None:
+        """``getattr(self, k)`` has values in ``[lo, hi)`` (and ``size`` elements if given)."""
+        t = getattr(self, k)
+        if size is not None and t.numel() != size:
+            raise MapperStateError(f"{self.name} mapper state: {k} has {t.numel()} entries, expected {size}")
+        if t.numel() and (int(t.min()) < lo or int(t.max()) >= hi):
+            raise MapperStateError(f"{self.name} mapper state: {k} has values in [{int(t.min())}, {int(t.max())}], "
+                                   f"outside [{lo}, {hi})")
+
+    def _hash_params(self, k: int, field: str = "a") -> None:
+        """Universal-hash parameters ``a`` in [1, p), ``b`` in [0, p), ``k`` of each (``field``: the scalar that
+        sets ``k``, named when the counts disagree)."""
+        if self.a.numel() != k or self.b.numel() != k:
+            raise MapperStateError(f"{self.name} mapper state: {field}={k} but a / b hold {self.a.numel()} / "
+                                   f"{self.b.numel()} hash parameters")
+        self._tensor_range("a", 1, PRIME)
+        self._tensor_range("b", 0, PRIME)
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in self._scalars)

@@ -11,8 +11,8 @@ from typing import Any
 import polars as pl
 import torch
 
-from recsparse.embeddings.mappers.base import (MapperBase, as_id_tensor, hash_params, ids_from_fit_input,
-                                               universal_hash, universal_hash_expr)
+from recsparse.embeddings.mappers.base import (MapperBase, MapperStateError, as_id_tensor, hash_params,
+                                               ids_from_fit_input, universal_hash, universal_hash_expr)
 from recsparse.types import check_positive
 
 
@@ -38,6 +38,17 @@ class FrequencyHashMapper(MapperBase):
         self.a, self.b = hash_params(1, self.seed)
         self.top_ids = torch.empty(0, dtype=torch.long)  # sorted, for searchsorted
         self.top_rows = torch.empty(0, dtype=torch.long)  # row of top_ids[i]
+
+    def validate(self) -> None:
+        m = self._int_field("m", 2)
+        top = self._int_field("num_top", 0, m - 1)
+        self._hash_params(1)
+        n = self.top_ids.numel()
+        if n > top:
+            raise MapperStateError(f"frequency mapper state: top_ids has {n} ids, more than num_top={top}")
+        self._tensor_range("top_rows", 0, max(top, 1), n)
+        if n > 1 and not bool((self.top_ids[1:] > self.top_ids[:-1]).all()):
+            raise MapperStateError("frequency mapper state: top_ids must be sorted and distinct")
 
     @property
     def num_rows(self) -> int:

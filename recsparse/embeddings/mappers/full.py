@@ -7,7 +7,7 @@ from typing import Any
 import polars as pl
 import torch
 
-from recsparse.embeddings.mappers.base import MapperBase, as_id_tensor, ids_from_fit_input
+from recsparse.embeddings.mappers.base import MapperBase, MapperStateError, as_id_tensor, ids_from_fit_input
 from recsparse.types import check_positive
 
 
@@ -30,6 +30,15 @@ class FullMapper(MapperBase):
         self.num_ids = int(num_ids)
         self.identity = 1
         self.vocab = torch.empty(0, dtype=torch.long)
+
+    def validate(self) -> None:
+        n = self._int_field("num_ids", 1)
+        if self._int_field("identity", 0, 1):
+            return
+        if self.vocab.numel() != n:
+            raise MapperStateError(f"full mapper state: vocab has {self.vocab.numel()} ids but num_ids={n}")
+        if n > 1 and not bool((self.vocab[1:] > self.vocab[:-1]).all()):
+            raise MapperStateError("full mapper state: vocab must be sorted and distinct")
 
     @property
     def num_rows(self) -> int:

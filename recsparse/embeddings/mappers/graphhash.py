@@ -34,8 +34,8 @@ import polars as pl
 import scipy.sparse as sp
 import torch
 
-from recsparse.embeddings.mappers.base import (MapperBase, as_id_tensor, hash_params, universal_hash,
-                                               universal_hash_expr)
+from recsparse.embeddings.mappers.base import (MapperBase, MapperStateError, as_id_tensor, hash_params,
+                                               universal_hash, universal_hash_expr)
 from recsparse.types import check_choice, check_positive
 
 
@@ -144,6 +144,14 @@ class GraphHashMapper(MapperBase):
     def num_rows(self) -> int:
         return self.num_clusters + self.num_oov_rows
 
+    def validate(self) -> None:
+        n = self._int_field("num_ids", 1)
+        c = self._int_field("num_clusters", 0)
+        self._int_field("num_oov_rows", 1)
+        if self.side not in ("user", "item"):
+            raise MapperStateError(f"{self.name} mapper state: side must be 'user' or 'item', got {self.side!r}")
+        self._tensor_range("labels", -1, c, n)  # -1 = no training edge -> OOV rows
+
     # ---- fitting -------------------------------------------------------------------------------------------
     def fit(self, frame: Any, num_users: int | None = None, num_items: int | None = None,
             **_: Any) -> "GraphHashMapper":
@@ -232,6 +240,12 @@ class DoubleGraphHashMapper(GraphHashMapper):
     @property
     def num_rows(self) -> int:
         return self.num_clusters + self.num_oov_rows + self.num_hash_rows
+
+    def validate(self) -> None:
+        super().validate()
+        self._int_field("num_hash_rows", 1)
+        self._int_field("hash_rows_auto", 0, 1)
+        self._hash_params(1)
 
     @property
     def rows_per_id(self) -> int:

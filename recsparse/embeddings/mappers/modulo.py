@@ -21,6 +21,9 @@ class ModuloMapper(MapperBase):
         check_positive("num_rows", num_rows)
         self.m = int(num_rows)
 
+    def validate(self) -> None:
+        self._int_field("m", 1)
+
     @property
     def num_rows(self) -> int:
         return self.m

@@ -62,6 +62,11 @@ class QRMapper(MapperBase):
         self.num_ids = int(num_ids)
         self.m_r, self.m_q = qr_sizes(self.num_ids, num_rows)
 
+    def validate(self) -> None:
+        self._int_field("num_ids", 1)
+        self._int_field("m_r", 1)
+        self._int_field("m_q", 1)
+
     @property
     def num_rows(self) -> int:
         return self.m_r + self.m_q

@@ -36,6 +36,11 @@ class UniversalHashMapper(MapperBase):
         self.seed = int(seed)
         self.a, self.b = hash_params(self.num_hashes, self.seed)
 
+    def validate(self) -> None:
+        self._int_field("m", 1)
+        self._hash_params(self._int_field("num_hashes", 1), "num_hashes")
+        self._int_field("seed", -2**63)
+
     @property
     def num_rows(self) -> int:
         return self.m

@@ -1,0 +1,197 @@
+"""Dynamic sparse learning: cosine schedule values, masks exactly zero and at density through optimizer steps (Adam
+moments included), prune/grow counts and criteria per update, fbgemm rejected, one-shot magnitude masks, and the CSR
+export round trip (rows, embed, pooled forward, save/load) on real Gowalla ids."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchrec import KeyedJaggedTensor
+
+from recsparse.embeddings import FeatureConfig, MappedEmbeddingBagCollection
+from recsparse.embeddings.dsl import DSLConfig, DynamicSparsity, magnitude_masks, update_ratio
+from recsparse.embeddings.sparse import SparseEmbeddingTables, export_sparse
+from recsparse.errors import ConfigError
+
+
+def test_cosine_schedule_values():
+    r0, rf, T = 0.5, 0.005, 1000
+    assert update_ratio(0, T, r0, rf) == pytest.approx(0.5)
+    assert update_ratio(T // 2, T, r0, rf) == pytest.approx((0.5 + 0.005) / 2)
+    assert update_ratio(T // 4, T, r0, rf) == pytest.approx(rf + 0.5 * (r0 - rf) * (1 + math.cos(math.pi / 4)))
+    assert update_ratio(T, T, r0, rf) == pytest.approx(0.005)
+    assert update_ratio(2 * T, T, r0, rf) == pytest.approx(0.005)  # clamped past the horizon
+    vals = [update_ratio(t, T, r0, rf) for t in range(0, T + 1, 50)]
+    assert all(a > b for a, b in zip(vals, vals[1:]))  # strictly decreasing
+    assert update_ratio(700, T, 0.3, 0.01, "constant") == 0.3
+
+
+def test_config_validation():
+    c = DSLConfig()
+    assert (c.density, c.interval, c.ratio, c.ratio_final, c.schedule) == (0.5, 3000, 0.5, 0.005, "cosine")
+    for bad, field in [(dict(density=0.0), "dsl.density"), (dict(density=1.5), "dsl.density"),
+                       (dict(interval=0), "dsl.interval"), (dict(interval=2.5), "dsl.interval"),
+                       (dict(ratio=1.2), "dsl.ratio"), (dict(schedule="linear"), "dsl.schedule"),
+                       (dict(density="half"), "dsl.density")]:
+        with pytest.raises(ConfigError, match=field):
+            DSLConfig(**bad)
+
+
+def _tables(gowalla, backend="torch", dim=16):
+    return MappedEmbeddingBagCollection([FeatureConfig("user", gowalla.num_users, dim),
+                                         FeatureConfig("item", gowalla.num_items, dim)],
+                                        backend=backend, init_std=0.1, seed=0)
+
+
+def _batches(gowalla, n, size=1024):
+    tr = gowalla.train.sample(n * size, seed=1)
+    u = torch.tensor(tr["user_id"].to_numpy()).view(n, size)
+    i = torch.tensor(tr["item_id"].to_numpy()).view(n, size)
+    return list(zip(u, i))
+
+
+def _loss(t, users, items):
+    eu, ei = t.embed("user", users), t.embed("item", items)
+    neg = t.embed("item", torch.roll(items, 1))
+    return -torch.nn.functional.logsigmoid((eu * ei).sum(-1) - (eu * neg).sum(-1)).mean()
+
+
+OPTIMIZERS = {
+    "adam_wd": lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=1e-4),
+    "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
+    "sgd_momentum": lambda p: torch.optim.SGD(p, lr=0.5, momentum=0.9, nesterov=True, weight_decay=1e-4),
+    "adagrad": lambda p: torch.optim.Adagrad(p, lr=0.1),
+}
+
+
+@pytest.mark.parametrize("backend", ["torch", "torchrec"])
+@pytest.mark.parametrize("opt_name", list(OPTIMIZERS))
+def test_masks_stay_exactly_zero_and_at_density(gowalla, backend, opt_name):
+    t = _tables(gowalla, backend)
+    steps = 12
+    dsl = DynamicSparsity(t, DSLConfig(density=0.2, interval=3, ratio=0.5, ratio_final=0.05), total_steps=steps)
+    opt = OPTIMIZERS[opt_name](t.parameters())
+    counts = {n: int(m.sum()) for n, m in dsl.masks.items()}
+    for n, m in dsl.masks.items():
+        assert counts[n] == round(0.2 * m.numel())
+    for users, items in _batches(gowalla, steps):
+        opt.zero_grad()
+        _loss(t, users, items).backward()
+        dsl.before_step(opt)
+        opt.step()
+        # the invariant holds right after the optimizer step, before any re-masking
+        for n, w in dsl.params.items():
+            mask = dsl.masks[n]
+            assert int(mask.sum()) == counts[n]  # density is constant through updates
+            assert torch.count_nonzero(w.detach()[~mask]) == 0
+            for v in opt.state[w].values():  # Adam moments, momentum buffers, Adagrad sums
+                if isinstance(v, torch.Tensor) and v.shape == w.shape:
+                    assert torch.count_nonzero(v[~mask]) == 0
+        dsl.after_step()
+    assert len(dsl.history) == 3  # updates at steps 3, 6, 9 (none at the last step)
+    # the weights that stayed active were trained
+    w = dsl.params["t_item"].detach()
+    assert torch.count_nonzero(w) > 0.9 * counts["t_item"] * 0.5
+
+
+def test_prune_grow_counts_and_criteria(gowalla):
+    t = _tables(gowalla)
+    cfg = DSLConfig(density=0.3, interval=1, ratio=0.4, ratio_final=0.01)
+    dsl = DynamicSparsity(t, cfg, total_steps=10)
+    opt = torch.optim.SGD(t.parameters(), lr=0.5)
+    for step, (users, items) in enumerate(_batches(gowalla, 4), start=1):
+        opt.zero_grad()
+        _loss(t, users, items).backward()
+        before = {n: m.clone() for n, m in dsl.masks.items()}
+        weights = {n: w.detach().clone() for n, w in dsl.params.items()}
+        grads = {n: w.grad.clone() for n, w in dsl.params.items()}
+        entry = dsl.before_step(opt)
+        ratio = update_ratio(step, 10, 0.4, 0.01)
+        assert entry["step"] == step and entry["ratio"] == pytest.approx(ratio)
+        for n, old in before.items():
+            new = dsl.masks[n]
+            expect = round(ratio * int(old.sum()))
+            pruned, grown = old & ~new, new & ~old
+            assert entry["pruned"][n] == entry["grown"][n] == expect
+            assert int(pruned.sum()) == int(grown.sum()) == expect
+            # pruned: the smallest |w| among the active weights
+            kept = old & new
+            assert weights[n][pruned].abs().max() <= weights[n][kept].abs().min()
+            # grown: the largest |g| among the candidates (inactive, not just pruned), zero-initialised
+            cand = ~old & ~new
+            assert grads[n][grown].abs().min() >= grads[n][cand].abs().max()
+            assert torch.count_nonzero(dsl.params[n].detach()[grown]) == 0
+        opt.step()
+        dsl.after_step()
+
+
+def test_fbgemm_backend_is_rejected_with_reason():
+    t = MappedEmbeddingBagCollection([FeatureConfig("a", 100, 8)], backend="fbgemm")
+    with pytest.raises(ConfigError, match="fbgemm.*never materialises the gradient"):
+        DynamicSparsity(t, DSLConfig(), total_steps=10)
+    with pytest.warns(UserWarning, match="interval=3000 exceeds the run's 10 optimizer steps"):
+        DynamicSparsity(MappedEmbeddingBagCollection([FeatureConfig("a", 100, 8)], backend="torch"), DSLConfig(), 10)
+
+
+def test_state_round_trip_restores_masks(gowalla):
+    t = _tables(gowalla)
+    a = DynamicSparsity(t, DSLConfig(density=0.1, interval=2, seed=3), total_steps=10)
+    b = DynamicSparsity(_tables(gowalla), DSLConfig(density=0.1, interval=2, seed=4), total_steps=10)
+    b.load_state_dict(a.state_dict())
+    assert all(torch.equal(a.masks[n], b.masks[n]) for n in a.masks)
+    with pytest.raises(ConfigError, match="masks tables"):
+        b.load_state_dict({**a.state_dict(), "masks": {"t_user": a.masks["t_user"]}})
+
+
+def test_magnitude_masks_keep_the_largest(gowalla):
+    t = _tables(gowalla)
+    masks = magnitude_masks(t, 0.1)
+    for n, m in masks.items():
+        w = dict(zip(t.table_names, [t.table_weight("user"), t.table_weight("item")]))[n].detach()
+        assert int(m.sum()) == round(0.1 * m.numel())
+        assert w[m].abs().min() >= w[~m].abs().max()
+
+
+@pytest.mark.parametrize("density", [0.05, 0.5])
+def test_sparse_export_round_trip_equals_dense_masked_table(gowalla, tmp_path, density):
+    t = MappedEmbeddingBagCollection([FeatureConfig("user", gowalla.num_users, 64),
+                                      FeatureConfig("item", gowalla.num_items, 32, "qr", num_rows=2000,
+                                                    pooling="mean")], backend="torch", init_std=0.1, seed=0)
+    dsl = DynamicSparsity(t, DSLConfig(density=density, interval=1), total_steps=5)
+    sp = export_sparse(t, dsl.masks)
+    for f in t.features:  # every row, read back from the CSR buffers
+        dense = t.table_weight(f.name).detach() * dsl.masks[f.table_name]
+        assert torch.equal(sp.dense_weight(f.name), dense)
+    nnz = sum(int(m.sum()) for m in dsl.masks.values())
+    assert sp.nnz() == nnz
+    # bytes: values fp32 + uint8 column ids + int32 row pointers (+ mapper state: none for full-identity / qr)
+    rows = [t.mapper("user").num_rows, t.mapper("item").num_rows]
+    mapper_state = sum(f.mapper.num_bytes_state for f in t.features)
+    assert sp.num_bytes() == nnz * (4 + 1) + sum(4 * (r + 1) for r in rows) + mapper_state
+    tr = gowalla.train.sample(300, seed=0)
+    u, i = torch.tensor(tr["user_id"].to_numpy()), torch.tensor(tr["item_id"].to_numpy())
+    torch.testing.assert_close(sp.embed("user", u), t.embed("user", u).detach(), rtol=0, atol=0)
+    torch.testing.assert_close(sp.embed("item", i), t.embed("item", i).detach())
+    # batch of 80: item bags of 5 ids (then empty bags, mean pooling), user bags of 1 id (then empty)
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["item", "user"], values=torch.cat([i[:200], u[:60]]),
+                                              lengths=torch.tensor([5] * 40 + [0] * 40 + [1] * 60 + [0] * 20))
+    torch.testing.assert_close(sp(kjt).values(), t(kjt).values().detach())
+    path = tmp_path / "table.pt"
+    sp.save(path)
+    back = SparseEmbeddingTables.load(path)
+    assert back.num_bytes() == sp.num_bytes()
+    torch.testing.assert_close(back.embed("item", i), sp.embed("item", i), rtol=0, atol=0)
+
+
+def test_sparse_artefact_is_validated(gowalla):
+    t = _tables(gowalla, dim=8)
+    art = export_sparse(t, magnitude_masks(t, 0.2)).artefact()
+    art["tables"]["t_item"]["indices"] = art["tables"]["t_item"]["indices"] + 200  # columns past dim 8
+    from recsparse.embeddings.mappers import MapperStateError
+
+    with pytest.raises(MapperStateError, match="inconsistent CSR"):
+        SparseEmbeddingTables.from_artefact(art)
+    with pytest.raises(MapperStateError, match="not a recsparse sparse-table artefact"):
+        SparseEmbeddingTables.from_artefact({"format": "x"})
