@@ -10,6 +10,9 @@ Sections (``--sections``, comma-separated):
   variant of the same invocation.
 * ``collect`` — merge the rows that runs started with ``--rows-out`` wrote (``--rows-in`` files; parallel runs
   cannot share one results file) and add the ``mean`` rows.
+* ``ctr`` — DCN-V2 and DeepFM (``--ctr-models``) on ml-100k-CTR and adult (``--ctr-datasets``) per ``--variants``
+  entry (``none`` = plain BCE; otherwise the SSL term over the feature-embedding layer, as ``CTRModule``'s aux loss)
+  and seed: test AUC / logloss of the best-validation epoch, and a ``ctr_mean`` row per group.
 * ``cost`` — training examples/s with and without the SSL term (``--batches`` steps of one epoch, no evaluation);
   run it under the timing lock.
 
@@ -37,9 +40,20 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-KEY = ["section", "study", "variant", "seed"]
+KEY = ["section", "study", "dataset", "model", "variant", "seed"]
 PARTS = ("", "head_", "tail_")
 VARIANT_KEYS = {"w": "weight", "t": "temperature", "d": "dropout", "b": "batch_size"}
+
+
+def variant_ssl(variant: str) -> Any:
+    """``cfm:w=0.3,...`` -> :class:`~recsparse.models.ssl.SSLConfig` (``none`` -> ``None``)."""
+    from recsparse.models.ssl import SSLConfig
+
+    if variant == "none":
+        return None
+    kv = dict(o.removeprefix("loss.ssl.").split("=", 1) for o in variant_overrides(variant))
+    types = {"augment": str, "weight": float, "temperature": float, "dropout": float, "batch_size": int}
+    return SSLConfig(**{k: types[k](v) for k, v in kv.items()})
 
 
 def variant_overrides(variant: str) -> list[str]:
@@ -125,7 +139,7 @@ def two_tower_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
             t0 = time.perf_counter()
             rec = run(cfg, split, extra_callbacks=[cb])
             wall = time.perf_counter() - t0
-            row = {"section": "run", "study": args.study, "variant": variant, "seed": seed,
+            row = {"section": "two_tower", "study": args.study, "variant": variant, "seed": seed,
                    "dataset": rec["dataset"], "item_features": ",".join(split.item_features.names),
                    "epochs": rec["epochs"]}
             row.update(_metrics(rec["test"], "", cfg.eval.ks))
@@ -139,30 +153,69 @@ def two_tower_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     return rows
 
 
+def _is_metric(key: str) -> bool:
+    return key.startswith("test_") or ("@" in key and not key.startswith("val_"))
+
+
 def mean_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (study, variant): mean and std (sample, n-1) of every metric over its seeds, and the relative
-    change of each mean against the study's ``none`` variant."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    """One row per (section, study, dataset, model, variant): mean and std (sample, n-1) of every test metric over
+    its seeds, and the relative change of each mean against the same group's ``none`` variant."""
+    ident = ("section", "study", "dataset", "model")
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
     for r in runs:
-        groups.setdefault((r["study"], r["variant"]), []).append(r)
-    metrics = [k for k in runs[0] if "@" in k and not k.startswith("val_")]
+        groups.setdefault((*(r.get(k) for k in ident), r["variant"]), []).append(r)
     out = []
-    for (study, variant), rs in groups.items():
-        row: dict[str, Any] = {"section": "mean", "study": study, "variant": variant, "seed": None,
-                               "seeds": len(rs), "epochs_mean": round(statistics.mean(r["epochs"] for r in rs), 1)}
-        for m in metrics:
+    for (section, study, dataset, model, variant), rs in groups.items():
+        row: dict[str, Any] = {"section": f"{section}_mean", "study": study, "dataset": dataset, "model": model,
+                               "variant": variant, "seed": None, "seeds": len(rs),
+                               "epochs_mean": round(statistics.mean(r["epochs"] for r in rs), 1)}
+        for m in [k for k in rs[0] if _is_metric(k)]:
             vals = [r[m] for r in rs]
-            row[m] = round(statistics.mean(vals), 4)
-            row[f"{m}_std"] = round(statistics.stdev(vals), 4) if len(vals) > 1 else 0.0
+            row[m] = round(statistics.mean(vals), 4 if "@" in m else 5)
+            row[f"{m}_std"] = round(statistics.stdev(vals), 4 if "@" in m else 5) if len(vals) > 1 else 0.0
         out.append(row)
     for row in out:
-        ref = next((r for r in out if r["study"] == row["study"] and r["variant"] == "none"), None)
+        ref = next((r for r in out if r["variant"] == "none"
+                    and all(r.get(k) == row.get(k) for k in ("section", "study", "dataset", "model"))), None)
         if ref is None or row["variant"] == "none":
             continue
-        for m in metrics:
-            if ref[m]:
+        for m in [k for k in row if _is_metric(k) and not k.endswith("_std")]:
+            if ref.get(m):
                 row[f"{m}_rel"] = round(row[m] / ref[m] - 1, 4)
     return out
+
+
+def ctr_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """DCN-V2 / DeepFM with and without the SSL term (``EmbeddingLayerSSL`` as ``CTRModule``'s aux loss)."""
+    from dataclasses import replace
+
+    from recsparse.models.ssl import ctr_ssl
+    from recsparse.pipelines.ctr import CTRRunConfig, fit_ctr, prepare
+    from recsparse.results import provenance
+
+    rows = []
+    for dataset in args.ctr_datasets:
+        base = CTRRunConfig(dataset=dataset, max_epochs=args.ctr_epochs, patience=args.ctr_patience,
+                            num_threads=args.threads)
+        ds, fitted = prepare(base)  # the full-vocabulary spec: the same for every model, seed and variant
+        for model in args.ctr_models:
+            for variant in args.variants:
+                for seed in args.seeds:
+                    cfg = replace(base, model=model, seed=seed)
+                    ssl = variant_ssl(variant)
+                    aux = None if ssl is None else ctr_ssl(ssl, fitted, ds.train, cfg.dim, seed)
+                    t0 = time.perf_counter()
+                    rec = fit_ctr(cfg, ds, fitted, aux_loss=aux)
+                    row = {"section": "ctr", "study": args.study, "dataset": rec["dataset"], "model": model,
+                           "variant": variant, "seed": seed, "test_auc": rec["test_auc"],
+                           "test_logloss": rec["test_logloss"], "val_auc": rec["val_auc"], "epochs": rec["epochs"],
+                           "train_examples_per_s": rec["train_examples_per_s"],
+                           "ssl": None if ssl is None else str(ssl), "max_epochs": cfg.max_epochs,
+                           "patience": cfg.patience}
+                    row.update(provenance(time.perf_counter() - t0))
+                    print({k: v for k, v in row.items() if k not in ("command", "machine")}, flush=True)
+                    rows.append(row)
+    return rows
 
 
 def cost_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -211,6 +264,10 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=40, help="steps timed by --sections cost")
     p.add_argument("--set", action="append", default=[], help="extra override KEY=VALUE for every run")
     p.add_argument("--runs", default="/tmp/recsparse-ssl-runs", help="folder for the run directories")
+    p.add_argument("--ctr-datasets", nargs="+", default=["ml-100k-ctr", "adult"])
+    p.add_argument("--ctr-models", nargs="+", default=["dcn_v2", "deepfm"])
+    p.add_argument("--ctr-epochs", type=int, default=10, help="CTR max_epochs (early stopping on validation AUC)")
+    p.add_argument("--ctr-patience", type=int, default=2)
     p.add_argument("--rows-out", default=None, help="write the rows to this JSON file instead of the results file")
     p.add_argument("--rows-in", nargs="*", default=[], help="--sections collect: JSON files written by --rows-out")
     p.add_argument("--no-save", action="store_true")
@@ -223,14 +280,21 @@ def main() -> None:
         if section == "two_tower":
             runs = two_tower_rows(args)
             records += runs if args.rows_out else runs + mean_rows(runs)
+        elif section == "ctr":
+            runs = ctr_rows(args)
+            records += runs if args.rows_out else runs + mean_rows(runs)
         elif section == "collect":
             runs = [r for path in args.rows_in for r in json.loads(Path(path).read_text())]
+            for r in runs:  # rows-out files of the first version named the two-tower section "run"
+                if r["section"] == "run":
+                    r["section"] = "two_tower"
             records += runs + mean_rows(runs)
         elif section == "cost":
             records += cost_rows(args)
         else:
-            raise SystemExit(f"unknown section {section!r} (two_tower, collect, cost)")
-    cols = ["section", "study", "variant", "seed", "recall@50", "tail_recall@50", "head_recall@50", "ndcg@50"]
+            raise SystemExit(f"unknown section {section!r} (two_tower, ctr, collect, cost)")
+    cols = ["section", "study", "dataset", "model", "variant", "seed", "recall@50", "tail_recall@50", "head_recall@50",
+            "ndcg@50", "test_auc", "test_logloss"]
     print_table(records, [c for c in cols if any(c in r for r in records)])
     if args.rows_out:
         write_json(args.rows_out, records)

@@ -302,7 +302,7 @@ class EmbeddingLayerEncoder(nn.Module):
     tables (and, through the masked views, the defaults) without touching the model's interaction layers."""
 
     def __init__(self, embed: Any, num_sparse: int, dim: int, num_dense: int = 0, hidden: Sequence[int] = (128,),
-                 out_dim: int = 64) -> None:
+                 out_dim: int = 64) -> None:  # embed may be bound later (EmbeddingLayerSSL binds it per call)
         super().__init__()
         from recsparse.models.two_tower import mlp
 
@@ -330,3 +330,56 @@ def build_ssl(cfg: SSLConfig, features: Sequence[str], widths: Sequence[int], mu
     masking = FeatureMasking(features, widths, cfg.augment, mi if cfg.augment == "cfm" else None, cfg.dropout,
                              multi_hot)
     return SSLLoss(masking, cfg.weight, cfg.temperature)
+
+
+class EmbeddingLayerSSL(nn.Module):
+    """The term for the CTR zoo, in the form :class:`~recsparse.pipelines.ctr.CTRModule` takes as ``aux_loss``:
+    ``forward(module, batch) -> weight · InfoNCE`` over two masked views of the first ``cfg.batch_size`` examples
+    of the (shuffled) training batch (a CTR batch has no item catalogue to draw from), through the model's feature-embedding layer (``module.model.embed``
+    -> ``[B, F, d]``) + the dense columns and a projection head (:class:`EmbeddingLayerEncoder`). ``mi``: ``[F, F]``
+    over ``sparse_names + dense_names`` (:func:`mutual_information` of the encoded training frame), for CFM. The
+    masks are drawn from a generator seeded by ``(seed, global step)``: a resumed run sees the same views."""
+
+    def __init__(self, cfg: SSLConfig, sparse_names: Sequence[str], dim: int, dense_names: Sequence[str] = (),
+                 multi_hot: Sequence[str] = (), mi: np.ndarray | None = None, hidden: Sequence[int] = (128,),
+                 out_dim: int = 64, seed: int = 0) -> None:
+        super().__init__()
+        self.encoder = EmbeddingLayerEncoder(None, len(sparse_names), dim, len(dense_names), hidden, out_dim)
+        self.loss = build_ssl(cfg, [*sparse_names, *dense_names], self.encoder.widths, multi_hot, mi)
+        self.seed = int(seed)
+        self.batch_size = int(cfg.batch_size)
+
+    def forward(self, module: Any, batch: Any) -> torch.Tensor:
+        self.encoder._embed = module.model.embed  # the model owns the tables; bound per call, not a submodule
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + int(module.global_step) + 17)
+        kjt, dense = first_rows(batch.sparse, self.batch_size), batch.dense[:self.batch_size]
+        return self.loss(self.encoder, kjt, None, g, dense)
+
+
+def first_rows(kjt: Any, n: int) -> Any:
+    """The first ``n`` rows of a ``KeyedJaggedTensor`` (all of it when it has ``<= n``); the training batches are
+    already shuffled, so these are a uniform sample of the batch."""
+    if kjt.stride() <= n:
+        return kjt
+    from torchrec import KeyedJaggedTensor
+
+    jts = kjt.to_dict()
+    values, lengths = [], []
+    for key in kjt.keys():
+        ln = jts[key].lengths()[:n]
+        values.append(jts[key].values()[:int(ln.sum())])
+        lengths.append(ln)
+    return KeyedJaggedTensor(keys=kjt.keys(), values=torch.cat(values), lengths=torch.cat(lengths))
+
+
+def ctr_ssl(cfg: SSLConfig, fitted: Any, train: pl.DataFrame | pl.LazyFrame, dim: int,
+            seed: int = 0) -> EmbeddingLayerSSL:
+    """:class:`EmbeddingLayerSSL` for a model on ``fitted`` (a :class:`~recsparse.embeddings.features.
+    FittedFeatureSpec`): multi-hot = its ``MultiHot`` features; CFM's mutual information counted on the encoded
+    ``train`` frame (the ids the tables see; numeric columns in quantile bins)."""
+    from recsparse.embeddings.features import MultiHot
+
+    names = [*fitted.sparse_names, *fitted.dense_names]
+    multi_hot = [f.name for f in fitted.spec.sparse if isinstance(f, MultiHot)]
+    mi = mutual_information(fitted.encode_frame(train), names) if cfg.augment == "cfm" else None
+    return EmbeddingLayerSSL(cfg, fitted.sparse_names, dim, fitted.dense_names, multi_hot, mi, seed=seed)

@@ -270,3 +270,36 @@ def test_embedding_layer_encoder_masks_sparse_and_dense_blocks(ml100k):
     assert ebc.table_weight("item_id").grad is not None and masking.default.grad[12:].abs().sum() > 0
     with pytest.raises(ValueError, match="dense"):
         enc.embed_features(kjt)
+
+
+def test_ctr_ssl_on_real_ml100k_ctr_batch_trains_tables_and_head():
+    """The CTR form on a real ml-100k-CTR batch: MI of the encoded training frame (10 features, 5 masked per view),
+    the aux term as CTRModule's aux_loss, gradients into the model's tables, the projection and the defaults."""
+    import lightning.pytorch as L
+
+    from recsparse.models.ctr import build_ctr_model
+    from recsparse.models.ssl import ctr_ssl, first_rows
+    from recsparse.pipelines.ctr import CTRModule, CTRRunConfig, prepare
+
+    dataset_path("ml-100k")
+    ds, fitted = prepare(CTRRunConfig(dataset="ml-100k-ctr", model="dcn_v2"))
+    train = ds.train.head(3000)
+    aux = ctr_ssl(SSLConfig(augment="cfm", weight=0.5, dropout=0.2, batch_size=64), fitted, train, dim=8)
+    names = fitted.sparse_names
+    assert aux.loss.masking.multi_hot == ["genres"] and aux.loss.masking.num_masked == len(names) // 2
+    mi = mutual_information(fitted.encode_frame(train), names)
+    assert torch.equal(aux.loss.masking.groups, cfm_groups(mi, len(names) // 2))
+    model = build_ctr_model("dcn_v2", fitted, 8, "torch", 0)
+    module = CTRModule(model, aux_loss=aux)
+    module.trainer = L.Trainer(barebones=True, accelerator="cpu", devices=1)
+    batch = fitted.encode(train).batch(torch.arange(200))
+    assert first_rows(batch.sparse, 64).stride() == 64
+    assert first_rows(batch.sparse, 64).to_dict()["genres"].lengths().tolist() == \
+        batch.sparse.to_dict()["genres"].lengths()[:64].tolist()
+    term = aux(module, batch)
+    assert term.item() > 0
+    module.training_step(batch, 0).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.embeddings.parameters())
+    assert aux.encoder.proj[0].weight.grad is not None and aux.loss.masking.default.grad.abs().sum() > 0
+    # the aux term is a submodule of the LightningModule: the optimizer sees its parameters
+    assert {id(p) for p in aux.parameters()} <= {id(p) for p in module.parameters()}

@@ -54,6 +54,10 @@ def test_ssl_changes_the_item_tower_gradient_only_through_the_aux_term(ml100k_sp
     for (n, p), (_, q) in zip(plain.model.named_parameters(), with_ssl.model.named_parameters()):
         assert torch.equal(p, q), n  # same initial model: SSL only adds its default embeddings
     aux_only = copy.deepcopy(with_ssl)
+    import lightning.pytorch as L
+
+    for m in (plain, with_ssl):  # training_step asks the trainer for the world size; barebones skips self.log
+        m.trainer = L.Trainer(barebones=True, accelerator="cpu", devices=1)
 
     plain.training_step(batch, 0).backward()
     with_ssl.training_step(batch, 0).backward()
