@@ -84,12 +84,12 @@ def _interleaved(fns: list[Callable[[], Any]], repeats: int, warmup: int = 2) ->
 
 def warm(datasets: tuple[str, ...]) -> None:
     from recsparse.data import load
-    from recsparse.retrieval.dense import Encoder, encode_corpus
+    from recsparse.retrieval.dense import Encoder, embed_corpus
 
     enc = Encoder()
     for name in datasets:
         t0 = time.perf_counter()
-        emb = encode_corpus(enc, load(name).corpus)
+        emb = embed_corpus(enc, load(name).corpus)
         print(f"{name}: embeddings {emb.shape} ready in {time.perf_counter() - t0:.1f} s (cache)")
 
 
@@ -185,13 +185,13 @@ def bench_faiss(work: Path, repeats: int = 5) -> list[dict[str, Any]]:
     import faiss
 
     from recsparse.data import load
-    from recsparse.retrieval.dense import DenseConfig, DenseRetriever, Encoder, encode_corpus
+    from recsparse.retrieval.dense import DenseConfig, DenseRetriever, Encoder, embed_corpus
     from recsparse.retrieval.evaluation import evaluate
     from recsparse.types import Hit
 
     ds = load("scifact")  # the largest shared BEIR-format corpus
     enc = Encoder()
-    emb = encode_corpus(enc, ds.corpus)
+    emb = embed_corpus(enc, ds.corpus)
     qv = enc.encode(ds.queries["text"].to_list())
     qids = ds.queries["_id"].to_list()
     faiss.omp_set_num_threads(1)

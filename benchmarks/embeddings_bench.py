@@ -6,9 +6,16 @@ Sections (``--sections``, default all):
   forward+backward with the optimizer update included: FBGEMM TBE (fused exact SGD; tuning variants: threads,
   index dtype, optimizer, fp16 weights, mean pooling), recsparse ``MappedEmbeddingBagCollection(backend='fbgemm')``
   end to end (raw-id KJT, Full mapper), one ``nn.EmbeddingBag`` per table (sparse grads + ``torch.optim.SGD``),
-  TorchRec ``FusedEmbeddingBagCollection`` and plain ``EmbeddingBagCollection`` (dense grads + SGD). The random-row
-  gather ceiling is measured in the same run on the same weights: ``index_select`` of the same rows + sum-pool,
-  forward only. Keys: ``tbe_vs_embeddingbag_ratio``, ``tbe_gather_ceiling_fraction`` (TBE forward bytes/s ÷ ceiling).
+  TorchRec ``FusedEmbeddingBagCollection`` and plain ``EmbeddingBagCollection`` (dense grads + SGD). Plain-torch
+  forward gathers of the same rows from the same weights are measured in the same run (``index_select`` + sum-pool,
+  chunked ``index_select``, and ``F.embedding_bag`` = ``nn.EmbeddingBag``'s forward, which is the fastest). Summary
+  keys: ``tbe_plain_vs_embeddingbag_step`` (plain TBE) and ``tbe_tuned_vs_embeddingbag_step`` (best tuned variant,
+  named in ``tbe_tuned_variant``) — examples/s of forward+backward+update ÷ ``nn.EmbeddingBag`` + SGD;
+  ``tbe_plain_fwd_vs_embeddingbag_fwd`` / ``tbe_tuned_fwd_vs_embeddingbag_fwd`` — TBE forward ÷ ``nn.EmbeddingBag``
+  forward (bytes/s of the same gather).
+* ``dsl`` — Gowalla MF training examples/s, dense vs dynamic sparse learning (same run, same steps).
+* ``forward`` — the recsparse table path vs ``nn.EmbeddingBag`` side by side: forward, forward+backward+update and
+  int8 inference, on the shape above and on Gowalla MF's real id stream (see :func:`bench_forward`).
 * ``graphhash`` — Louvain on the real Gowalla training graph at resolutions 1, 50, 200 (+ a bisection for the largest
   resolution whose tables are ≤ 25 % of the full rows): cluster time, #user/#item clusters, modularity, row fraction.
 * ``mappers`` — every mapper (item side, Gowalla): rows, bytes (dim 64 fp32 table + mapper state), ids/s of the
@@ -36,12 +43,15 @@ from recsparse.results import print_table, provenance, save_results
 AREA = "embeddings"
 COLUMNS = {
     "tbe": ["name", "threads", "ms_per_step", "examples_per_s", "vs_embeddingbag", "fwd_ms", "fwd_gather_GBps",
-            "fwd_ceiling_fraction", "gather_GBps"],
+            "fwd_vs_embeddingbag_fwd", "gather_GBps"],
     "graphhash": ["name", "resolution", "cluster_s", "user_clusters", "item_clusters", "modularity", "table_rows",
                   "row_fraction"],
     "mappers": ["mapper", "rows", "rows_per_id", "row_fraction", "bytes", "mapper_state_bytes", "torch_ids_per_s",
                 "polars_ids_per_s"],
     "quant": ["dtype", "dim", "table_bytes", "size_ratio", "max_abs_err_weight", "max_abs_err_pooled"],
+    "dsl": ["name", "density", "interval", "batches", "train_examples_per_s", "slowdown_vs_dense"],
+    "forward": ["name", "recsparse", "baseline", "recsparse_ms", "embeddingbag_ms", "speedup_vs_embeddingbag",
+                "embeddingbag_fp32_ms", "never_slower"],
 }
 KEY = ["section", "name"]
 
@@ -86,7 +96,7 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
         with torch.no_grad():
             w.uniform_(-0.01, 0.01, generator=torch.Generator().manual_seed(1))
 
-    # --- FBGEMM TBE variants (same weights storage reused for the gather ceiling)
+    # --- FBGEMM TBE variants (same weights storage reused for the plain-torch forwards)
     variants = [("tbe_sgd_int64", dict(), 2), ("tbe_sgd_int32", dict(index_dtype=torch.int32), 2),
                 ("tbe_sgd_int64_1thread", dict(), 1),
                 ("tbe_sgd_nobounds", dict(bounds_check=False), 2),
@@ -96,7 +106,7 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
                 ("tbe_rowwise_adagrad_groups2", dict(optimizer="rowwise_adagrad", table_groups=2), 2),
                 ("tbe_sgd_fp16", dict(weights_precision="fp16"), 2),
                 ("tbe_sgd_mean", dict(pooling="mean"), 2)]
-    ceiling: dict[int, float] = {}
+    eb_fwd_bps: dict[int, float] = {}  # threads -> nn.EmbeddingBag forward bytes/s
     offs_bag = torch.arange(0, batch * pooling, pooling)
     for name, kw, threads in variants:
         torch.set_num_threads(threads)
@@ -107,9 +117,8 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
         dt = cfg.index_dtype
         idx_c = [i.to(dt) for i in idx]
         off_c = offsets.to(dt)
-        if threads not in ceiling:
-            # random-row gather + sum-pool of the same rows from the same weights, forward only, three ways;
-            # the ceiling is the fastest
+        if threads not in eb_fwd_bps:
+            # random-row gather + sum-pool of the same rows from the same weights, forward only, three ways
             ws = [tbe.weights(t) for t in range(tables)]
             chunk = 256
             buf = torch.empty(chunk * pooling, dim)
@@ -133,14 +142,14 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
                 return torch.cat([torch.nn.functional.embedding_bag(ids[t], ws[t], offs_bag, mode="sum")
                                   for t in range(tables)], dim=1)
             best = 0.0
-            for gname, fn in (("index_select_sum", naive), ("chunked_index_select_sum", chunked),
-                              ("embedding_bag_spmdm", spmdm)):
+            for gname, fn in (("gather_index_select_sum", naive), ("gather_chunked_index_select_sum", chunked),
+                              ("embeddingbag_forward", spmdm)):
                 with torch.no_grad():
                     s = _timeit(fn, iters)
-                best = max(best, gathered_bytes / s)
-                rec(f"gather_{gname}_{threads}thread", s, threads=threads,
-                    gather_GBps=round(gathered_bytes / s / 1e9, 3))
-            ceiling[threads] = best
+                if gname == "embeddingbag_forward":
+                    best = gathered_bytes / s
+                rec(f"{gname}_{threads}thread", s, threads=threads, gather_GBps=round(gathered_bytes / s / 1e9, 3))
+            eb_fwd_bps[threads] = best  # nn.EmbeddingBag's forward (F.embedding_bag), the reference of fwd ratios
         with torch.no_grad():
             s_fwd = _timeit(lambda i: tbe(idx_c[i % nb], off_c), iters)
 
@@ -150,7 +159,7 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
         rec(name, s, threads=threads, fwd_ms=round(1e3 * s_fwd, 2),
             fwd_gather_GBps=round(gathered_bytes / s_fwd / 1e9, 3),
             fwdbwd_gather_GBps=round(gathered_bytes / s / 1e9, 3),
-            fwd_ceiling_fraction=round(gathered_bytes / s_fwd / ceiling[threads], 3))
+            fwd_vs_embeddingbag_fwd=round(gathered_bytes / s_fwd / eb_fwd_bps[threads], 3))
         del tbe, idx_c
         gc.collect()
     torch.set_num_threads(2)
@@ -220,21 +229,220 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
     by = {r["name"]: r for r in recs}
     eb_ex = by["embeddingbag_per_table_sparse_sgd"]["examples_per_s"]
     for r in recs:
-        if r["name"] != "embeddingbag_per_table_sparse_sgd" and not r["name"].startswith("gather"):
+        if r["name"] != "embeddingbag_per_table_sparse_sgd" and "thread" not in r["name"][-8:]:
             r["vs_embeddingbag"] = round(r["examples_per_s"] / eb_ex, 3)
     sgd = [r for r in recs if r["name"].startswith("tbe_sgd") and "fp16" not in r["name"] and "mean" not in r["name"]]
     best = max(sgd, key=lambda r: r["examples_per_s"])
     base = by["tbe_sgd_int64"]
     recs.append({"section": "tbe", "name": "summary", **shape,
-                 "tbe_vs_embeddingbag_ratio": best["vs_embeddingbag"],
-                 "tbe_best_variant": best["name"],
-                 "tbe_plain_vs_embeddingbag_ratio": base["vs_embeddingbag"],
-                 "recsparse_path_vs_embeddingbag_ratio": by["recsparse_mapped_ebc_fbgemm_groups2"]["vs_embeddingbag"],
-                 "torchrec_fused_vs_embeddingbag_ratio": by["torchrec_fused_ebc"]["vs_embeddingbag"],
-                 "tbe_gather_ceiling_fraction": best["fwd_ceiling_fraction"],
-                 "tbe_plain_gather_ceiling_fraction": base["fwd_ceiling_fraction"],
-                 "tbe_fwdbwd_gather_ceiling_fraction": round(best["fwdbwd_gather_GBps"] * 1e9 / ceiling[2], 3),
-                 "gather_ceiling_GBps": round(ceiling[2] / 1e9, 3)})
+                 "tbe_plain_vs_embeddingbag_step": base["vs_embeddingbag"],
+                 "tbe_tuned_vs_embeddingbag_step": best["vs_embeddingbag"],
+                 "tbe_tuned_variant": best["name"],
+                 "recsparse_path_vs_embeddingbag_step": by["recsparse_mapped_ebc_fbgemm_groups2"]["vs_embeddingbag"],
+                 "torchrec_fused_vs_embeddingbag_step": by["torchrec_fused_ebc"]["vs_embeddingbag"],
+                 "tbe_plain_fwd_vs_embeddingbag_fwd": base["fwd_vs_embeddingbag_fwd"],
+                 "tbe_tuned_fwd_vs_embeddingbag_fwd": best["fwd_vs_embeddingbag_fwd"],
+                 "tbe_tuned_fwdbwd_vs_embeddingbag_fwd": round(best["fwdbwd_gather_GBps"] * 1e9 / eb_fwd_bps[2], 3),
+                 "embeddingbag_fwd_GBps": round(eb_fwd_bps[2] / 1e9, 3)})
+    return recs
+
+
+# ------------------------------------------------------------------------------------------------------------ forward
+def bench_forward(tables: int, rows: int, dim: int, batch: int, pooling: int, iters: int) -> list[dict[str, Any]]:
+    """The recsparse table path vs ``nn.EmbeddingBag`` in the same run, three modes each: forward (no grad),
+    forward + backward + SGD update, inference with int8 tables — on the benchmark shape (random ids) and on Gowalla
+    MF's real id stream (its training batches: 4,096 users + their positive items + 512 uniform negative items).
+
+    recsparse = ``MappedEmbeddingBagCollection(backend='fbgemm')`` fed raw ids (its mappers included in the time):
+    pooled ``forward(KJT)`` on the benchmark shape, ``embed`` per feature on Gowalla (what MF calls). int8 =
+    ``quantize_tables`` (TorchRec quantized EBC over FBGEMM's IntN TBE). ``nn.EmbeddingBag`` gets the row ids
+    directly: fp32 tables, ``sparse=True`` + ``torch.optim.SGD`` for the update, and for int8 the same module
+    quantised by ``torch.ao`` (``nn.quantized.EmbeddingBag``, FBGEMM's row-wise int8 kernel)."""
+    import torch.nn as nn
+    from torchrec import KeyedJaggedTensor
+
+    from recsparse.embeddings import FeatureConfig, MappedEmbeddingBagCollection
+    from recsparse.embeddings.quant import quantize_tables
+    from recsparse.kernels import TBEConfig
+
+    torch.set_num_threads(2)
+    recs: list[dict[str, Any]] = []
+    tuned = TBEConfig(learning_rate=0.01, table_groups=2, bounds_check=False)
+
+    def pair(workload: str, mode: str, shape: dict[str, Any], ours: Callable[[int], Any], base: Callable[[int], Any],
+             ours_name: str, base_name: str, n: int, grad: bool = False,
+             fp32: Callable[[int], Any] | None = None) -> None:
+        ctx = torch.enable_grad if grad else torch.no_grad
+        with ctx():
+            s_base = _timeit(base, iters)
+            s_ours = _timeit(ours, iters)
+            s_fp32 = _timeit(fp32, iters) if fp32 is not None else None
+        r = {"section": "forward", "name": f"{workload}_{mode}", "workload": workload, "mode": mode, **shape,
+             "recsparse": ours_name, "baseline": base_name, "recsparse_ms": round(1e3 * s_ours, 3),
+             "embeddingbag_ms": round(1e3 * s_base, 3), "recsparse_lookups_per_s": round(n / s_ours),
+             "embeddingbag_lookups_per_s": round(n / s_base), "speedup_vs_embeddingbag": round(s_base / s_ours, 3),
+             "never_slower": s_ours <= s_base}
+        if s_fp32 is not None:  # int8 inference also against the fp32 nn.EmbeddingBag forward a user starts from
+            r.update(embeddingbag_fp32_ms=round(1e3 * s_fp32, 3),
+                     speedup_vs_embeddingbag_fp32=round(s_fp32 / s_ours, 3), never_slower=s_ours <= min(s_base, s_fp32))
+        recs.append(r)
+        print(f"  {r['name']}: recsparse {r['recsparse_ms']} ms vs nn.EmbeddingBag {r['embeddingbag_ms']} ms "
+              f"(x{r['speedup_vs_embeddingbag']})", flush=True)
+
+    def int8_bags(bags: list[nn.EmbeddingBag]) -> list[nn.Module]:
+        from torch.ao.nn.quantized import EmbeddingBag as QEmbeddingBag
+
+        return [QEmbeddingBag.from_float(_qconfig(b)) for b in bags]
+
+    # --- benchmark shape: T tables, random ids, pooled bags
+    g = torch.Generator().manual_seed(0)
+    nb = 3
+    shape = dict(tables=tables, rows=rows, dim=dim, batch=batch, pooling=pooling, iters=iters)
+    feats = [FeatureConfig(f"f{t}", rows, dim, "full") for t in range(tables)]
+    ids = [torch.randint(0, rows, (tables * batch * pooling,), generator=g) for _ in range(nb)]
+    lengths = torch.full((tables * batch,), pooling, dtype=torch.long)
+    kjts = [KeyedJaggedTensor(keys=[f.name for f in feats], values=i, lengths=lengths) for i in ids]
+    grad_out = torch.randn(batch, tables * dim, generator=g)
+    m = MappedEmbeddingBagCollection(feats, backend="fbgemm", tbe_config=tuned, init_std=0.01)
+    # the same tables (Full mapper: rows + 1 OOV row), the ids given to nn.EmbeddingBag directly as rows
+    bags = nn.ModuleList(nn.EmbeddingBag(rows + 1, dim, mode="sum", sparse=True) for _ in range(tables))
+    with torch.no_grad():
+        for t, b in enumerate(bags):
+            b.weight.copy_(m.table_weight(f"f{t}"))
+    opt = torch.optim.SGD(bags.parameters(), lr=0.01)
+    x3 = [i.view(tables, batch, pooling) for i in ids]
+
+    def eb_fwd(i: int) -> torch.Tensor:
+        return torch.cat([bags[t](x3[i % nb][t]) for t in range(tables)], dim=1)
+
+    def eb_step(i: int) -> None:
+        eb_fwd(i).backward(grad_out)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    n = tables * batch * pooling
+    pair("bench_shape", "forward", shape, lambda i: m(kjts[i % nb]).values(), eb_fwd,
+         "mapped_ebc_fbgemm_groups2", "nn.EmbeddingBag", n)
+    pair("bench_shape", "fwd_bwd_update", shape, lambda i: m(kjts[i % nb]).values().backward(grad_out), eb_step,
+         "mapped_ebc_fbgemm_groups2 (fused SGD)", "nn.EmbeddingBag sparse + SGD", n, grad=True)
+    del m, opt
+    gc.collect()
+    mq = MappedEmbeddingBagCollection(feats, backend="torchrec")
+    with torch.no_grad():
+        for t, b in enumerate(bags):
+            mq.table_weight(f"f{t}").copy_(b.weight)
+    q = quantize_tables(mq, "int8")
+    del mq
+    gc.collect()
+    qbags = int8_bags(list(bags))
+    pair("bench_shape", "inference_int8", shape, lambda i: q(kjts[i % nb]).values(),
+         lambda i: torch.cat([qbags[t](x3[i % nb][t]) for t in range(tables)], dim=1),
+         "quantize_tables int8 (torchrec quant EBC)", "nn.quantized.EmbeddingBag int8 (torch.ao)", n, fp32=eb_fwd)
+    del q, qbags, bags
+    gc.collect()
+
+    # --- Gowalla MF: the training stream's id batches through the user and item tables
+    from recsparse.data import load
+
+    ds = load("gowalla")
+    tr = ds.train.sample(fraction=1.0, shuffle=True, seed=0)
+    B, M = 4096, 512
+    users = torch.tensor(tr["user_id"].to_numpy()).split(B)[:nb]
+    items = torch.tensor(tr["item_id"].to_numpy()).split(B)[:nb]
+    negs = [torch.randint(0, ds.num_items, (M,), generator=g) for _ in range(nb)]
+    gshape = dict(dataset="gowalla", users=ds.num_users, items=ds.num_items, dim=dim, batch=B, negatives=M,
+                  iters=iters)
+    gfeats = [FeatureConfig("user", ds.num_users, dim), FeatureConfig("item", ds.num_items, dim)]
+    gm = MappedEmbeddingBagCollection(gfeats, backend="fbgemm", tbe_config=TBEConfig(learning_rate=0.01),
+                                      init_std=0.1)
+    ub = nn.EmbeddingBag(ds.num_users + 1, dim, mode="sum", sparse=True)
+    ib = nn.EmbeddingBag(ds.num_items + 1, dim, mode="sum", sparse=True)
+    with torch.no_grad():
+        ub.weight.copy_(gm.table_weight("user"))
+        ib.weight.copy_(gm.table_weight("item"))
+    gopt = torch.optim.SGD([ub.weight, ib.weight], lr=0.01)
+    one = [torch.arange(B), torch.arange(M)]
+
+    def g_ours(i: int) -> tuple[torch.Tensor, ...]:
+        k = i % nb
+        return gm.embed("user", users[k]), gm.embed("item", items[k]), gm.embed("item", negs[k])
+
+    def g_eb(i: int, u: nn.Module = ub, it: nn.Module = ib) -> tuple[torch.Tensor, ...]:
+        k = i % nb
+        return u(users[k], one[0]), it(items[k], one[0]), it(negs[k], one[1])
+
+    def g_ours_step(i: int) -> None:
+        torch.cat(g_ours(i)).sum().backward()
+
+    def g_eb_step(i: int) -> None:
+        torch.cat(g_eb(i)).sum().backward()
+        gopt.step()
+        gopt.zero_grad(set_to_none=True)
+    n = 2 * B + M
+    pair("gowalla_mf", "forward", gshape, g_ours, g_eb, "mapped_ebc_fbgemm embed", "nn.EmbeddingBag", n)
+    pair("gowalla_mf", "fwd_bwd_update", gshape, g_ours_step, g_eb_step, "mapped_ebc_fbgemm embed (fused SGD)",
+         "nn.EmbeddingBag sparse + SGD", n, grad=True)
+    gq_src = MappedEmbeddingBagCollection(gfeats, backend="torchrec")
+    with torch.no_grad():
+        for f in gfeats:
+            gq_src.table_weight(f.name).copy_(gm.table_weight(f.name))
+    gq = quantize_tables(gq_src, "int8")
+    # stride B + M: user bags = B users then M empty bags; item bags = B positives then M negatives, one id each
+    glen = torch.cat([torch.ones(B, dtype=torch.long), torch.zeros(M, dtype=torch.long),
+                      torch.ones(B + M, dtype=torch.long)])
+    gkjts = [KeyedJaggedTensor(keys=["user", "item"], values=torch.cat([users[k], items[k], negs[k]]), lengths=glen)
+             for k in range(nb)]
+    qu, qi = int8_bags([ub, ib])
+    pair("gowalla_mf", "inference_int8", gshape, lambda i: gq(gkjts[i % nb]).values(),
+         lambda i: g_eb(i, qu, qi), "quantize_tables int8 (torchrec quant EBC)",
+         "nn.quantized.EmbeddingBag int8 (torch.ao)", n, fp32=g_eb)
+    recs.append({"section": "forward", "name": "summary",
+                 "never_slower_all": all(r["never_slower"] for r in recs),
+                 "slower_cases": ", ".join(r["name"] for r in recs if not r["never_slower"]) or "none"})
+    return recs
+
+
+def _qconfig(bag: Any) -> Any:
+    """An ``nn.EmbeddingBag`` with torch.ao's float-qparams int8 weight qconfig attached (for ``from_float``)."""
+    import copy
+
+    from torch.ao.quantization import float_qparams_weight_only_qconfig
+
+    b = copy.deepcopy(bag)
+    b.sparse = False
+    b.qconfig = float_qparams_weight_only_qconfig
+    return b
+
+
+# ---------------------------------------------------------------------------------------------------------------- dsl
+def bench_dsl(batches: int, densities: list[float], interval: int) -> list[dict[str, Any]]:
+    """Training examples/s of Gowalla MF (configs/gowalla_mf.yaml, ``batches`` steps, no evaluation) dense vs dynamic
+    sparse learning at each density, the same run; the DSL runs update their masks every ``interval`` steps."""
+    from pathlib import Path
+
+    from recsparse.embeddings.dsl import DSLConfig, dsl_callback
+    from recsparse.pipelines.config import load_config
+    import shutil
+
+    from recsparse.pipelines.train import run
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "gowalla_mf.yaml"
+    recs: list[dict[str, Any]] = []
+    for density in [None, *densities]:
+        name = "gowalla_mf_dense" if density is None else f"gowalla_mf_dsl{density:g}"
+        cfg = load_config(config, ["trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
+                                   "trainer.progress_bar=false", f"name={name}", "trainer.num_threads=2",
+                                   "trainer.output_dir=/tmp/recsparse-dsl-throughput/{name}"])
+        shutil.rmtree(cfg.output_dir, ignore_errors=True)
+        cbs = [] if density is None else [dsl_callback(DSLConfig(density=density, interval=interval))]
+        rec = run(cfg, test=False, extra_callbacks=cbs)
+        recs.append({"section": "dsl", "name": name, "dataset": "gowalla", "model": "mf", "density": density or 1.0,
+                     "interval": interval if density else None, "batches": batches,
+                     "batch_size": cfg.trainer.batch_size, "threads": cfg.trainer.num_threads,
+                     "train_examples_per_s": rec["train_examples_per_s"]})
+        print(f"  {name}: {rec['train_examples_per_s']:,.0f} examples/s", flush=True)
+    dense = recs[0]["train_examples_per_s"]
+    for r in recs[1:]:
+        r["slowdown_vs_dense"] = round(dense / r["train_examples_per_s"], 3)
     return recs
 
 
@@ -348,7 +556,7 @@ def bench_quant(dim: int) -> list[dict[str, Any]]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--sections", default="tbe,graphhash,mappers,quant")
+    p.add_argument("--sections", default="tbe,forward,dsl,graphhash,mappers,quant")
     p.add_argument("--tables", type=int, default=8)
     p.add_argument("--rows", type=int, default=1_000_000)
     p.add_argument("--dim", type=int, default=64)
@@ -356,6 +564,8 @@ def main() -> None:
     p.add_argument("--pooling", type=int, default=20)
     p.add_argument("--iters", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dsl-batches", type=int, default=60, help="dsl section: timed training steps per run")
+    p.add_argument("--dsl-interval", type=int, default=25, help="dsl section: mask-update interval")
     p.add_argument("--results-dir", default=None, help="default: benchmarks/results")
     a = p.parse_args()
     os.environ.setdefault("RECSPARSE_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -364,6 +574,10 @@ def main() -> None:
         print(f"[{section}]", flush=True)
         if section == "tbe":
             recs = bench_tbe(a.tables, a.rows, a.dim, a.batch, a.pooling, a.iters)
+        elif section == "forward":
+            recs = bench_forward(a.tables, a.rows, a.dim, a.batch, a.pooling, a.iters)
+        elif section == "dsl":
+            recs = bench_dsl(a.dsl_batches, [0.5, 0.2, 0.05], a.dsl_interval)
         elif section == "graphhash":
             recs = bench_graphhash([1.0, 50.0, 200.0], a.seed)
         elif section == "mappers":
@@ -371,7 +585,7 @@ def main() -> None:
         elif section == "quant":
             recs = bench_quant(a.dim)
         else:
-            raise SystemExit(f"unknown section {section!r} (tbe, graphhash, mappers, quant)")
+            raise SystemExit(f"unknown section {section!r} (tbe, forward, dsl, graphhash, mappers, quant)")
         prov = provenance(time.perf_counter() - t0)
         recs = [{**r, **prov} for r in recs]
         save_results(AREA, recs, key=KEY, results_dir=a.results_dir)

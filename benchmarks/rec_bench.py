@@ -3,14 +3,19 @@
 Sections (``--sections``, comma-separated):
 
 * ``train`` — fit + test each ``--configs`` YAML (with ``--set`` overrides for all of them) via
-  :func:`recsparse.pipelines.train.run`; one record per config: Recall/NDCG@20 (capped and plain protocols),
-  rows, bytes, epochs, wall time, training examples/s, config file and overrides.
+  :func:`recsparse.pipelines.train.run`; one record per config: ``recall20`` (the LightGCN paper's protocol,
+  hits / |test items|), ``recall20_capped`` (hits / min(20, |test items|)), ``ndcg20``, rows, bytes, epochs, wall
+  time, training examples/s, config file and overrides.
 * ``throughput`` — training examples/s over ``--batches`` steps (no evaluation), under the timing lock.
 * ``loss`` — one forward + backward of the shared-negative sampled softmax on a real Gowalla LightGCN batch
   (``--configs`` gives the model; ``--negatives`` the sizes): the chunked kernel against the materialised-logits
   graph, median of ``--batches`` repeats, under the timing lock; also checks that both give the same loss.
 * ``eval`` — full-ranking evaluation wall time and peak RSS of a trained Gowalla checkpoint in a FRESH process
   (so RSS is the evaluation's own: data + model + score blocks); run it under ``flock /tmp/recsparse-timing.lock``.
+* ``audit`` — no measurement: marks rows ``superseded`` whose command no longer runs the configuration they
+  measured (their config file, parsed, differs at HEAD from at their ``git_commit``, overrides applied to both).
+
+Rows are recorded only from a clean tree (``--allow-dirty`` for scratch runs, whose rows say ``-dirty``).
 
 Examples::
 
@@ -50,9 +55,9 @@ def train_record(config: str, overrides: list[str], tag: str | None) -> dict[str
     out = {"section": "train", "name": tag or cfg.name, "dataset": rec["dataset"], "model": rec["model"],
            "mapper": rec["mapper"], "loss": rec["loss"]}
     for k in cfg.eval.ks:
-        out[f"recall{k}"] = round(t[f"recall@{k}"], 4)
+        out[f"recall{k}"] = round(t[f"recall@{k}"], 4)  # hits / |test items| (LightGCN paper)
+        out[f"recall{k}_capped"] = round(t[f"recall_capped@{k}"], 4)
         out[f"ndcg{k}"] = round(t[f"ndcg@{k}"], 4)
-        out[f"recall{k}_plain"] = round(t[f"recall_plain@{k}"], 4)
     out.update({"rows": rec["rows"], "bytes": rec["bytes"], "epochs": rec["epochs"],
                 "train_examples_per_s": rec.get("train_examples_per_s"), "eval_s": rec.get("eval_s"),
                 "eval_users": t["num_users"], "config": config, "overrides": " ".join(overrides)})
@@ -165,6 +170,61 @@ def eval_record(config: str, checkpoint: str, overrides: list[str], backend: str
             **provenance(time.perf_counter() - t0)}
 
 
+# fields that say where a run went or how it was shown, not what it measured
+_NOT_THE_EXPERIMENT = {"name": None, "trainer": ("output_dir", "progress_bar", "resume", "overwrite", "num_threads")}
+
+
+def _effective(config_text: str, overrides: list[str]) -> dict[str, Any] | None:
+    """The validated config a row's command runs, minus output/display fields; None if it no longer loads."""
+    import tempfile
+
+    from recsparse.errors import UserError
+    from recsparse.pipelines.config import load_config
+
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        f.write(config_text)
+        f.flush()
+        try:
+            d = load_config(f.name, overrides).to_dict()
+        except UserError:
+            return None
+    d.pop("name")
+    for k in _NOT_THE_EXPERIMENT["trainer"]:
+        d["trainer"].pop(k)
+    return d
+
+
+def audit(path: Path) -> int:
+    """Mark rows superseded whose command now runs a different configuration; returns how many were marked."""
+    import shlex
+
+    from recsparse.results import write_results
+
+    rows = json.loads(path.read_text())
+    marked = 0
+    for r in rows:
+        if r.get("superseded") or not r.get("config") or not r.get("git_commit"):
+            continue
+        commit = r["git_commit"].removesuffix("-dirty")
+        old = subprocess.run(["git", "show", f"{commit}:{r['config']}"], capture_output=True, text=True, cwd=ROOT)
+        cur = ROOT / r["config"]
+        overrides = shlex.split(r.get("overrides") or "")
+        then = _effective(old.stdout, overrides) if old.returncode == 0 else None
+        now = _effective(cur.read_text(), overrides) if cur.is_file() else None
+        if now is None:
+            r["superseded"] = f"{r['config']} no longer exists or no longer loads with these overrides"
+        elif then != now:
+            diff = sorted(f"{s}.{k}" for s in now if isinstance(now[s], dict)
+                          for k in now[s] if (then or {}).get(s, {}).get(k) != now[s][k])
+            r["superseded"] = (f"{r['config']} changed since {commit} ({', '.join(diff) or 'unreadable then'}): "
+                               "its command now runs another configuration")
+        else:
+            continue
+        marked += 1
+    write_results(path.stem, rows, path.parent)
+    return marked
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sections", default="train")
@@ -177,11 +237,18 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=30, help="steps timed by --sections throughput (loss: repeats)")
     p.add_argument("--negatives", type=int, nargs="+", default=[4096, 16384, 40981], help="sizes for --sections loss")
     p.add_argument("--no-save", action="store_true")
+    p.add_argument("--allow-dirty", action="store_true", help="record rows from a tree with uncommitted changes")
     a = p.parse_args()
     if a.eval_child:
         eval_child(a.configs[0], a.checkpoint, a.set, a.eval_backend)
         return
-    from recsparse.results import print_table, save_results
+    from recsparse.results import default_results_dir, print_table, require_clean_tree, save_results
+
+    if a.sections == "audit":
+        print(f"marked {audit(default_results_dir() / 'rec.json')} row(s) superseded")
+        return
+    if not a.no_save:
+        require_clean_tree(a.allow_dirty)  # before a long run, not after it
 
     for section in a.sections.split(","):
         for config in a.configs:

@@ -4,6 +4,10 @@ Each area (``beir``, ``rec``, ``sparse``, ``embeddings``) owns ``benchmarks/resu
 records, each with the identifying fields (``dataset``, ``model``/``retriever``/``mapper`` ...), metric names such as
 ``ndcg@10``, and provenance (``command``, ``git_commit``, ``machine``, ``wall_s``). Re-running a benchmark replaces the
 records with the same identifying fields and keeps the rest. The Markdown table beside it is generated from the JSON.
+
+Where results go: ``$RECSPARSE_RESULTS_DIR`` if set; else ``benchmarks/results`` of the source checkout this package
+runs from; else (an installed package) ``./benchmarks/results`` under the current directory. Rows must come from a
+clean commit: :func:`require_clean_tree` stops a benchmark before it runs on a tree with uncommitted changes.
 """
 
 from __future__ import annotations
@@ -19,18 +23,49 @@ from typing import Any, Iterable, Sequence
 
 from recsparse.io import atomic_write, write_json
 
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "benchmarks" / "results"
+_SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def default_results_dir() -> Path:
+    """``$RECSPARSE_RESULTS_DIR``, else the checkout's ``benchmarks/results``, else ``./benchmarks/results``."""
+    env = os.environ.get("RECSPARSE_RESULTS_DIR")
+    if env:
+        return Path(env)
+    if (_SOURCE_ROOT / "pyproject.toml").is_file() and (_SOURCE_ROOT / "benchmarks").is_dir():
+        return _SOURCE_ROOT / "benchmarks" / "results"
+    return Path.cwd() / "benchmarks" / "results"
+
+
+RESULTS_DIR = default_results_dir()
+
+
+def _git_dir() -> Path:
+    """The repository a measurement belongs to: this package's checkout, else the current directory."""
+    return _SOURCE_ROOT if (_SOURCE_ROOT / ".git").exists() else Path.cwd()
 
 
 def git_commit() -> str:
+    """``HEAD``'s short hash, with ``-dirty`` when tracked files have uncommitted changes; ``unknown`` outside git."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
+                             cwd=_git_dir())
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, timeout=5, cwd=Path(__file__).resolve().parent).stdout.strip()
+                               text=True, timeout=5, cwd=_git_dir()).stdout.strip()
         return out.stdout.strip() + ("-dirty" if dirty else "") if out.returncode == 0 else "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def require_clean_tree(allow_dirty: bool = False) -> str:
+    """The commit results will be recorded under; raises :class:`~recsparse.errors.UserError` on a dirty tree
+    (a row must be reproducible from its ``git_commit``) unless ``allow_dirty`` (then rows say ``-dirty``)."""
+    from recsparse.errors import UserError
+
+    commit = git_commit()
+    if commit.endswith("-dirty") and not allow_dirty:
+        raise UserError(f"the working tree has uncommitted changes (git_commit {commit}): commit them first so the "
+                        "results row names a commit that reproduces it, or pass --allow-dirty for a scratch run")
+    return commit
 
 
 def machine() -> str:
@@ -69,18 +104,24 @@ def provenance(wall_s: float | None = None) -> dict[str, Any]:
 def save_results(area: str, records: Sequence[dict[str, Any]], key: Sequence[str],
                  results_dir: str | Path | None = None) -> Path:
     """Merge ``records`` into ``<results_dir>/<area>.json`` (replacing same-key rows) and regenerate the ``.md``."""
-    d = Path(results_dir) if results_dir is not None else RESULTS_DIR
+    d = Path(results_dir) if results_dir is not None else default_results_dir()
     path = d / f"{area}.json"
     old: list[dict[str, Any]] = []
     if path.exists():
         old = json.loads(path.read_text())
     ident = lambda r: tuple(r.get(k) for k in key)  # noqa: E731
     new_keys = {ident(r) for r in records}
-    merged = [r for r in old if ident(r) not in new_keys] + list(records)
-    write_json(path, merged)
+    return write_results(area, [r for r in old if ident(r) not in new_keys] + list(records), d)
+
+
+def write_results(area: str, records: Sequence[dict[str, Any]], results_dir: str | Path | None = None) -> Path:
+    """Write ``<area>.json`` as given (all rows) and regenerate ``<area>.md`` from it."""
+    d = Path(results_dir) if results_dir is not None else default_results_dir()
+    path = d / f"{area}.json"
+    write_json(path, list(records))
     with atomic_write(d / f"{area}.md") as f:
         f.write(f"# {area} results\n\nGenerated from `{area}.json` by `recsparse.results`; do not edit by hand.\n\n")
-        f.write(markdown_report(merged))
+        f.write(markdown_report(records))
     return path
 
 

@@ -1,8 +1,8 @@
 """The contracts between recsparse's stages: one protocol per seam.
 
 * :class:`IdMapper` — raw categorical id -> row(s) of an embedding table (every compression method is one).
-* :class:`Retriever` — ``index`` / ``search`` / ``batch_search`` over a corpus (BM25, impact, dense, fused).
-* :class:`Hit` and :data:`Run` — what a retriever returns and what evaluation consumes.
+* :class:`Hit` and :data:`Run` — what a retriever returns and what evaluation consumes (the retriever contract
+  itself, an abstract base class with the index-metadata schema, is :mod:`recsparse.retrieval.base`).
 
 Sparse features travel as TorchRec ``KeyedJaggedTensor`` everywhere; tabular data as Polars frames.
 """
@@ -54,22 +54,6 @@ class Hit:
 
 # query id -> ranked hits (best first). Evaluation consumes runs only, never retriever internals.
 Run = dict[str, list[Hit]]
-
-
-@runtime_checkable
-class Retriever(Protocol):
-    """The one search vocabulary of every backend (Lucene BM25 / impact, FAISS dense, fusion).
-
-    ``index`` builds into ``path`` atomically (temp dir, then rename); ``open`` re-opens a saved index.
-    """
-
-    name: str
-
-    def index(self, corpus: "pl.DataFrame", path: str | Path) -> None: ...
-
-    def search(self, query: str, k: int = 10) -> list[Hit]: ...
-
-    def batch_search(self, queries: Mapping[str, str], k: int = 10, threads: int = 1) -> Run: ...
 
 
 def check_positive(name: str, value: float) -> None:

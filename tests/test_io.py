@@ -34,3 +34,31 @@ def test_atomic_dir_swaps_in_and_preserves_old_on_error(tmp_path):
         (tmp / "v").write_text("3")
     assert (d / "v").read_text() == "3"
     assert sorted(x.name for x in tmp_path.iterdir()) == ["index"]
+
+
+@pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700),
+                                                      (0o002, 0o664, 0o775)])
+def test_outputs_respect_the_umask(tmp_path, umask, file_mode, dir_mode):
+    """mkstemp/mkdtemp made every output 0600 / 0700 whatever the user's umask."""
+    import os
+
+    from recsparse.io import current_umask
+
+    old = os.umask(umask)
+    try:
+        assert current_umask() == umask
+        write_json(tmp_path / "m.json", {"a": 1})
+        with atomic_dir(tmp_path / "idx") as tmp:
+            (tmp / "v").write_text("1")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.json").stat().st_mode & 0o777 == file_mode
+    assert (tmp_path / "idx").stat().st_mode & 0o777 == dir_mode
+
+
+def test_replacing_a_file_keeps_its_mode(tmp_path):
+    p = tmp_path / "m.json"
+    write_json(p, {"a": 1})
+    p.chmod(0o640)
+    write_json(p, {"a": 2})
+    assert p.stat().st_mode & 0o777 == 0o640 and json.loads(p.read_text()) == {"a": 2}

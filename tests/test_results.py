@@ -36,3 +36,31 @@ def test_markdown_report_one_table_per_section_with_its_own_columns():
     tbe, quant = md.split("## quant")
     assert "## tbe" in tbe and "| name | ms |" in tbe and "bytes" not in tbe and "`bench --x`" in tbe
     assert "| name | bytes |" in quant and "ms" not in quant
+
+
+def test_results_dir_for_an_installed_package(tmp_path, monkeypatch):
+    """RESULTS_DIR was a path relative to the package source: site-packages/benchmarks/results once installed."""
+    import recsparse.results as results
+
+    monkeypatch.setenv("RECSPARSE_RESULTS_DIR", str(tmp_path / "env"))
+    assert results.default_results_dir() == tmp_path / "env"
+    save_results("area", [{"dataset": "a"}], key=["dataset"])
+    assert (tmp_path / "env" / "area.json").is_file()
+    monkeypatch.delenv("RECSPARSE_RESULTS_DIR")
+    monkeypatch.setattr(results, "_SOURCE_ROOT", tmp_path / "site-packages")  # no checkout around the package
+    monkeypatch.chdir(tmp_path)
+    assert results.default_results_dir() == tmp_path / "benchmarks" / "results"
+
+
+def test_require_clean_tree(monkeypatch):
+    import pytest
+
+    import recsparse.results as results
+    from recsparse.errors import UserError
+
+    monkeypatch.setattr(results, "git_commit", lambda: "abc1234-dirty")
+    with pytest.raises(UserError, match="uncommitted changes .*abc1234-dirty"):
+        results.require_clean_tree()
+    assert results.require_clean_tree(allow_dirty=True) == "abc1234-dirty"
+    monkeypatch.setattr(results, "git_commit", lambda: "abc1234")
+    assert results.require_clean_tree() == "abc1234"

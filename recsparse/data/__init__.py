@@ -23,8 +23,11 @@ def _load_ctr(folder: Path, name: str | None = None) -> Any:
 _LOADERS = {"lightgcn": load_lightgcn, "recbole": load_recbole, "beir": load_beir, "ctr": _load_ctr}
 
 
-def load(name_or_path: str | Path, verify: bool = False) -> Any:
+def load(name_or_path: str | Path, verify: bool = True) -> Any:
     """Load a registered dataset by name, or a folder (format detected from its files).
+
+    A registered dataset's files are checked against the registry's sha256 first (``verify``): a mismatch is a
+    :class:`ChecksumError` naming the file, never silently different data under a registered name.
 
     Returns :class:`ImplicitFeedback`, :class:`AtomicDataset` or :class:`BeirDataset`.
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterator
 
@@ -29,11 +30,32 @@ def numbered_lines(path: str | Path) -> Iterator[tuple[int, str]]:
             yield n, line.rstrip("\r\n")
 
 
-def parse_int(path: Path, lineno: int, token: str, what: str) -> int:
+INT64_MAX = 2**63 - 1
+
+
+def parse_int(path: Path, lineno: int, token: str, what: str, limit: int | None = None,
+              limit_source: str = "") -> int:
+    """A non-negative integer that fits int64 and, given ``limit``, is below it (``limit_source`` says where the
+    limit was declared, e.g. ``"item_list.txt lists 40981 items"``)."""
     try:
         v = int(token)
     except ValueError:
         raise DataFormatError(path, lineno, f"{what} {token!r} is not an integer") from None
     if v < 0:
         raise DataFormatError(path, lineno, f"{what} {v} is negative")
+    if v > INT64_MAX:
+        raise DataFormatError(path, lineno, f"{what} {token} does not fit in a 64-bit integer")
+    if limit is not None and v >= limit:
+        raise DataFormatError(path, lineno, f"{what} {v} is beyond the catalogue ({limit_source}: ids 0..{limit - 1})")
+    return v
+
+
+def parse_float(path: Path, lineno: int, token: str, what: str) -> float:
+    """A finite float (NaN / inf ratings or features poison every mean they enter)."""
+    try:
+        v = float(token)
+    except ValueError:
+        raise DataFormatError(path, lineno, f"{what}: {token!r} is not a float") from None
+    if not math.isfinite(v):
+        raise DataFormatError(path, lineno, f"{what}: {token!r} is not a finite number")
     return v

@@ -11,6 +11,14 @@ from recsparse.data import REGISTRY, data_root, get_spec, load
 from recsparse.data.errors import DataError
 from recsparse.data.registry import describe, missing_files, verify_checksums
 
+def _spec(name: str):
+    """The registry entry, or a one-line user error naming the known datasets."""
+    try:
+        return get_spec(name)
+    except KeyError as e:
+        raise DataError(str(e.args[0])) from None
+
+
 app = typer.Typer(help="Registered datasets: list, inspect, verify checksums and counts.", no_args_is_help=True)
 
 
@@ -28,10 +36,7 @@ def list_() -> None:
 @app.command()
 def info(name: str = typer.Argument(..., help="dataset name, e.g. gowalla")) -> None:
     """Show one dataset's description, files, licence, source and expected counts."""
-    try:
-        spec = get_spec(name)
-    except KeyError as e:
-        raise typer.BadParameter(str(e.args[0])) from None
+    spec = _spec(name)
     d = describe(spec)
     d["root"] = str(data_root() / spec.name)
     typer.echo(json.dumps(d, indent=2))
@@ -45,8 +50,9 @@ def verify(names: list[str] = typer.Argument(None, help="datasets to verify (def
 
     root = data_root()
     rows, failed = [], False
-    for name in names or list(REGISTRY):
-        spec = get_spec(name)
+    specs = [_spec(n) for n in names or list(REGISTRY)]  # every name checked before the slow verification
+    for spec in specs:
+        name = spec.name
         row: dict = {"dataset": name}
         t0 = time.perf_counter()
         if missing_files(spec, root):

@@ -21,7 +21,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -53,9 +53,12 @@ class CTRDataset:
     spec: FeatureSpec
     split_rule: str
 
+    file_counts: dict[str, int] = field(default_factory=dict)
+
     def counts(self) -> dict[str, Any]:
+        """Split sizes, training positive rate, and the counts of the source files (what the registry checks)."""
         return {"train": self.train.height, "valid": self.valid.height, "test": self.test.height,
-                "positive_rate_train": round(float(self.train["label"].mean()), 4)}
+                "positive_rate_train": round(float(self.train["label"].mean()), 4), **self.file_counts}
 
 
 # -------------------------------------------------------------------------------------------------- ml-100k
@@ -120,7 +123,10 @@ def load_adult() -> CTRDataset:
     test = read_adult(d / "adult.test.csv")
     n_val = train_full.height // 10
     cut = train_full.height - n_val
-    return CTRDataset("adult", train_full.slice(0, cut), train_full.slice(cut), test, adult_spec(), ADULT_SPLIT)
+    files = {"train_rows": train_full.height, "test_rows": test.height,
+             "train_positive": int(train_full["label"].sum()), "test_positive": int(test["label"].sum())}
+    return CTRDataset("adult", train_full.slice(0, cut), train_full.slice(cut), test, adult_spec(), ADULT_SPLIT,
+                      files)
 
 
 # ---------------------------------------------------------------------------- large public sets (stream)

@@ -26,7 +26,8 @@ class ChecksumError(DataError):
     def __init__(self, path: str | Path, expected: str, actual: str):
         self.path = str(path)
         super().__init__(f"{path}: sha256 mismatch (expected {expected}, got {actual}); the file is corrupt, "
-                         f"truncated or a different version — delete it and fetch it again")
+                         f"truncated or a different version — delete it and fetch it again (to use a modified "
+                         f"copy on purpose, load its folder by path instead of the registered name)")
 
 
 class DatasetNotFoundError(DataError, FileNotFoundError):

@@ -16,10 +16,13 @@ from recsparse.data._lines import numbered_lines, parse_int
 from recsparse.data.errors import DataFormatError
 
 
-def read_interactions(path: str | Path) -> pl.DataFrame:
+def read_interactions(path: str | Path, num_users: int | None = None, num_items: int | None = None,
+                      source: str = "") -> pl.DataFrame:
     """Read one LightGCN interaction file into a long frame ``(user_id: i64, item_id: i64)``.
 
-    Errors (file:line): non-integer or negative id, a user on two lines, the same item twice for a user, truncation.
+    Errors (file:line): non-integer, negative or int64-overflowing id, an id ``>= num_users`` / ``num_items`` (the
+    declared catalogue; ``source`` says where it was declared), a user on two lines, the same item twice for a
+    user, truncation.
     """
     path = Path(path)
     users: list[int] = []
@@ -29,11 +32,12 @@ def read_interactions(path: str | Path) -> pl.DataFrame:
         tokens = line.split()
         if not tokens:
             raise DataFormatError(path, n, "empty line (expected 'user_id item_id ...')")
-        u = parse_int(path, n, tokens[0], "user id")
+        u = parse_int(path, n, tokens[0], "user id", num_users, f"user_list.txt lists {num_users} users")
         if u in seen_users:
             raise DataFormatError(path, n, f"duplicate user id {u} (first on line {seen_users[u]})")
         seen_users[u] = n
-        row = [parse_int(path, n, t, "item id") for t in tokens[1:]]
+        row = [parse_int(path, n, t, "item id", num_items, f"item_list.txt lists {num_items} items")
+               for t in tokens[1:]]
         if len(set(row)) != len(row):
             dup = next(i for i in row if row.count(i) > 1)
             raise DataFormatError(path, n, f"item id {dup} listed twice for user {u}")
@@ -62,6 +66,10 @@ def read_id_list(path: str | Path) -> pl.DataFrame:
         seen[r] = n
         org.append(parts[0])
         remap.append(r)
+    if remap and max(remap) >= len(remap):  # remap ids are the dense row ids 0..n-1 of the catalogue
+        bad = max(remap)
+        raise DataFormatError(path, seen[bad], f"remap_id {bad} but only {len(remap)} ids are listed "
+                                               f"(remap ids must be 0..{len(remap) - 1})")
     return pl.DataFrame({"org_id": org, "remap_id": np.asarray(remap, dtype=np.int64)})
 
 
@@ -80,16 +88,39 @@ class ImplicitFeedback:
                 "train_interactions": self.train.height, "test_interactions": self.test.height}
 
 
+# Without user_list/item_list the catalogue is max id + 1; ids are dense remapped ids in this format, so a
+# catalogue far larger than the ids seen is a corrupt id (999999999999 would ask for terabytes of table rows).
+SPARSE_IDS_FACTOR, SPARSE_IDS_SLACK = 10, 10_000
+
+
 def load_lightgcn(folder: str | Path, name: str | None = None) -> ImplicitFeedback:
+    """Read ``train.txt`` / ``test.txt``; ``user_list.txt`` / ``item_list.txt``, when present, declare the
+    catalogue and every id must fall inside it (file:line of the first that does not)."""
     folder = Path(folder)
-    train = read_interactions(folder / "train.txt")
-    test = read_interactions(folder / "test.txt")
-    n_users = n_items = 0
-    if (folder / "user_list.txt").is_file():
-        n_users = read_id_list(folder / "user_list.txt").height
-    if (folder / "item_list.txt").is_file():
-        n_items = read_id_list(folder / "item_list.txt").height
-    both = pl.concat([train, test])
-    n_users = max(n_users, int(both["user_id"].max() or 0) + 1)
-    n_items = max(n_items, int(both["item_id"].max() or 0) + 1)
-    return ImplicitFeedback(name or folder.name, train, test, n_users, n_items)
+    declared = {}
+    for side in ("user", "item"):
+        p = folder / f"{side}_list.txt"
+        declared[side] = read_id_list(p).height if p.is_file() else None
+    train = read_interactions(folder / "train.txt", declared["user"], declared["item"])
+    test = read_interactions(folder / "test.txt", declared["user"], declared["item"])
+    n = {}
+    for side in ("user", "item"):
+        col = f"{side}_id"
+        ids = pl.concat([train[col], test[col]])
+        n[side] = declared[side] if declared[side] is not None else int(ids.max() or 0) + 1
+        if declared[side] is None and n[side] > SPARSE_IDS_FACTOR * ids.n_unique() + SPARSE_IDS_SLACK:
+            _reject_sparse_id(folder, side, n[side] - 1, ids.n_unique())
+    return ImplicitFeedback(name or folder.name, train, test, n["user"], n["item"])
+
+
+def _reject_sparse_id(folder: Path, side: str, max_id: int, distinct: int) -> None:
+    for fname in ("train.txt", "test.txt"):
+        for lineno, line in numbered_lines(folder / fname):
+            tokens = line.split()
+            if str(max_id) in (tokens[:1] if side == "user" else tokens[1:]):
+                raise DataFormatError(folder / fname, lineno,
+                                      f"{side} id {max_id} would make a catalogue of {max_id + 1} {side}s for "
+                                      f"{distinct} distinct ids; ids must be dense 0-based remapped ids (or "
+                                      f"declare the catalogue in {side}_list.txt)")
+    raise DataFormatError(folder / "train.txt", None, f"{side} id {max_id} would make a catalogue of {max_id + 1} "
+                                                      f"{side}s for {distinct} distinct ids")

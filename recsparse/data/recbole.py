@@ -10,7 +10,7 @@ from pathlib import Path
 
 import polars as pl
 
-from recsparse.data._lines import numbered_lines
+from recsparse.data._lines import numbered_lines, parse_float
 from recsparse.data.errors import DataFormatError
 
 _TYPES = {"token": pl.Utf8, "token_seq": pl.List(pl.Utf8), "float": pl.Float64, "float_seq": pl.List(pl.Float64)}
@@ -46,17 +46,14 @@ def read_atomic(path: str | Path, unique: str | None = None) -> pl.DataFrame:
         if len(fields) != len(names):
             raise DataFormatError(path, n, f"expected {len(names)} tab-separated columns, got {len(fields)}")
         for j, (v, typ) in enumerate(zip(fields, types)):
-            try:
-                if typ == "token":
-                    cols[j].append(v)
-                elif typ == "token_seq":
-                    cols[j].append(v.split())
-                elif typ == "float":
-                    cols[j].append(float(v))
-                else:
-                    cols[j].append([float(x) for x in v.split()])
-            except ValueError:
-                raise DataFormatError(path, n, f"column {names[j]!r}: {v!r} is not a {typ}") from None
+            if typ == "token":
+                cols[j].append(v)
+            elif typ == "token_seq":
+                cols[j].append(v.split())
+            elif typ == "float":
+                cols[j].append(parse_float(path, n, v, f"column {names[j]!r}"))
+            else:
+                cols[j].append([parse_float(path, n, x, f"column {names[j]!r}") for x in v.split()])
         if uidx >= 0:
             key = fields[uidx]
             if key in seen:
@@ -80,9 +77,28 @@ class AtomicDataset:
 
 
 def load_recbole(folder: str | Path, name: str | None = None) -> AtomicDataset:
+    """Read ``NAME.inter`` (+ ``NAME.user`` / ``NAME.item`` when present). With a ``.user`` / ``.item`` file, every
+    user / item of the interactions must be listed in it (file:line of the first one that is not)."""
     folder = Path(folder)
     name = name or folder.name
-    inter = read_atomic(folder / f"{name}.inter")
-    user = read_atomic(folder / f"{name}.user", unique="user_id") if (folder / f"{name}.user").is_file() else None
-    item = read_atomic(folder / f"{name}.item", unique="item_id") if (folder / f"{name}.item").is_file() else None
-    return AtomicDataset(name, inter, user, item)
+    inter_path = folder / f"{name}.inter"
+    inter = read_atomic(inter_path)
+    for col in ("user_id", "item_id"):
+        if col not in inter.columns:
+            raise DataFormatError(inter_path, 1, f"header has no column '{col}'")
+    feats = {}
+    for side in ("user", "item"):
+        p = folder / f"{name}.{side}"
+        feats[side] = read_atomic(p, unique=f"{side}_id") if p.is_file() else None
+        if feats[side] is not None:
+            _check_listed(inter, inter_path, f"{side}_id", feats[side], p)
+    return AtomicDataset(name, inter, feats["user"], feats["item"])
+
+
+def _check_listed(inter: pl.DataFrame, inter_path: Path, col: str, table: pl.DataFrame, table_path: Path) -> None:
+    missing = ~inter[col].is_in(table[col].implode())
+    if bool(missing.any()):
+        row = int(missing.arg_true()[0])
+        # row k of the frame is line k + 2 of the file (header on line 1, every line is a row)
+        raise DataFormatError(inter_path, row + 2, f"{col} {inter[col][row]!r} is not listed in {table_path.name} "
+                                                   f"({int(missing.sum())} interaction(s) with unlisted ids)")

@@ -9,6 +9,7 @@ dataset, the root and what to place where.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from recsparse.data.errors import ChecksumError, DatasetNotFoundError
+from recsparse.io import write_json
 
 ENV_VAR = "RECSPARSE_DATA"
 
@@ -40,10 +42,15 @@ class DatasetSpec:
     urls: dict[str, str] = field(default_factory=dict)
     archive: str | None = None
     reference: dict[str, float] = field(default_factory=dict)
+    # where ``reference`` comes from: a published figure (and whether we reproduced it) or one we measured
+    reference_source: str = ""
 
     def __post_init__(self) -> None:
         if self.format not in ("lightgcn", "recbole", "beir", "ctr"):
             raise ValueError(f"dataset {self.name!r}: unknown format {self.format!r}")
+        if self.reference and not self.reference_source:
+            raise ValueError(f"dataset {self.name!r}: reference figures need a reference_source (published where, "
+                             f"or measured how)")
 
     @property
     def downloadable(self) -> bool:
@@ -81,15 +88,44 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify_checksums(spec: DatasetSpec, root: Path | None = None) -> None:
-    """Raise :class:`ChecksumError` for the first file whose sha256 differs from the registry."""
+def _memo_file() -> Path:
+    root = os.environ.get("RECSPARSE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "recsparse"
+    return Path(root) / "verified-checksums.json"
+
+
+def _read_memo() -> dict[str, Any]:
+    try:
+        return dict(json.loads(_memo_file().read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def verify_checksums(spec: DatasetSpec, root: Path | None = None, memo: bool = False) -> None:
+    """Raise :class:`ChecksumError` for the first file whose sha256 differs from the registry.
+
+    ``memo``: skip files verified before with the same size and modification time (recorded in the user cache, so
+    large datasets are hashed once, not on every load); a changed file is always hashed again.
+    """
     d = (root or data_root()) / spec.name
+    seen = _read_memo() if memo else {}
+    changed = False
     for rel, expected in spec.files.items():
         if not expected:  # no published sha256 (e.g. Criteo behind a licence page): nothing to compare
             continue
-        actual = sha256_file(d / rel)
+        p = d / rel
+        st = p.stat()
+        key, stamp = str(p.resolve()), [st.st_size, st.st_mtime_ns, expected]
+        if seen.get(key) == stamp:
+            continue
+        actual = sha256_file(p)
         if actual != expected:
-            raise ChecksumError(d / rel, expected, actual)
+            raise ChecksumError(p, expected, actual)
+        seen[key], changed = stamp, True
+    if memo and changed:
+        try:
+            write_json(_memo_file(), seen)
+        except OSError:  # a read-only cache only costs re-hashing next time
+            pass
 
 
 def missing_files(spec: DatasetSpec, root: Path | None = None) -> list[str]:
@@ -97,10 +133,13 @@ def missing_files(spec: DatasetSpec, root: Path | None = None) -> list[str]:
     return [rel for rel in spec.files if not (d / rel).is_file()]
 
 
-def dataset_dir(name: str, download: bool = True, verify: bool = False) -> Path:
+def dataset_dir(name: str, download: bool = True, verify: bool = True) -> Path:
     """Path of a registered dataset's folder, downloading missing files when possible.
 
-    Raises :class:`DatasetNotFoundError` naming the dataset, root and expected files when it cannot be had.
+    Raises :class:`DatasetNotFoundError` naming the dataset, root and expected files when it cannot be had, and
+    :class:`ChecksumError` when a file differs from the registry (``verify``; files verified before with the same
+    size and modification time are not hashed again). A registered name means the registered bytes: to use a
+    modified copy, load its folder by path.
     """
     spec = get_spec(name)
     root = data_root()
@@ -111,7 +150,7 @@ def dataset_dir(name: str, download: bool = True, verify: bool = False) -> Path:
                              if not spec.downloadable else "download disabled")
         _download(spec, root, missing)
     if verify:
-        verify_checksums(spec, root)
+        verify_checksums(spec, root, memo=True)
     return root / spec.name
 
 

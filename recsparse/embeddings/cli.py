@@ -36,9 +36,14 @@ def graphhash(dataset: str = typer.Option("gowalla", help="Registered implicit-f
     from recsparse.io import atomic_write
     from recsparse.results import print_table
 
+    from recsparse.errors import ConfigError
+
+    bad = [r for r in resolution if not r > 0]
+    if bad:
+        raise ConfigError(f"--resolution must be > 0, got {bad[0]:g}")
     ds = load(dataset)
     if not isinstance(ds, ImplicitFeedback):
-        raise typer.BadParameter(f"{dataset!r} is not an implicit-feedback (user, item) dataset", param_hint="dataset")
+        raise ConfigError(f"--dataset {dataset!r} is not an implicit-feedback (user, item) dataset")
     full = ds.num_users + ds.num_items
     rows = []
     for res in resolution:

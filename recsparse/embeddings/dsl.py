@@ -6,10 +6,14 @@ the prune-and-regrow recipe of RigL (Evci et al., "Rigging the Lottery", ICML 20
 * every table ``[rows, dim]`` carries an element-wise mask with exactly ``round(density · rows · dim)`` active
   weights (random at the start, per table);
 * every ``interval`` optimizer steps a fraction ``ratio_t`` of each table's active weights is **pruned** (smallest
-  ``|w|``) and the same number of inactive weights is **regrown** where the current gradient ``|g|`` is largest
-  (regrown weights start at 0; positions pruned in the same update are not regrown);
-* ``ratio_t`` decays on a cosine from ``ratio`` to ``ratio_final`` over the run
-  (``ratio_t = r_f + ½ (r_0 - r_f)(1 + cos(π t / T))``; ``schedule='constant'`` keeps ``ratio``).
+  ``|w|``) and the same number of inactive weights is **regrown** where the gradient ``|g|`` is largest (regrown
+  weights start at 0; positions pruned in the same update are not regrown). ``g`` is the gradient *summed over the
+  interval*, not one batch's: a batch touches only its own rows of an embedding table, so one batch's gradient could
+  only regrow into the few thousand rows it happened to contain while pruning takes from every row (on Gowalla MF
+  that starves tail rows to all-zero vectors); over an interval nearly every row has been seen;
+* ``ratio_t`` decays on a cosine from ``ratio`` to ``ratio_final`` over the first ``end`` fraction of the run, after
+  which the mask is frozen (RigL's ``T_end = 0.75``: the last quarter trains the final mask)
+  (``ratio_t = r_f + ½ (r_0 - r_f)(1 + cos(π t / (end·T)))``; ``schedule='constant'`` keeps ``ratio``).
 
 Masked weights stay **exactly zero** through every optimizer step: gradients are masked before the step, and the
 optimizer's per-element state (Adam moments, Adagrad sums, momentum buffers — any state tensor shaped like the
@@ -47,17 +51,19 @@ SCHEDULES = ("cosine", "constant")
 class DSLConfig:
     """``density``: fraction of each table's weights that are active (0 < d ≤ 1). ``interval``: optimizer steps
     between mask updates (ΔT). ``ratio`` → ``ratio_final``: fraction of active weights pruned-and-regrown per update,
-    decayed by ``schedule`` (``cosine`` | ``constant``) over the run. ``seed``: the initial random mask."""
+    decayed by ``schedule`` (``cosine`` | ``constant``) over the first ``end`` fraction of the run's steps, after which
+    the mask is frozen. ``seed``: the initial random mask."""
 
     density: float = 0.5
     interval: int = 3000
     ratio: float = 0.5
     ratio_final: float = 0.005
     schedule: str = "cosine"
+    end: float = 0.75
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("density", "ratio", "ratio_final"):
+        for name in ("density", "ratio", "ratio_final", "end"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ConfigError(f"dsl.{name} must be a number, got {v!r}")
@@ -65,6 +71,8 @@ class DSLConfig:
             raise ConfigError(f"dsl.density must be in (0, 1], got {self.density!r}")
         if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval <= 0:
             raise ConfigError(f"dsl.interval must be a positive integer (optimizer steps), got {self.interval!r}")
+        if not 0.0 < self.end <= 1.0:
+            raise ConfigError(f"dsl.end must be in (0, 1] (fraction of the run with mask updates), got {self.end!r}")
         if not 0.0 <= self.ratio <= 1.0 or not 0.0 <= self.ratio_final <= 1.0:
             raise ConfigError(f"dsl.ratio and dsl.ratio_final must be in [0, 1], got {self.ratio!r}, "
                               f"{self.ratio_final!r}")
@@ -131,9 +139,10 @@ def magnitude_masks(tables: nn.Module, density: float) -> dict[str, torch.Tensor
 class DynamicSparsity:
     """Masks, prune/regrow schedule and optimizer hygiene for the tables of a model.
 
-    Call :meth:`before_step` after ``backward`` and before ``optimizer.step()`` (it updates the mask on schedule and
-    masks the gradients), and :meth:`after_step` after it (re-applies the mask: a guard that costs one pass).
-    ``total_steps`` is the run's optimizer-step count (the horizon of the cosine decay).
+    Call :meth:`before_step` after ``backward`` and before ``optimizer.step()``: it updates the mask on schedule,
+    zeroes the optimizer state of pruned weights and masks the gradients — after which any torch optimizer leaves the
+    masked weights at exactly 0 (zero gradient, zero state, and weight decay of a zero weight is zero), so no
+    re-masking pass is needed after the step. ``total_steps`` is the run's optimizer-step count.
     """
 
     def __init__(self, tables: nn.Module, config: DSLConfig, total_steps: int) -> None:
@@ -146,6 +155,9 @@ class DynamicSparsity:
         self.masks = {n: _random_mask(w.shape, config.density, g).to(w.device) for n, w in self.params.items()}
         self.step = 0
         self.history: list[dict[str, Any]] = []
+        self.end_step = max(1, int(config.end * self.total_steps))  # mask frozen from here on
+        # gradient summed since the last update (the regrowth score): allocated lazily, only while updates remain
+        self.grad_sum: dict[str, torch.Tensor] = {}
         if config.interval > total_steps and config.density < 1.0:
             warnings.warn(f"DSL: interval={config.interval} exceeds the run's {total_steps} optimizer steps, so the "
                           "mask never changes (static sparse training); lower model.dsl.interval", stacklevel=2)
@@ -187,26 +199,42 @@ class DynamicSparsity:
     # ---- the schedule ----------------------------------------------------------------------------------------
     def ratio_at(self, step: int) -> float:
         c = self.config
-        return update_ratio(step, self.total_steps, c.ratio, c.ratio_final, c.schedule)
+        return update_ratio(step, self.end_step, c.ratio, c.ratio_final, c.schedule)
+
+    @torch.no_grad()
+    def accumulate(self) -> None:
+        """Add the current gradients to the regrowth score (called every step while mask updates remain)."""
+        for n, w in self.params.items():
+            g = w.grad
+            if g is None:
+                continue
+            acc = self.grad_sum.get(n)
+            if acc is None:
+                acc = self.grad_sum[n] = torch.zeros_like(w, memory_format=torch.contiguous_format)
+            if g.is_sparse:
+                g = g.coalesce()
+                acc.index_add_(0, g.indices()[0], g.values())
+            else:
+                acc.add_(g)
 
     @torch.no_grad()
     def update(self) -> dict[str, Any]:
-        """Prune the smallest-|w| active weights and regrow as many largest-|g| inactive ones, per table. Needs the
-        current gradients (call between ``backward`` and the optimizer step). Returns the history entry."""
+        """Prune the smallest-|w| active weights and regrow as many inactive ones with the largest gradient summed
+        since the last update (:meth:`accumulate`), per table. Returns the history entry."""
         ratio = self.ratio_at(self.step)
         entry: dict[str, Any] = {"step": self.step, "ratio": ratio, "pruned": {}, "grown": {}}
         for name, w in self.params.items():
             mask = self.masks[name].view(-1)
             active = int(mask.sum())
             n = min(int(round(ratio * active)), mask.numel() - active)  # can only regrow into free slots
-            if n <= 0 or w.grad is None:
+            acc = self.grad_sum.get(name)
+            if n <= 0 or acc is None:
                 entry["pruned"][name] = entry["grown"][name] = 0
                 continue
             flat_w = w.detach().view(-1)
             score = flat_w.abs().masked_fill(~mask, float("inf"))
             drop = torch.topk(score, n, largest=False, sorted=False).indices
-            g = w.grad.to_dense() if w.grad.is_sparse else w.grad
-            gscore = g.detach().reshape(-1).abs()
+            gscore = acc.reshape(-1).abs()
             candidates = ~mask
             candidates[drop] = False  # not regrown in the update that pruned them
             pos = gscore[candidates]
@@ -219,6 +247,8 @@ class DynamicSparsity:
             flat_w[drop] = 0.0
             flat_w[grow] = 0.0  # regrown weights start at zero (RigL)
             entry["pruned"][name] = entry["grown"][name] = n
+        for acc in self.grad_sum.values():
+            acc.zero_()
         self.history.append(entry)
         return entry
 
@@ -227,19 +257,21 @@ class DynamicSparsity:
         pruned weights. Returns the update's history entry, or None."""
         self.step += 1
         entry = None
-        if self.config.density < 1.0 and self.step % self.config.interval == 0 and self.step < self.total_steps:
-            entry = self.update()
-            self.mask_optimizer_state(optimizer)
+        if self.config.density < 1.0 and self.step <= self.end_step:
+            self.accumulate()
+            if self.step % self.config.interval == 0 and self.step < self.total_steps:
+                entry = self.update()
+                self.mask_optimizer_state(optimizer)
+        elif self.grad_sum:
+            self.grad_sum = {}  # no update left: free the score buffers
         self.mask_gradients()
         return entry
-
-    def after_step(self) -> None:
-        self.apply()
 
     # ---- state (resume) ---------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {"config": self.config.to_dict(), "total_steps": self.total_steps, "step": self.step,
-                "masks": {n: m.clone() for n, m in self.masks.items()}, "history": list(self.history)}
+                "masks": {n: m.clone() for n, m in self.masks.items()}, "history": list(self.history),
+                "grad_sum": {n: a.clone() for n, a in self.grad_sum.items()}}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         masks = state["masks"]
@@ -251,6 +283,7 @@ class DynamicSparsity:
                                   f"{tuple(self.masks[n].shape)}")
             self.masks[n] = m.to(self.masks[n].device).clone()
         self.step, self.history = int(state["step"]), list(state.get("history", []))
+        self.grad_sum = {n: a.clone() for n, a in state.get("grad_sum", {}).items() if n in self.masks}
         self.apply()
 
 
@@ -283,10 +316,6 @@ def dsl_callback(config: DSLConfig, tables_of: Any = None) -> Any:
             entry = self.dsl.before_step(optimizer)
             if entry is not None:
                 pl_module.log("dsl/ratio", entry["ratio"], on_step=True, on_epoch=False, batch_size=1)
-
-        def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-            assert self.dsl is not None
-            self.dsl.after_step()
 
         def state_dict(self) -> dict[str, Any]:
             return {} if self.dsl is None else self.dsl.state_dict()

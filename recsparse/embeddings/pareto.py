@@ -67,7 +67,7 @@ def build_grid(methods: Sequence[str], budgets: Sequence[float], densities: Sequ
     """Training/pruning points in priority order: the dense reference, DSL and pruning at the first density, every
     mapper at the first budget, then the remaining densities and budgets (so a grid cut short by time still holds
     the headline comparison). Quantized points are added by :class:`ParetoStudy` once their sources exist."""
-    pts: list[Point] = [Point("full", 1.0)]
+    pts: list[Point] = [Point("full", 1.0)] if "full" in methods else []
     mappers = [m for m in methods if m in MAPPER_METHODS]
     for i in range(max(len(budgets), len(densities))):
         if i < len(densities):

@@ -110,10 +110,27 @@ def plan_sharding(model: nn.Module, plan: str, sharder: Any, device: torch.devic
 
     check_choice("plan", plan, ("auto",) + PLANS)
     pg = pg or dist.GroupMember.WORLD
+    if plan == "column_wise":  # every table split into world-size column blocks (the planner would keep it whole)
+        return _column_wise_plan(model, sharder, device, pg)
     tables = _ebc_tables(model)
     constraints = None if plan == "auto" else {t: ParameterConstraints(sharding_types=[plan]) for t in tables}
     planner = EmbeddingShardingPlanner(topology=topology(device, pg), constraints=constraints, debug=False)
     return planner.collective_plan(model, [sharder], pg)
+
+
+def _column_wise_plan(model: nn.Module, sharder: Any, device: torch.device, pg: Any) -> Any:
+    from torchrec import EmbeddingBagCollection
+    from torchrec.distributed.sharding_plan import column_wise, construct_module_sharding_plan
+    from torchrec.distributed.types import ShardingPlan
+
+    _ebc_tables(model)  # raises if there is nothing to shard
+    world = dist.get_world_size(pg)
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return ShardingPlan({
+        path: construct_module_sharding_plan(
+            m, {c.name: column_wise(ranks=list(range(world))) for c in m.embedding_bag_configs()}, sharder=sharder,
+            local_size=local, world_size=world, device_type=device.type)
+        for path, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)})
 
 
 def shard_model(model: nn.Module, plan: str = "table_wise", device: torch.device | str | None = None,

@@ -293,7 +293,10 @@ class MappedEmbeddingBagCollection(nn.Module):
         f = self.feature(feature)
         rows = f.mapper.transform(ids.reshape(-1)).to(self.device)  # [N, k]
         if self.backend == "fbgemm":
-            return self._embed_tbe(self._index[feature], rows)
+            if torch.is_grad_enabled():
+                return self._embed_tbe(self._index[feature], rows)  # backward = the fused optimizer update
+            w = self.table_weight(feature)  # inference: a plain gather from the kernel's storage (no TBE launch)
+            return F.embedding(rows[:, 0], w) if rows.shape[1] == 1 else F.embedding(rows, w).sum(dim=1)
         if self.backend == "torchrec" and self.is_sharded:
             return self._embed_sharded(feature, rows)
         w = self.table_weight(feature)

@@ -202,7 +202,9 @@ class FusedTBE(nn.Module):
             lo, hi = offsets[a * B], offsets[b * B]
             inputs += [indices[lo:hi], offsets[a * B:b * B + 1] - lo]
         if not torch.is_grad_enabled():
-            return torch.cat([g(inputs[2 * k], inputs[2 * k + 1]) for k, g in enumerate(self.groups)], dim=1)
+            # inference: the CPU TBE forward is single-threaded, so the groups run concurrently here too
+            outs = self.pool().map(lambda k: self.groups[k](inputs[2 * k], inputs[2 * k + 1]), range(len(self.groups)))
+            return torch.cat(list(outs), dim=1)
         return _ParallelGroups.apply(self, self._anchor, *inputs)
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Protocol, Sequence
+from typing import Any, Literal, Mapping, Protocol, Sequence
 
 import numpy as np
 import polars as pl
@@ -33,26 +33,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsparse.config import Config
 from recsparse.types import check_choice, check_positive
 
 AUGMENTS = ("rfm", "cfm")
 
 
 @dataclass
-class SSLConfig:
+class SSLConfig(Config):
     """``loss.ssl``: ``augment`` rfm | cfm; ``weight`` α of the auxiliary term (0 = off: nothing is computed);
     ``temperature`` τ of InfoNCE; ``dropout`` per-id dropout inside multi-hot features; ``batch_size`` items drawn
-    uniformly from the catalogue per training step."""
+    uniformly from the catalogue per training step (CTR: rows of the training batch)."""
 
-    augment: str = "rfm"
+    augment: Literal["rfm", "cfm"] = "rfm"
     weight: float = 0.0
     temperature: float = 0.1
     dropout: float = 0.0
     batch_size: int = 512
 
-    def __post_init__(self) -> None:
-        check_choice("loss.ssl.augment", self.augment, AUGMENTS)
-        if not (isinstance(self.weight, (int, float)) and self.weight >= 0):
+    def validate(self) -> None:
+        if self.weight < 0:
             raise ValueError(f"loss.ssl.weight must be >= 0, got {self.weight!r}")
         check_positive("loss.ssl.temperature", self.temperature)
         if not 0.0 <= self.dropout < 1.0:

@@ -1,63 +1,67 @@
-"""Training configuration: dataclasses validated on construction, loaded from YAML with ``a.b=value`` overrides.
+"""Training configuration: the schema of ``recsparse train`` as typed dataclasses (:mod:`recsparse.config`).
 
-A config has five sections (``data``, ``model``, ``loss``, ``trainer``, ``eval``) plus a ``name``. Unknown keys and
-out-of-range values raise ``ValueError`` naming the field (``trainer.batch_size must be > 0, got 0``). Overrides are
-parsed as YAML scalars: ``trainer.max_epochs=3``, ``model.mapper=modulo``, ``eval.ks=[20,50]``.
+A config has five sections (``data``, ``model``, ``loss``, ``trainer``, ``eval``) plus a ``name``. Every value is
+checked against its field's annotation and ``validate()`` rules on construction; unknown keys, wrong types and
+out-of-range values raise :class:`~recsparse.errors.ConfigError` naming the dotted field and the file/line or
+override (``trainer.batch_size must be > 0, got 0 (c.yaml:7)``). Overrides are YAML values: ``trainer.max_epochs=3``,
+``trainer.lr=1e-3``, ``model.mapper=modulo``, ``eval.ks=[20,50]``. To add an option, add a typed field with a
+default to its section: loading, overrides and type checks follow.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
-import yaml
-
+from recsparse.config import Config, apply_overrides, build, check_name, load
 from recsparse.models.ssl import SSLConfig
 from recsparse.types import check_choice, check_positive
 
-FAMILIES = ("mf", "lightgcn", "two_tower")
-LOSSES = ("bpr", "softmax")
-OPTIMIZERS = ("adam", "adagrad", "sgd")
-LR_SCHEDULES = ("constant", "cosine")
-SPLITS = ("given", "leave_last_out")
+__all__ = ["DataConfig", "ModelConfig", "LossConfig", "TrainerConfig", "EvalConfig", "TrainConfig", "load_config",
+           "apply_overrides"]
 
 
 def _pos(section: str, name: str, value: float) -> None:
     check_positive(f"{section}.{name}", value)
 
 
+# mappers whose row count is not a budget the user sets
+ROWS_FIXED_BY_MAPPER = {"full": "one row per id", "graphhash": "one row per cluster"}
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Config):
     """``dataset``: registered name or folder. ``split``: ``given`` (the dataset's train/test files, Gowalla) or
     ``leave_last_out`` (per user, by timestamp: last interaction -> test, second last -> validation; ML-100K).
     ``val_fraction`` (``given`` only): fraction of each user's training items held out for validation / early
     stopping; 0 -> no validation set (fixed epoch budget). ``min_rating``: keep interactions rated at least this."""
 
     dataset: str = "gowalla"
-    split: str = "given"
+    split: Literal["given", "leave_last_out"] = "given"
     val_fraction: float = 0.0
     min_rating: float | None = None
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.dataset, str) or not self.dataset:
-            raise ValueError(f"data.dataset must be a dataset name or folder, got {self.dataset!r}")
-        check_choice("data.split", self.split, SPLITS)
-        if not 0.0 <= float(self.val_fraction) < 1.0:
+    def validate(self) -> None:
+        if not self.dataset:
+            raise ValueError("data.dataset must be a dataset name or folder, got ''")
+        if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"data.val_fraction must be in [0, 1), got {self.val_fraction!r}")
+        if self.split == "leave_last_out" and self.val_fraction > 0:
+            raise ValueError("data.val_fraction is for data.split=given; leave_last_out already holds out each "
+                             "user's second-last interaction for validation: drop data.val_fraction")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Config):
     """``family``: mf | lightgcn | two_tower. ``mapper``: id-mapper of the user/item id tables (``recsparse
     embeddings mappers``); ``mapper_kwargs`` go to it (``resolution`` for GraphHash, ``num_hashes`` ...). Row budget
     of hashing mappers: ``user_rows``/``item_rows`` or ``budget_resolution`` (GraphHash's rows at that resolution).
     ``normalize``: cosine scores (MF, LightGCN). ``item_bias``: add a learned per-item bias to every score (MF,
     LightGCN; :class:`~recsparse.models.ItemBias`). ``hidden``/``out_dim``/``side_features``: two-tower towers."""
 
-    family: str = "mf"
+    family: Literal["mf", "lightgcn", "two_tower"] = "mf"
     dim: int = 64
     mapper: str = "full"
     mapper_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -74,10 +78,9 @@ class ModelConfig:
     side_features: bool = True
     dropout: float = 0.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         from recsparse.embeddings import BACKENDS, MAPPERS
 
-        check_choice("model.family", self.family, FAMILIES)
         check_choice("model.mapper", self.mapper, sorted(MAPPERS))
         check_choice("model.backend", self.backend, BACKENDS)
         _pos("model", "dim", self.dim)
@@ -87,21 +90,24 @@ class ModelConfig:
                 _pos("model", n, getattr(self, n))
         if self.num_layers < 0:
             raise ValueError(f"model.num_layers must be >= 0, got {self.num_layers}")
-        if not isinstance(self.mapper_kwargs, dict):
-            raise ValueError(f"model.mapper_kwargs must be a mapping, got {self.mapper_kwargs!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout must be in [0, 1), got {self.dropout}")
-        self.hidden = list(self.hidden)
+        if self.mapper in ROWS_FIXED_BY_MAPPER:  # their row count is the catalogue / the clustering: no budget
+            for n in ("user_rows", "item_rows", "budget_resolution"):
+                if getattr(self, n) is not None:
+                    raise ValueError(f"model.{n} does not apply to model.mapper={self.mapper} "
+                                     f"({ROWS_FIXED_BY_MAPPER[self.mapper]}); drop it or pick a hashing mapper")
 
 
 @dataclass
-class LossConfig:
+class LossConfig(Config):
     """``name``: ``bpr`` (one uniform negative per positive, not a training item of the user) or ``softmax``
     (in-batch sampled softmax + ``num_uniform_negatives`` shared uniform negatives; ``logq`` subtracts
     ``log q(item)`` estimated from the training stream); ``in_batch: false`` -> own positive + the uniform negatives
-    only (no in-batch candidates: ``B·(1+M)`` logits; logQ is then a constant and has no effect). ``reg_weight``: L2 on the batch's layer-0 embeddings."""
+    only (no in-batch candidates: ``B·(1+M)`` logits; logQ is then a constant and has no effect). ``reg_weight``: L2 on the batch's layer-0 embeddings. ``ssl``: the self-supervised auxiliary term on
+    the two-tower item tower (:class:`~recsparse.models.ssl.SSLConfig`; off while ``ssl.weight`` is 0)."""
 
-    name: str = "bpr"
+    name: Literal["bpr", "softmax"] = "bpr"
     temperature: float = 1.0
     logq: bool = True
     num_uniform_negatives: int = 0
@@ -109,10 +115,7 @@ class LossConfig:
     reg_weight: float = 0.0
     ssl: SSLConfig = field(default_factory=SSLConfig)
 
-    def __post_init__(self) -> None:
-        if isinstance(self.ssl, Mapping):
-            self.ssl = SSLConfig(**self.ssl)
-        check_choice("loss.name", self.name, LOSSES)
+    def validate(self) -> None:
         if self.name == "softmax" and not self.in_batch and self.num_uniform_negatives == 0:
             raise ValueError("loss.in_batch=false needs loss.num_uniform_negatives > 0")
         _pos("loss", "temperature", self.temperature)
@@ -123,7 +126,7 @@ class LossConfig:
 
 
 @dataclass
-class TrainerConfig:
+class TrainerConfig(Config):
     """Optimisation and Lightning settings. ``resume``: ``"last"`` (``<output_dir>/checkpoints/last.ckpt`` if it
     exists) or a checkpoint path; checkpoints are loaded with ``weights_only=True``. ``lr_schedule``: ``constant``
     or ``cosine`` (per epoch from ``lr`` down to ``lr * lr_final_ratio`` at ``max_epochs``; a resumed run keeps the
@@ -132,26 +135,40 @@ class TrainerConfig:
     max_epochs: int = 10
     batch_size: int = 2048
     lr: float = 1e-3
-    optimizer: str = "adam"
+    optimizer: Literal["adam", "adagrad", "sgd"] = "adam"
     weight_decay: float = 0.0
-    lr_schedule: str = "constant"
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     lr_final_ratio: float = 0.01
     seed: int = 0
     deterministic: bool = True
     num_threads: int = 2
     patience: int = 3
     check_val_every_n_epoch: int = 1
-    limit_train_batches: float = 1.0
+    limit_train_batches: int | float = 1.0  # int: that many batches; float: that fraction of the epoch
     progress_bar: bool = True
     output_dir: str = "runs/{name}"
     resume: str | None = None
+    overwrite: bool = False
+    # several processes (recsparse.pipelines.strategy): TorchRec-sharded tables, data-parallel dense part
+    strategy: Literal["auto", "torchrec"] = "auto"
+    devices: int = 1  # processes on this machine (under torchrun: its --nproc-per-node)
+    plan: Literal["auto", "table_wise", "row_wise", "column_wise"] = "auto"  # auto: TorchRec's planner
+    dist_timeout_s: float = 300.0  # a collective waiting longer (a dead or stuck rank) fails the job
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         for n in ("max_epochs", "batch_size", "lr", "num_threads", "patience", "check_val_every_n_epoch",
-                  "limit_train_batches"):
+                  "limit_train_batches", "devices", "dist_timeout_s"):
             _pos("trainer", n, getattr(self, n))
-        check_choice("trainer.optimizer", self.optimizer, OPTIMIZERS)
-        check_choice("trainer.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if isinstance(self.limit_train_batches, float) and self.limit_train_batches > 1.0:
+            raise ValueError("trainer.limit_train_batches must be a fraction in (0, 1] or a whole number of batches, "
+                             f"got {self.limit_train_batches}")
+        if self.resume is not None and self.overwrite:
+            raise ValueError("trainer.overwrite=true clears the run folder, trainer.resume continues it: set one")
+        try:
+            self.output_dir.format(name="x")
+        except (KeyError, IndexError, ValueError):
+            raise ValueError(f"trainer.output_dir may use {{name}} and no other placeholder, got {self.output_dir!r}"
+                             ) from None
         if not 0.0 <= self.lr_final_ratio <= 1.0:
             raise ValueError(f"trainer.lr_final_ratio must be in [0, 1], got {self.lr_final_ratio}")
         if self.weight_decay < 0:
@@ -159,36 +176,32 @@ class TrainerConfig:
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(Config):
     """Full-ranking evaluation (:mod:`recsparse.pipelines.evaluation`). ``monitor``: the validation metric for early
-    stopping and best checkpoint. ``backend``: ``torch`` (dense score blocks) or ``faiss``."""
+    stopping and best checkpoint. ``backend``: ``torch`` (dense score blocks) or ``faiss``. ``head_fraction`` > 0:
+    every metric also on the test interactions whose item is in the training popularity head (that fraction of the
+    items, by training count) and on the tail (``head_recall@K``, ``tail_ndcg@K`` ...)."""
 
     ks: list[int] = field(default_factory=lambda: [20])
     monitor: str = "recall@20"
     chunk_size: int = 1024
-    backend: str = "torch"
+    backend: Literal["torch", "faiss"] = "torch"
     head_fraction: float = 0.0
 
-    def __post_init__(self) -> None:
+    def validate(self) -> None:
         if not 0.0 <= self.head_fraction < 1.0:
             raise ValueError(f"eval.head_fraction must be in [0, 1), got {self.head_fraction!r}")
-        self.ks = [int(k) for k in (self.ks if isinstance(self.ks, (list, tuple)) else [self.ks])]
         if not self.ks or min(self.ks) <= 0:
             raise ValueError(f"eval.ks must be a non-empty list of positive integers, got {self.ks!r}")
         _pos("eval", "chunk_size", self.chunk_size)
-        check_choice("eval.backend", self.backend, ("torch", "faiss"))
         metric, _, k = self.monitor.partition("@")
-        if metric not in ("recall", "recall_plain", "ndcg", "precision", "hit") or not k.isdigit() \
+        if metric not in ("recall", "recall_capped", "ndcg", "precision", "hit") or not k.isdigit() \
                 or int(k) not in self.ks:
             raise ValueError(f"eval.monitor must be METRIC@K with K in eval.ks={self.ks}, got {self.monitor!r}")
 
 
-SECTIONS = {"data": DataConfig, "model": ModelConfig, "loss": LossConfig, "trainer": TrainerConfig,
-            "eval": EvalConfig}
-
-
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     name: str = "run"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -196,9 +209,8 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
 
-    def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not self.name:
-            raise ValueError(f"name must be a non-empty string, got {self.name!r}")
+    def validate(self) -> None:
+        check_name("name", self.name)
         if self.model.family == "two_tower" and self.loss.name != "softmax":
             raise ValueError("loss.name must be 'softmax' for model.family='two_tower' (in-batch sampled softmax)")
         if self.model.item_bias and self.model.family not in ("mf", "lightgcn"):
@@ -206,61 +218,20 @@ class TrainConfig:
         if self.model.family == "lightgcn" and self.model.mapper in ("universal", "qr", "double_graphhash") \
                 and self.model.backend == "fbgemm":
             raise ValueError("model.backend='fbgemm' is not supported for LightGCN (whole-table embed per step)")
+        if self.loss.ssl.enabled and self.model.family != "two_tower":
+            raise ValueError(f"loss.ssl needs item features: it is for model.family='two_tower', got "
+                             f"{self.model.family!r} (set loss.ssl.weight=0)")
 
     @property
     def output_dir(self) -> Path:
         return Path(self.trainer.output_dir.format(name=self.name))
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        if not isinstance(d, Mapping):
-            raise ValueError(f"config must be a mapping of sections, got {type(d).__name__}")
-        unknown = set(d) - set(SECTIONS) - {"name"}
-        if unknown:
-            raise ValueError(f"unknown config section(s) {sorted(unknown)}; expected name, {', '.join(SECTIONS)}")
-        kw: dict[str, Any] = {}
-        for sec, typ in SECTIONS.items():
-            body = d.get(sec) or {}
-            if not isinstance(body, Mapping):
-                raise ValueError(f"{sec} must be a mapping, got {body!r}")
-            names = {f.name for f in dataclasses.fields(typ)}
-            bad = set(body) - names
-            if bad:
-                raise ValueError(f"unknown key(s) {', '.join(f'{sec}.{b}' for b in sorted(bad))}; "
-                                 f"{sec} has {', '.join(sorted(names))}")
-            try:
-                kw[sec] = typ(**body)
-            except TypeError as e:  # e.g. a str where a number was expected, compared in __post_init__
-                raise ValueError(f"{sec}: {e}") from None
-        return cls(name=d.get("name", "run"), **kw)
-
-
-def apply_overrides(d: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
-    """``["trainer.max_epochs=3", "model.mapper=modulo"]`` -> nested dict updated in place (values parsed as YAML)."""
-    for ov in overrides:
-        key, sep, raw = ov.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {ov!r} must be KEY=VALUE (e.g. trainer.max_epochs=3)")
-        parts = key.strip().split(".")
-        node = d
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"override {ov!r}: {p!r} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else None
-    return d
+        """Nested mappings -> a validated config (:func:`recsparse.config.build`)."""
+        return build(cls, d)
 
 
 def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
     """Read a YAML config, apply ``overrides``, validate. ``name`` defaults to the file's stem."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} not found")
-    raw = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: top level must be a mapping of sections")
-    raw.setdefault("name", path.stem)
-    return TrainConfig.from_dict(apply_overrides(raw, overrides))
+    return load(TrainConfig, path, overrides, defaults={"name": Path(path).stem})

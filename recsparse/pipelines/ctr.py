@@ -57,8 +57,11 @@ class CTRRunConfig:
     def __post_init__(self) -> None:
         from recsparse.models.ctr import CTR_MODELS
 
-        check_choice("model", self.model, sorted(CTR_MODELS))
-        check_choice("mapper", self.mapper, ("full", *HASH_MAPPERS, "unified"))
+        try:
+            check_choice("model", self.model, sorted(CTR_MODELS))
+            check_choice("mapper", self.mapper, ("full", *HASH_MAPPERS, "unified"))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         for n in ("dim", "max_epochs", "patience", "batch_size", "lr", "num_threads"):
             if not getattr(self, n) > 0:
                 raise ConfigError(f"{n} must be > 0, got {getattr(self, n)!r}")
@@ -85,6 +88,138 @@ def budget_spec(spec: FeatureSpec, full_rows: dict[str, int], mapper: str, budge
             feats.append(replace(f, mapper=mapper, num_rows=max(1, math.ceil(budget * full_rows[f.name]))))
     rows = max(1, math.ceil(budget * sum(full_rows.values()))) if mapper == "unified" else None
     return FeatureSpec(feats, label=spec.label, unified_rows=rows, unified_seed=spec.unified_seed)
+
+
+# YAML layout of a CTR config (``task: ctr``): section.key -> CTRRunConfig field
+CONFIG_FIELDS = {"data.dataset": "dataset", "model.name": "model", "model.kwargs": "model_kwargs", "model.dim": "dim",
+                 "model.mapper": "mapper", "model.budget": "budget", "model.backend": "backend",
+                 "trainer.max_epochs": "max_epochs", "trainer.patience": "patience",
+                 "trainer.batch_size": "batch_size", "trainer.lr": "lr", "trainer.weight_decay": "weight_decay",
+                 "trainer.seed": "seed", "trainer.num_threads": "num_threads"}
+RUN_FIELDS = ("trainer.output_dir", "trainer.overwrite", "trainer.progress_bar")
+
+
+def is_ctr_config(raw: Any) -> bool:
+    return isinstance(raw, dict) and raw.get("task") == "ctr"
+
+
+def ctr_config_from_dict(raw: dict[str, Any], source: str = "config") -> tuple[CTRRunConfig, dict[str, Any]]:
+    """A ``task: ctr`` YAML mapping -> (:class:`CTRRunConfig`, run options ``name``/``output_dir``/``overwrite``/
+    ``progress_bar``). Every value is type-checked against the field it fills; errors name ``source`` and the
+    dotted key (``trainer.lr``)."""
+    import dataclasses
+    import typing
+
+    hints = typing.get_type_hints(CTRRunConfig)
+    kw: dict[str, Any] = {}
+    run = {"name": raw.get("name", "run"), "output_dir": "runs/{name}", "overwrite": False, "progress_bar": False}
+    for sec, body in raw.items():
+        if sec in ("name", "task"):
+            continue
+        if sec not in ("data", "model", "trainer") or not isinstance(body, dict):
+            raise ConfigError(f"{source}: unknown or malformed section {sec!r} (a CTR config has name, task, data, "
+                              "model, trainer)")
+        for k, v in body.items():
+            key = f"{sec}.{k}"
+            if key in RUN_FIELDS:
+                want = str if k == "output_dir" else bool
+                if not isinstance(v, want):
+                    raise ConfigError(f"{source}: {key} must be a {want.__name__}, got {v!r}")
+                run[k] = v
+                continue
+            if key not in CONFIG_FIELDS:
+                raise ConfigError(f"{source}: unknown key {key}; known: {', '.join(sorted([*CONFIG_FIELDS, *RUN_FIELDS]))}")
+            field_name = CONFIG_FIELDS[key]
+            kw[field_name] = _typed(key, v, hints[field_name], source)
+    if not isinstance(run["name"], str) or not run["name"] or "/" in run["name"] or run["name"].startswith("."):
+        raise ConfigError(f"{source}: name must be a plain folder name, got {run['name']!r}")
+    known = {f.name for f in dataclasses.fields(CTRRunConfig)}
+    assert set(kw) <= known
+    try:
+        return CTRRunConfig(**kw), run
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _typed(key: str, v: Any, hint: Any, source: str) -> Any:
+    """Check/coerce one YAML value: ints must be integers (not bools), floats accept numbers and numeric strings
+    (YAML reads ``1e-3`` as a string), strings must be strings; NaN/inf rejected."""
+    import math
+
+    if hint is int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {v!r}")
+        return v
+    if hint is float:
+        try:
+            f = float(v) if not isinstance(v, bool) else math.nan
+        except (TypeError, ValueError):
+            f = math.nan
+        if not math.isfinite(f):
+            raise ConfigError(f"{source}: {key} must be a finite number, got {v!r}")
+        return f
+    if hint is str:
+        if not isinstance(v, str):
+            raise ConfigError(f"{source}: {key} must be a string, got {v!r}")
+        return v
+    if not isinstance(v, dict):
+        raise ConfigError(f"{source}: {key} must be a mapping, got {v!r}")
+    return dict(v)
+
+
+def load_ctr_config(path: str | Any, overrides: Any = ()) -> tuple[CTRRunConfig, dict[str, Any]]:
+    """Read a ``task: ctr`` YAML file, apply ``a.b=value`` overrides, validate (see :func:`ctr_config_from_dict`)."""
+    from pathlib import Path
+
+    import yaml
+
+    from recsparse.pipelines.config import apply_overrides
+
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: malformed YAML") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    if not is_ctr_config(raw):
+        raise ConfigError(f"{path}: not a CTR config (needs task: ctr)")
+    raw.setdefault("name", path.stem)
+    try:
+        raw = apply_overrides(raw, list(overrides))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return ctr_config_from_dict(raw, str(path))
+
+
+def run_ctr(cfg: CTRRunConfig, name: str, output_dir: str = "runs/{name}", overwrite: bool = False,
+            progress_bar: bool = False) -> dict[str, Any]:
+    """``recsparse train`` for a CTR config: fit + test, then write into the run folder ``metrics.json``, the fitted
+    feature spec (``feature_spec/``: JSON + safetensors) and the best-validation weights (``model.safetensors``).
+    An existing run folder is an error unless ``overwrite`` (then it is cleared first)."""
+    import shutil
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    from recsparse.io import write_json
+
+    out = Path(output_dir.format(name=name))
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise ConfigError(f"run folder {out} exists; choose another name or set trainer.overwrite=true")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds, fitted = prepare(cfg)
+    holder: dict[str, Any] = {}
+    rec = fit_ctr(cfg, ds, fitted, progress=progress_bar, keep=holder)
+    fitted.save(out / "feature_spec")
+    save_file({k: v.contiguous() for k, v in holder["model"].state_dict().items()
+               if isinstance(v, torch.Tensor)}, str(out / "model.safetensors"))
+    rec["name"] = name
+    write_json(out / "metrics.json", rec)
+    return rec
 
 
 class _EpochBatches(Dataset):
@@ -164,7 +299,8 @@ class CTRModule(L.LightningModule):
         self.last_metrics: dict[str, dict[str, float]] = {}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        # fused: one multi-tensor kernel per step instead of a Python loop over parameters (CPU and CUDA)
+        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         if device.type == "cpu":
@@ -245,8 +381,9 @@ def prepare(cfg: CTRRunConfig, ds: Any = None) -> tuple[Any, FittedFeatureSpec]:
 
 
 def fit_ctr(cfg: CTRRunConfig, ds: Any = None, fitted: FittedFeatureSpec | None = None,
-            progress: bool = False, aux_loss: Any = None) -> dict[str, Any]:
-    """Fit with early stopping on validation AUC, test the best-validation weights; returns the record."""
+            progress: bool = False, aux_loss: Any = None, keep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fit with early stopping on validation AUC, test the best-validation weights; returns the record.
+    ``keep`` (a dict) receives the trained ``model`` (best-validation weights) and ``fitted`` spec."""
     from recsparse.models.ctr import build_ctr_model
 
     t0 = time.perf_counter()
@@ -269,6 +406,8 @@ def fit_ctr(cfg: CTRRunConfig, ds: Any = None, fitted: FittedFeatureSpec | None 
         best_val = float(best.best_model_score) if best.best_model_score is not None else float("nan")
         trainer.test(module, datamodule=dm, ckpt_path=best.best_model_path, weights_only=True, verbose=False)
     test = module.last_metrics["test"]
+    if keep is not None:
+        keep.update(model=model, fitted=fitted)
     return {"dataset": ds.name, "model": cfg.model, "mapper": cfg.mapper, "budget": cfg.budget, "seed": cfg.seed,
             "dim": cfg.dim, "test_auc": round(test["auc"], 5), "test_logloss": round(test["logloss"], 5),
             "val_auc": round(best_val, 5), "epochs": trainer.current_epoch, "params": model.num_parameters(),

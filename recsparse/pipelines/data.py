@@ -22,6 +22,7 @@ import polars as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from recsparse.errors import ConfigError
 from recsparse.pipelines.config import TrainConfig
 from recsparse.pipelines.evaluation import Interactions
 
@@ -100,8 +101,10 @@ def build_split(cfg: TrainConfig) -> RecSplit:
     ds = load(cfg.data.dataset)
     if isinstance(ds, ImplicitFeedback):
         if cfg.data.split != "given":
-            raise ValueError(f"data.split={cfg.data.split!r} needs timestamps; {ds.name} has given train/test files "
-                             "(use data.split=given)")
+            raise ConfigError(f"data.split={cfg.data.split!r} needs timestamps; {ds.name} has given train/test files "
+                              "(use data.split=given)")
+        if cfg.data.min_rating is not None:
+            raise ConfigError(f"data.min_rating: {ds.name} is implicit feedback (no ratings); drop data.min_rating")
         train = ds.train.select("user_id", "item_id")
         val = None
         if cfg.data.val_fraction > 0:
@@ -122,14 +125,17 @@ def build_split(cfg: TrainConfig) -> RecSplit:
         return RecSplit(ds.name, ds.num_users, ds.num_items, train, val, test)
     if isinstance(ds, AtomicDataset):
         return _split_atomic(ds, cfg)
-    raise ValueError(f"data.dataset={cfg.data.dataset!r} is not a recommendation dataset (got {type(ds).__name__})")
+    raise ConfigError(f"data.dataset={cfg.data.dataset!r} is not a recommendation dataset (got {type(ds).__name__})")
 
 
 def _split_atomic(ds: Any, cfg: TrainConfig) -> RecSplit:
     if cfg.data.split != "leave_last_out":
-        raise ValueError(f"data.split must be 'leave_last_out' for {ds.name} (no given test file)")
+        raise ConfigError(f"data.split must be 'leave_last_out' for {ds.name} (no given test file)")
     inter = ds.inter
-    if cfg.data.min_rating is not None and "rating" in inter.columns:
+    if cfg.data.min_rating is not None:
+        if "rating" not in inter.columns:
+            raise ConfigError(f"data.min_rating: {ds.name} has no rating column (implicit feedback); "
+                              "drop data.min_rating")
         inter = inter.filter(pl.col("rating") >= cfg.data.min_rating)
     users = sorted(set(inter["user_id"].to_list()) | set(ds.user["user_id"].to_list() if ds.user is not None else []),
                    key=lambda s: (len(s), s))
@@ -222,7 +228,8 @@ class InteractionBatches(Dataset):
     * ``user [B]``, ``item [B]`` — positives (a fresh permutation of all training pairs per epoch; the last partial
       batch is dropped so in-batch softmax always sees ``B`` candidates);
     * ``neg [B]`` (``num_neg_per_pos=1``, BPR) — per-row uniform item that is not a training item of that user
-      (vectorised rejection sampling);
+      (vectorised rejection sampling; rows still rejected after a few rounds, users with almost every item, draw
+      exactly from the user's complement);
     * ``uniform [M]`` (``num_uniform > 0``) — items drawn uniformly from the catalog, shared by the batch.
     """
 
@@ -236,6 +243,14 @@ class InteractionBatches(Dataset):
         self.seed, self.num_neg, self.num_uniform = int(seed), int(num_neg_per_pos), int(num_uniform)
         self._perm_epoch: int | None = None
         self._perm: torch.Tensor | None = None
+        if self.num_neg:
+            full = torch.nonzero(train.lengths() >= train.num_items).flatten()
+            if full.numel():
+                from recsparse.data.errors import DataError
+
+                raise DataError(f"BPR negatives: user {int(full[0])} has a training interaction with every one of "
+                                f"the {train.num_items} items, so no negative exists ({full.numel()} such users); "
+                                "drop those users or use loss.name=softmax")
 
     def __len__(self) -> int:
         return self.users.numel() // self.batch_size
@@ -267,10 +282,23 @@ class InteractionBatches(Dataset):
                 if not bool(bad.any()):
                     break
                 neg[bad] = torch.randint(0, n_items, (int(bad.sum()),), generator=g)
+            else:
+                bad = _isin(u * n_items + neg, self.keys)
+                for row in torch.nonzero(bad).flatten().tolist():
+                    neg[row] = self._complement_draw(int(u[row]), g)
             out["neg"] = neg
         if self.num_uniform:
             out["uniform"] = torch.randint(0, n_items, (self.num_uniform,), generator=g)
         return out
+
+
+    def _complement_draw(self, user: int, g: torch.Generator) -> int:
+        """A uniform item that ``user`` has no training interaction with: the r-th item of the complement, with
+        r uniform in [0, num_items - degree). With sorted positives p_j, the answer is r + #{j: p_j - j <= r}."""
+        pos = self.train.indices[self.train.indptr[user]:self.train.indptr[user + 1]]
+        r = int(torch.randint(0, self.train.num_items - pos.numel(), (1,), generator=g))
+        gaps = pos - torch.arange(pos.numel())  # non-positives before p_j, non-decreasing
+        return r + int(torch.searchsorted(gaps, torch.tensor([r]), right=True))
 
 
 def _isin(x: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor:

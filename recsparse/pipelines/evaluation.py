@@ -5,9 +5,10 @@ least one held-out item, all catalog items are ranked by score, the user's *trai
 that is not the one evaluated) are removed from the ranking, and the top ``K`` are compared with the held-out set
 ``T``. Metrics, averaged over users:
 
-* ``recall@K`` — hits / ``min(K, |T|)`` (the capped denominator of the issue's GraphHash/LightGCN protocol; a user
-  with more than K test items can still reach 1).
-* ``recall_plain@K`` — hits / ``|T|`` (the plain definition; what LightGCN's reference code computes).
+* ``recall@K`` — hits / ``|T|``: the LightGCN paper's protocol (its reference code divides by the number of test
+  items), the figure to compare with published Gowalla numbers.
+* ``recall_capped@K`` — hits / ``min(K, |T|)``: a user with more than K test items can still reach 1 (never lower
+  than ``recall@K``; not comparable with the paper).
 * ``ndcg@K`` — DCG with binary gains ``Σ 1/log2(rank+2)`` over hits, divided by the ideal DCG of ``min(K, |T|)``
   hits. ``precision@K`` = hits / K, ``hit@K`` = 1 if any hit.
 
@@ -100,7 +101,7 @@ def full_ranking_metrics(user_vectors: Callable[[torch.Tensor], torch.Tensor], i
     """Mean Recall/NDCG/precision/hit @K over users with ≥ 1 item in ``truth`` (or the given ``users``).
 
     ``user_vectors(user_ids [C]) -> [C, d]``; ``item_vectors [I, d]``; score = inner product. ``exclude``: items
-    removed from each user's ranking (training items). Returns ``{"recall@20": ..., "recall_plain@20": ...,
+    removed from each user's ranking (training items). Returns ``{"recall@20": ..., "recall_capped@20": ...,
     "ndcg@20": ..., "precision@20": ..., "hit@20": ..., "num_users": n}``.
     """
     check_choice("backend", backend, ("torch", "faiss"))
@@ -115,7 +116,7 @@ def full_ranking_metrics(user_vectors: Callable[[torch.Tensor], torch.Tensor], i
     users = users.to(torch.long)
     disc = _rank_discounts(kmax)
     cum_disc = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(disc, 0)])
-    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "recall_plain", "ndcg", "precision", "hit")}
+    sums = {f"{m}@{k}": 0.0 for k in ks for m in ("recall", "recall_capped", "ndcg", "precision", "hit")}
     items = item_vectors.detach().float().contiguous()
     index = None
     if backend == "faiss":
@@ -160,8 +161,8 @@ def full_ranking_metrics(user_vectors: Callable[[torch.Tensor], torch.Tensor], i
             cap = torch.clamp(n_true, max=kk)
             dcg = (hits[:, :kk] * disc[:kk]).sum(1)
             idcg = cum_disc[cap.long()]
-            sums[f"recall@{k}"] += float((h / cap.clamp(min=1))[keep].sum())
-            sums[f"recall_plain@{k}"] += float((h / n_true.clamp(min=1))[keep].sum())
+            sums[f"recall@{k}"] += float((h / n_true.clamp(min=1))[keep].sum())
+            sums[f"recall_capped@{k}"] += float((h / cap.clamp(min=1))[keep].sum())
             sums[f"ndcg@{k}"] += float((dcg / idcg.clamp(min=1e-12))[keep].sum())
             sums[f"precision@{k}"] += float((h / k)[keep].sum())
             sums[f"hit@{k}"] += float((h > 0).double()[keep].sum())

@@ -141,12 +141,16 @@ class TorchRecStrategy(DDPStrategy):
 
             params = sharder_fused_params(module.cfg.trainer, self.root_device)
         sharder = make_sharder(fused_params=params)
-        full = {k: v.detach().clone() for k, v in module.state_dict().items()
+        # TorchRec copies an existing CPU table into its shards only off-CPU: keep references to the seeded tables
+        # (no copy: DMP allocates new shard storage) and write each rank's rows in below. The full tables thus
+        # exist on every rank until sharded (a meta-device init would avoid that; not done yet).
+        full = {k: v.detach() for k, v in module.state_dict().items()
                 if isinstance(v, torch.Tensor) and ".ebc.embedding_bags." in k}
         self.sharding_plan = plan_sharding(module, self.plan, sharder, self.root_device)
         dmp = DistributedModelParallel(module, env=ShardingEnv.from_process_group(dist.GroupMember.WORLD),
                                        device=self.root_device, plan=self.sharding_plan, sharders=[sharder])
         load_full_weights(module, full)  # the module's own (seeded) init, whatever DMP allocated
+        del full
         per_rank: list[int] = [0] * dist.get_world_size()
         dist.all_gather_object(per_rank, local_table_bytes(module))
         self.table_bytes_per_rank = per_rank
@@ -154,6 +158,10 @@ class TorchRecStrategy(DDPStrategy):
         if self.global_rank == 0:
             print(self.plan_text, flush=True)
         return dmp
+
+    @property
+    def restore_checkpoint_after_setup(self) -> bool:
+        return True  # a checkpoint loads into the sharded module and its fused optimizer, which setup creates
 
     @property
     def fused_optimizer(self) -> Any:
@@ -242,9 +250,10 @@ def load_sharded_checkpoint(module: nn.Module, path: str | Path) -> dict[str, An
     return meta
 
 
-def strategy_devices() -> int:
-    """Processes on this host: ``LOCAL_WORLD_SIZE`` under ``torchrun`` (Lightning then launches nothing)."""
-    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+def strategy_devices(devices: int = 1) -> int:
+    """Processes on this host: ``LOCAL_WORLD_SIZE`` under ``torchrun`` (Lightning then launches nothing), else
+    ``devices`` (Lightning launches that many)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", devices))
 
 
 def check_devices(devices: int, accelerator: str = "cpu", cores: int | None = None) -> None:
@@ -283,3 +292,24 @@ def check_backends(model_backend: str, accelerator: str = "cpu") -> None:
         raise ConfigError("trainer.strategy=torchrec on CUDA needs NCCL (a CUDA build of torch: make install-gpu)")
     if accelerator != "cuda" and not dist.is_gloo_available():
         raise ConfigError("trainer.strategy=torchrec on CPU needs torch.distributed's gloo backend")
+
+
+def strategy_from_config(cfg: Any) -> TorchRecStrategy | None:
+    """The strategy a ``TrainConfig`` asks for (``trainer.strategy``, ``devices``, ``plan``, ``dist_timeout_s``), every
+    setting checked before any process is launched; ``None`` for the default single process."""
+    t = cfg.trainer
+    if t.strategy != "torchrec":
+        if t.devices != 1:
+            raise ConfigError(f"trainer.devices={t.devices} needs trainer.strategy=torchrec (sharded tables, "
+                              f"data-parallel dense part)")
+        return None
+    from recsparse.pipelines.optim import fused_optimizer
+
+    accelerator = "cuda" if torch.cuda.is_available() else "cpu"
+    check_backends(cfg.model.backend, accelerator)
+    check_devices(t.devices, accelerator)
+    if t.batch_size % t.devices:
+        raise ConfigError(f"trainer.batch_size={t.batch_size} does not split over trainer.devices={t.devices}: make "
+                          f"it a multiple")
+    fused_optimizer(t, accelerator)  # the sharded tables' fused optimizer must follow the trainer
+    return TorchRecStrategy(plan=t.plan, timeout_s=t.dist_timeout_s)

@@ -1,5 +1,7 @@
 """Retrieval: encoder -> index -> searcher -> evaluation, one search vocabulary across Lucene and FAISS.
 
+* :mod:`.base` — the :class:`~recsparse.retrieval.base.Retriever` contract every backend implements and the one
+  index-metadata schema (:class:`~recsparse.retrieval.base.IndexMeta`, with the corpus fingerprint).
 * :mod:`.lucene` — BM25 (BEIR flat / multifield) and the atomic Lucene index builder (``build_lucene_index``).
 * :mod:`.dense` — sentence-transformers encoder (all-MiniLM-L6-v2 offline) + FAISS Flat / HNSW / IVF-PQ.
 * :mod:`.fusion` — reciprocal rank fusion and min-max score interpolation; ``FusionRetriever``.

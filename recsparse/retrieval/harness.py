@@ -13,32 +13,19 @@ Re-running into the same ``out_dir`` replaces the entries of the retrievers run 
 
 from __future__ import annotations
 
-import inspect
 import json
-import re
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from recsparse.data import BeirDataset
-from recsparse.io import atomic_write, read_index_meta, write_json
+from recsparse.errors import UserError
+from recsparse.io import atomic_write, write_json
+from recsparse.retrieval.base import Retriever, check_corpus, safe_name
 from recsparse.retrieval.evaluation import DEFAULT_MEASURES, evaluate, write_trec_run
 from recsparse.retrieval.fusion import fuse
-from recsparse.types import Retriever, Run, check_positive
-
-RECORD_KEYS = ("dataset", "retriever", "ndcg@10", "recall@100", "mrr@10", "map@100", "index_s", "search_qps")
-
-
-def safe_name(name: str) -> str:
-    """A retriever name as a file name (``sparse:/a/b`` -> ``sparse_a_b``)."""
-    s = re.sub(r"[^A-Za-z0-9._+-]+", "_", name).strip("_.")
-    return s or "retriever"
-
-
-def corpus_sha(dataset: BeirDataset) -> str:
-    from recsparse.retrieval.lucene import corpus_fingerprint
-
-    return corpus_fingerprint(dataset.corpus)
+from recsparse.types import Run, check_positive
 
 
 def reference_figures(dataset: BeirDataset) -> dict[str, float]:
@@ -56,43 +43,62 @@ def reference_figures(dataset: BeirDataset) -> dict[str, float]:
     return dict(spec.reference)
 
 
-def index_or_reuse(retriever: Retriever, dataset: BeirDataset, path: Path, sha: str,
-                   threads: int = 1) -> tuple[float, bool]:
+def reference_source(dataset: BeirDataset) -> str:
+    """Where the registry's reference figures for ``dataset`` come from (published, or measured by us)."""
+    from recsparse.data.registry import REGISTRY
+
+    spec = REGISTRY.get(dataset.name)
+    return spec.reference_source if spec is not None else ""
+
+
+def index_or_reuse(retriever: Retriever, dataset: BeirDataset, path: Path, threads: int = 1) -> tuple[float, bool]:
     """Make ``retriever`` searchable over ``dataset.corpus``; returns (index seconds, reused?).
 
-    A retriever that is already open (its ``path`` attribute names an existing dir, e.g. ``sparse:PATH``) is used
-    as is; one with a ``reuse(path, corpus_sha)`` method reopens a matching saved index; otherwise it is indexed.
+    A retriever already open on a saved index (e.g. ``sparse:PATH``) is used as is after checking that the index was
+    built from this corpus (:class:`~recsparse.retrieval.base.CorpusMismatchError` otherwise); else a matching saved
+    index at ``path`` is reopened (``reuse``); else the corpus is indexed at ``path``.
     """
-    prepare = getattr(retriever, "prepare", None)
-    if callable(prepare):  # one-off start-up (JVM, model load) is not index time
-        prepare()
-    if getattr(retriever, "path", None) is not None and Path(retriever.path).is_dir():
-        built_from = _meta(Path(retriever.path)).get("corpus_sha")
-        if built_from is not None and built_from != sha:
-            raise ValueError(f"retriever {getattr(retriever, 'name', retriever)!r} is open on {retriever.path}, an "
-                             f"index of another corpus than {dataset.folder}")
-        return _build_s(Path(retriever.path)), True
-    reuse = getattr(retriever, "reuse", None)
-    if callable(reuse) and path.is_dir() and reuse(path, sha):
-        return _build_s(path), True
-    takes_threads = "threads" in inspect.signature(retriever.index).parameters
+    retriever.prepare()  # one-off start-up (JVM, model load) is not index time
+    meta = retriever.index_meta
+    if meta is not None:
+        check_corpus(retriever.name, meta, dataset.fingerprint, dataset.folder, retriever.path)
+    elif path.is_dir() and retriever.reuse(path, dataset.fingerprint):
+        meta = retriever.index_meta
+    if meta is not None:  # reported as the saved build's seconds
+        return float("nan") if meta.build_s is None else float(meta.build_s), True
     t0 = time.perf_counter()
-    if takes_threads:
-        retriever.index(dataset.corpus, path, threads=threads)  # type: ignore[call-arg]
-    else:
-        retriever.index(dataset.corpus, path)
+    retriever.index(dataset.corpus, path, threads=threads)
     return time.perf_counter() - t0, False
 
 
-def _meta(path: Path) -> dict[str, Any]:
+def search_all(retriever: Retriever, queries: Mapping[str, str], k: int, threads: int = 1
+               ) -> tuple[Run, dict[str, str]]:
+    """``retriever.batch_search``; if the batch fails, every query is searched alone so one bad query never loses
+    the run. Returns (run, {query id: error}) — failed queries have no hits (they score 0) and each is warned about.
+    """
     try:
-        return read_index_meta(path)
-    except (OSError, ValueError):
-        return {}
+        return retriever.batch_search(queries, k=k, threads=threads), {}
+    except (KeyboardInterrupt, UserError):
+        raise
+    except Exception as e:  # noqa: BLE001 - engine errors (Java exceptions included) are per query, see below
+        warnings.warn(f"{retriever.name}: batch search failed ({_first_line(e)}); searching query by query",
+                      stacklevel=2)
+    run: Run = {}
+    failed: dict[str, str] = {}
+    for q, text in queries.items():
+        try:
+            run[q] = retriever.search(text, k=k)
+        except (KeyboardInterrupt, UserError):
+            raise
+        except Exception as e:  # noqa: BLE001
+            run[q], failed[q] = [], _first_line(e)
+            warnings.warn(f"{retriever.name}: query {q!r} failed and scores 0: {failed[q]}", stacklevel=2)
+    return run, failed
 
 
-def _build_s(path: Path) -> float:
-    return float(_meta(path).get("build_s", float("nan")))
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
 def _record(dataset: BeirDataset, name: str, agg: Mapping[str, float], **extra: Any) -> dict[str, Any]:
@@ -118,6 +124,7 @@ class _Output:
                 pass
         # references were measured with the collection's own grades
         self.refs = {} if binary_relevance else reference_figures(dataset)
+        self.ref_source = reference_source(dataset) if self.refs else ""
 
     def add(self, record: dict[str, Any], per_query: Mapping[str, Mapping[str, float]], run: Run) -> None:
         name = record["retriever"]
@@ -127,10 +134,12 @@ class _Output:
     def write(self) -> None:
         write_json(self.dir / "metrics.json", {**self.head, "retrievers": self.entries})
         with atomic_write(self.dir / "report.md") as f:
-            f.write(render_report(self.head, [e["record"] for e in self.entries.values()], self.refs))
+            f.write(render_report(self.head, [e["record"] for e in self.entries.values()], self.refs,
+                                  self.ref_source))
 
 
-def render_report(head: Mapping[str, Any], records: Sequence[Mapping[str, Any]], refs: Mapping[str, float]) -> str:
+def render_report(head: Mapping[str, Any], records: Sequence[Mapping[str, Any]], refs: Mapping[str, float],
+                  ref_source: str = "") -> str:
     measures = [m for m in ("ndcg@10", "recall@100", "mrr@10", "map@100") if any(m in r for r in records)]
     lines = [f"# Retrieval evaluation: {head['dataset']} ({head['split']})", "",
              f"Collection `{head['folder']}`; top-{head['k']} per query; metrics by ir_measures over every judged "
@@ -149,8 +158,12 @@ def render_report(head: Mapping[str, Any], records: Sequence[Mapping[str, Any]],
         cells += [f"{refs[f'{base}:{m}']:.4f}" if f"{base}:{m}" in refs else "" for m in ref_cols]
         lines.append("| " + " | ".join(cells) + " |")
     if refs:
-        lines += ["", "Reference figures: the registry's published numbers for this exact collection "
-                      "(`recsparse/data/registry.toml`): BM25 flat from Pyserini, dense = all-MiniLM-L6-v2 from MTEB."]
+        lines += ["", f"Reference figures for this exact (checksum-identical) collection, from "
+                      f"`recsparse/data/registry.toml`: {ref_source or 'source not stated'}."]
+    failed = [r for r in records if r.get("failed_queries")]
+    if failed:
+        lines += ["", "**Failed queries** (searched alone after the batch failed; no hits, scored 0; the errors are in "
+                      "metrics.json): " + ", ".join(f"{r['retriever']}: {r['failed_queries']}" for r in failed)]
     return "\n".join(lines) + "\n"
 
 
@@ -163,8 +176,8 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
 
     ``fusions``: specs ``{"name": "hybrid", "parts": ["bm25", "dense"], "method": "rrf"|"interpolation",
     "k_rrf": 60, "alpha": 0.5}`` fused from the parts' runs after they are searched. ``keep_runs``, if given, receives
-    every run by name. ``binary_relevance``: every grade > 0 counts as 1 (see :func:`evaluate`). Returns one record per retriever (and fusion) with :data:`RECORD_KEYS` and more
-    (``num_queries``, ``reused_index``, ``search_s``).
+    every run by name. ``binary_relevance``: every grade > 0 counts as 1 (see :func:`evaluate`). Returns one record per retriever (and fusion): dataset, retriever, the measures, ``index_s``, ``search_qps``,
+    ``num_queries``, ``reused_index``, ``search_s`` ...
     """
     check_positive("k", k)
     check_positive("threads", threads)
@@ -172,16 +185,21 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
     index_root = Path(index_dir) if index_dir is not None else out_dir / "indexes"
     queries = dataset.split_queries(split)
     qrels = dataset.qrels_dict(split)
+    if dataset.corpus.height == 0:
+        raise UserError(f"{dataset.folder}: the corpus has no documents: nothing to retrieve")
     if not queries:
-        raise ValueError(f"{dataset.folder}: split {split!r} judges no query that is in queries.jsonl")
+        raise UserError(f"{dataset.folder}: qrels/{split}.tsv judges no query (of queries.jsonl)")
+    unknown = set(qrels) - set(queries)
+    if unknown:  # load_beir refuses such files; a dataset built in code must not average them in as 0 either
+        raise UserError(f"{dataset.folder}: {len(unknown)} queries judged in split {split!r} are not in the "
+                        f"queries (e.g. {sorted(unknown)[0]!r})")
     out = _Output(out_dir, dataset, split, k, drop_self_hits, binary_relevance)
-    sha = corpus_sha(dataset)
     runs: dict[str, Run] = {} if keep_runs is None else keep_runs
     records: list[dict[str, Any]] = []
     for name, retriever in retrievers.items():
-        index_s, reused = index_or_reuse(retriever, dataset, index_root / safe_name(name), sha, threads=threads)
+        index_s, reused = index_or_reuse(retriever, dataset, index_root / safe_name(name), threads=threads)
         t0 = time.perf_counter()
-        run = retriever.batch_search(queries, k=k, threads=threads)
+        run, failed = search_all(retriever, queries, k, threads)
         search_s = time.perf_counter() - t0
         runs[name] = run
         agg, pq = evaluate(run, qrels, measures, per_query=True, drop_self_hits=drop_self_hits,
@@ -189,9 +207,12 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
         rec = _record(dataset, name, agg, index_s=round(index_s, 3), search_qps=round(len(queries) / search_s, 2),
                       search_s=round(search_s, 3), num_queries=len(queries), reused_index=reused, k=k, split=split,
                       threads=threads)
-        info = getattr(retriever, "index_info", None)
-        if callable(info) and not reused:
-            rec.update(info())
+        if failed:
+            rec["failed_queries"] = len(failed)
+            for q, err in failed.items():
+                pq[q] = {**pq[q], "error": err}
+        if not reused:
+            rec.update(retriever.index_info())
         out.add(rec, pq, run)
         records.append(rec)
         out.write()  # after each retriever: an interrupted evaluation keeps what it finished

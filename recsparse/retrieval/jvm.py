@@ -107,7 +107,34 @@ def ensure_jvm() -> None:
 
         if sys.platform.startswith("linux"):
             _save_jvm_signal_handlers()
+        _quiet_lucene_logging()
+        _raise_clause_limit()
         _started = True
+
+
+# Lucene refuses a BooleanQuery of more than 1,024 clauses by default (IndexSearcher$TooManyClauses), and Anserini
+# builds one clause per distinct query term: a long BM25 query, or a learned-sparse query with more than 1,024
+# non-zero word pieces, would fail (and take Anserini's whole batch_search with it). The limit is a JVM-wide static.
+MAX_CLAUSES = 2**31 - 1
+
+
+def _raise_clause_limit() -> None:
+    from jnius import autoclass as _autoclass
+
+    _autoclass("org.apache.lucene.search.IndexSearcher").setMaxClauseCount(MAX_CLAUSES)
+
+
+_loggers: list[Any] = []  # java.util.logging keeps loggers weakly: hold the configured ones
+
+
+def _quiet_lucene_logging() -> None:
+    """Lucene logs an INFO line on stderr when it first maps an index (``MemorySegmentIndexInputProvider``): noise
+    around a one-line error message. Keep its warnings."""
+    from jnius import autoclass as _autoclass
+
+    logger = _autoclass("java.util.logging.Logger").getLogger("org.apache.lucene")
+    logger.setLevel(_autoclass("java.util.logging.Level").WARNING)
+    _loggers.append(logger)
 
 
 def pyserini_module(name: str) -> ModuleType:

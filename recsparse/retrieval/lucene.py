@@ -12,7 +12,6 @@ The JVM is reached only through :mod:`recsparse.retrieval.jvm`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import sys
@@ -22,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
-from recsparse.io import INDEX_META, atomic_dir, read_index_meta, write_json
+from recsparse.data.beir import corpus_fingerprint
+from recsparse.io import atomic_dir
+from recsparse.retrieval.base import IndexMeta, IndexMetaError, Retriever
 from recsparse.retrieval.jvm import autoclass, ensure_jvm, pyserini_module
 from recsparse.types import Hit, Run, check_choice, check_positive
 
@@ -89,7 +90,7 @@ def run_index_collection_isolated(input_dir: str | Path, index_dir: str | Path, 
 
 def build_lucene_index(docs: Iterable[Mapping[str, Any]], path: str | Path, *, collection: str = "JsonCollection",
                        generator: str = "DefaultLuceneDocumentGenerator", threads: int = 1,
-                       extra_args: Sequence[str] = DEFAULT_INDEX_ARGS, meta: Mapping[str, Any] | None = None,
+                       extra_args: Sequence[str] = DEFAULT_INDEX_ARGS, meta: IndexMeta | None = None,
                        file_name: str = "docs.jsonl", isolate: bool = False,
                        _after_write: Callable[[Path], None] | None = None) -> dict[str, int]:
     """Build a Lucene index at ``path`` from ``docs`` atomically; returns Anserini's counters.
@@ -99,8 +100,9 @@ def build_lucene_index(docs: Iterable[Mapping[str, Any]], path: str | Path, *, c
     ``{"id", "vector": {term: int weight}}`` for ``JsonVectorCollection`` (with ``extra_args=("-impact",
     "-pretokenized")``). The collection file is written to a temp folder; the index is built in a temp dir beside
     ``path`` and renamed over it only after Anserini reports no errors, so an interrupted or failed build leaves the
-    previous index intact. ``meta`` (JSON-able) is stored as ``recsparse.json`` inside the index. ``isolate`` runs
-    Anserini in a child process (see :func:`run_index_collection_isolated`).
+    previous index intact. ``meta`` is stored as ``recsparse.json`` inside the index (default: kind "lucene", no
+    corpus fingerprint), with Anserini's settings and counters added to its ``info``. ``isolate`` runs Anserini in a
+    child process (see :func:`run_index_collection_isolated`).
     """
     path = Path(path)
     t0 = time.perf_counter()
@@ -113,22 +115,12 @@ def build_lucene_index(docs: Iterable[Mapping[str, Any]], path: str | Path, *, c
                           extra_args=extra_args)
         if counters["errors"] or counters["indexed"] == 0 and n > 0:
             raise IndexBuildError(f"Anserini IndexCollection({collection}) into {path}: {counters} for {n} documents")
-        write_json(tmp / INDEX_META, {**(meta or {}), "collection": collection, "generator": generator,
-                                     "index_args": list(extra_args), "documents_written": n, "counters": counters,
-                                     "build_s": round(time.perf_counter() - t0, 3)})
+        meta = meta or IndexMeta(kind="lucene", corpus_sha=None, num_docs=n)
+        meta.info.update(collection=collection, generator=generator, index_args=list(extra_args),
+                         documents_written=n, counters=counters)
+        meta.build_s = round(time.perf_counter() - t0, 3)
+        meta.save(tmp)
     return counters
-
-
-def corpus_fingerprint(corpus: "pl.DataFrame", columns: Sequence[str] = ("_id", "title", "text")) -> str:
-    """sha256 (first 16 hex) of the corpus columns, in order: keys index and embedding caches to their corpus."""
-    h = hashlib.sha256()
-    cols = [c for c in columns if c in corpus.columns]
-    for row in corpus.select(cols).iter_rows():
-        for v in row:
-            h.update((v or "").encode("utf-8"))
-            h.update(b"\x1f")
-        h.update(b"\x1e")
-    return h.hexdigest()[:16]
 
 
 def beir_docs(corpus: "pl.DataFrame") -> Iterable[dict[str, str]]:
@@ -160,8 +152,8 @@ class BM25Config:
 _COLLECTION = {"flat": "BeirFlatCollection", "multifield": "BeirMultifieldCollection"}
 
 
-class BM25Retriever:
-    """Lucene BM25 with the :class:`~recsparse.types.Retriever` vocabulary.
+class BM25Retriever(Retriever):
+    """Lucene BM25 with the :class:`~recsparse.retrieval.base.Retriever` vocabulary.
 
     ``index(corpus, path)`` builds (atomically) and opens the index; ``BM25Retriever.open(path)`` reopens one.
     ``batch_search`` uses Anserini's multi-threaded batch search.
@@ -172,6 +164,7 @@ class BM25Retriever:
         self.name = name or ("bm25" if self.config.fields == "flat" else "bm25-multifield")
         self.path: Path | None = None
         self._searcher: Any = None
+        self._meta: IndexMeta | None = None
 
     def prepare(self) -> None:
         """Start the JVM and import Pyserini's searcher (one-off cost kept out of index/search timings)."""
@@ -187,36 +180,44 @@ class BM25Retriever:
         self.close()
         build_lucene_index(beir_docs(corpus), path, collection=_COLLECTION[self.config.fields], threads=threads,
                            extra_args=extra, file_name="corpus.jsonl", isolate=isolate,
-                           meta={"kind": "bm25", "config": asdict(self.config),
-                                 "corpus_sha": corpus_fingerprint(corpus), "num_docs": corpus.height})
+                           meta=IndexMeta(kind="bm25", corpus_sha=corpus_fingerprint(corpus), num_docs=corpus.height,
+                                          config=asdict(self.config)))
         self._open(path)
 
     def reuse(self, path: str | Path, corpus_sha: str) -> bool:
         """Open the index at ``path`` if it was built by this configuration from the corpus ``corpus_sha``."""
-        meta = read_index_meta(path)
-        if meta.get("kind") != "bm25" or meta.get("corpus_sha") != corpus_sha or meta.get("config") != asdict(self.config):
+        meta = IndexMeta.read(path)
+        if meta is None or not meta.matches("bm25", corpus_sha, asdict(self.config)):
             return False
         self.close()
-        self._open(path)
+        self._open(path, meta)
         return True
 
     @classmethod
-    def open(cls, path: str | Path, config: BM25Config | None = None, name: str | None = None) -> "BM25Retriever":
-        """Open a saved index; the field setting is read from its metadata unless ``config`` overrides it."""
-        meta = read_index_meta(path)
+    def open(cls, path: str | Path, name: str | None = None, config: BM25Config | None = None) -> "BM25Retriever":
+        """Open a saved Lucene index (built by :meth:`index` or :func:`build_lucene_index`); the field setting is read
+        from its metadata unless ``config`` overrides it."""
+        meta = IndexMeta.require(path)
+        if meta.kind not in ("bm25", "lucene"):
+            raise IndexMetaError(f"{path}: a {meta.kind!r} index, not a Lucene text index for BM25")
         if config is None:
-            config = BM25Config(**meta["config"]) if "config" in meta else BM25Config()
+            config = BM25Config(**meta.config) if meta.kind == "bm25" else BM25Config()
         r = cls(config, name=name)
-        r._open(path)
+        r._open(path, meta)
         return r
 
-    def _open(self, path: str | Path) -> None:
+    def _open(self, path: str | Path, meta: IndexMeta | None = None) -> None:
         path = Path(path)
         if not path.is_dir():
             raise FileNotFoundError(f"no Lucene index at {path}")
         searcher = pyserini_module("pyserini.search.lucene").LuceneSearcher(str(path))
         searcher.set_bm25(float(self.config.k1), float(self.config.b))
         self._searcher, self.path = searcher, path
+        self._meta = meta if meta is not None else IndexMeta.read(path)
+
+    @property
+    def index_meta(self) -> IndexMeta | None:
+        return self._meta if self._searcher is not None else None
 
     @property
     def searcher(self) -> Any:
@@ -233,6 +234,7 @@ class BM25Retriever:
         if self._searcher is not None:
             self._searcher.close()
             self._searcher = None
+        self._meta = None
 
     # --- search --------------------------------------------------------------------------------------------------
     def _fields(self) -> dict[str, float]:

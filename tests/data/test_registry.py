@@ -93,3 +93,24 @@ def test_corrupted_copy_fails_verification(tmp_path, monkeypatch):
         verify_checksums(get_spec("cranfield"))
     with pytest.raises(ChecksumError):
         dataset_dir("cranfield", verify=True)
+
+
+def test_loading_a_corrupt_registered_dataset_is_an_error(tmp_path, monkeypatch):
+    """Before: ``load("cranfield")`` used a modified copy without a word. Now the registered name means the
+    registered bytes (ChecksumError naming the file); the folder itself still loads by path. Verified files are
+    remembered by size + mtime, and a file changed afterwards is hashed again."""
+    from recsparse.data import load
+
+    dst = tmp_path / "data" / "cranfield"
+    shutil.copytree(dataset_path("cranfield"), dst)
+    monkeypatch.setenv("RECSPARSE_DATA", str(tmp_path / "data"))
+    monkeypatch.setenv("RECSPARSE_CACHE", str(tmp_path / "cache"))
+    assert load("cranfield").corpus.height == 1400
+    assert (tmp_path / "cache" / "verified-checksums.json").is_file()
+    q = dst / "qrels" / "test.tsv"
+    q.chmod(0o644)
+    with open(q, "a") as f:
+        f.write("1\t1\t1\n")
+    with pytest.raises(ChecksumError, match=r"qrels/test.tsv: sha256 mismatch.*load its folder by path"):
+        load("cranfield")
+    assert load(str(dst)).qrels["test"].height == 1838  # by path: the user's own data, loaded as is

@@ -81,7 +81,7 @@ def test_masks_stay_exactly_zero_and_at_density(gowalla, backend, opt_name):
         _loss(t, users, items).backward()
         dsl.before_step(opt)
         opt.step()
-        # the invariant holds right after the optimizer step, before any re-masking
+        # the invariant holds right after the optimizer step (nothing re-masks the weights)
         for n, w in dsl.params.items():
             mask = dsl.masks[n]
             assert int(mask.sum()) == counts[n]  # density is constant through updates
@@ -89,7 +89,6 @@ def test_masks_stay_exactly_zero_and_at_density(gowalla, backend, opt_name):
             for v in opt.state[w].values():  # Adam moments, momentum buffers, Adagrad sums
                 if isinstance(v, torch.Tensor) and v.shape == w.shape:
                     assert torch.count_nonzero(v[~mask]) == 0
-        dsl.after_step()
     assert len(dsl.history) == 3  # updates at steps 3, 6, 9 (none at the last step)
     # the weights that stayed active were trained
     w = dsl.params["t_item"].detach()
@@ -97,34 +96,47 @@ def test_masks_stay_exactly_zero_and_at_density(gowalla, backend, opt_name):
 
 
 def test_prune_grow_counts_and_criteria(gowalla):
+    """Every 2nd step: round(ratio_t · active) pruned (smallest |w|) and as many regrown (largest |gradient summed
+    over the interval|, zero-initialised); the cosine runs over the first end=0.75 of the steps, then the mask is
+    frozen."""
     t = _tables(gowalla)
-    cfg = DSLConfig(density=0.3, interval=1, ratio=0.4, ratio_final=0.01)
-    dsl = DynamicSparsity(t, cfg, total_steps=10)
+    cfg = DSLConfig(density=0.3, interval=2, ratio=0.4, ratio_final=0.01, end=0.75)
+    total = 12
+    dsl = DynamicSparsity(t, cfg, total_steps=total)
+    assert dsl.end_step == 9
     opt = torch.optim.SGD(t.parameters(), lr=0.5)
-    for step, (users, items) in enumerate(_batches(gowalla, 4), start=1):
+    gsum = {n: torch.zeros_like(w) for n, w in dsl.params.items()}
+    updates = 0
+    for step, (users, items) in enumerate(_batches(gowalla, total, size=512), start=1):
         opt.zero_grad()
         _loss(t, users, items).backward()
         before = {n: m.clone() for n, m in dsl.masks.items()}
         weights = {n: w.detach().clone() for n, w in dsl.params.items()}
-        grads = {n: w.grad.clone() for n, w in dsl.params.items()}
+        for n, w in dsl.params.items():
+            gsum[n] += w.grad
         entry = dsl.before_step(opt)
-        ratio = update_ratio(step, 10, 0.4, 0.01)
-        assert entry["step"] == step and entry["ratio"] == pytest.approx(ratio)
-        for n, old in before.items():
-            new = dsl.masks[n]
-            expect = round(ratio * int(old.sum()))
-            pruned, grown = old & ~new, new & ~old
-            assert entry["pruned"][n] == entry["grown"][n] == expect
-            assert int(pruned.sum()) == int(grown.sum()) == expect
-            # pruned: the smallest |w| among the active weights
-            kept = old & new
-            assert weights[n][pruned].abs().max() <= weights[n][kept].abs().min()
-            # grown: the largest |g| among the candidates (inactive, not just pruned), zero-initialised
-            cand = ~old & ~new
-            assert grads[n][grown].abs().min() >= grads[n][cand].abs().max()
-            assert torch.count_nonzero(dsl.params[n].detach()[grown]) == 0
+        if step % 2 or step > 9:
+            assert entry is None and all(torch.equal(before[n], dsl.masks[n]) for n in before)
+        else:
+            updates += 1
+            ratio = update_ratio(step, 9, 0.4, 0.01)
+            assert entry["step"] == step and entry["ratio"] == pytest.approx(ratio)
+            for n, old in before.items():
+                new = dsl.masks[n]
+                expect = round(ratio * int(old.sum()))
+                pruned, grown = old & ~new, new & ~old
+                assert entry["pruned"][n] == entry["grown"][n] == expect > 0
+                assert int(pruned.sum()) == int(grown.sum()) == expect
+                # pruned: the smallest |w| among the active weights
+                kept = old & new
+                assert weights[n][pruned].abs().max() <= weights[n][kept].abs().min()
+                # grown: the largest |gradient summed since the last update| among the candidates
+                cand = ~old & ~new
+                assert gsum[n][grown].abs().min() >= gsum[n][cand].abs().max()
+                assert torch.count_nonzero(dsl.params[n].detach()[grown]) == 0
+                gsum[n].zero_()
         opt.step()
-        dsl.after_step()
+    assert updates == len(dsl.history) == 4 and not dsl.grad_sum  # frozen after step 9, score buffers freed
 
 
 def test_fbgemm_backend_is_rejected_with_reason():

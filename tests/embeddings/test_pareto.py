@@ -25,6 +25,7 @@ def test_grid_priority_order():
     assert [p.name for p in g] == ["full", "dsl@0.2", "prune@0.2", "modulo@0.25", "qr@0.25", "dsl@0.5",
                                    "prune@0.5", "modulo@0.1", "qr@0.1", "dsl@0.05", "prune@0.05"]
     assert Point("int8", 1.0, "quant", "dsl@0.2").name == "int8:dsl@0.2"
+    assert [p.name for p in build_grid(["qr"], [0.5], [0.1])] == ["qr@0.5"]  # a partial grid (another process)
 
 
 def test_tiny_grid_end_to_end(gowalla_small, tmp_path):  # noqa: F811

@@ -44,8 +44,17 @@ def test_quantized_tables(model_and_batch, dtype, bits, max_ratio):
     assert q(kjt).values().shape == m(kjt).values().shape
 
 
-def test_quantize_needs_torchrec_backend():
-    with pytest.raises(ValueError, match="torchrec"):
-        quantize_tables(MappedEmbeddingBagCollection([FeatureConfig("a", 10, 8)], backend="torch"))
+@pytest.mark.parametrize("backend", ["torch", "fbgemm"])
+def test_quantize_any_backend_via_a_torchrec_copy(backend):
+    m = MappedEmbeddingBagCollection([FeatureConfig("a", 10, 8), FeatureConfig("b", 100, 16, "modulo", num_rows=7)],
+                                     backend=backend, init_std=0.1, seed=0)
+    q = quantize_tables(m, "int8")
+    assert m.backend == backend  # the original is untouched
+    for n in ("a", "b"):
+        w = m.table_weight(n).detach()
+        assert (dequantized_rows(q, n) - w).abs().max() < 0.01 * w.abs().max()
+
+
+def test_quantize_errors():
     with pytest.raises(ValueError, match="dtype"):
         quantize_tables(MappedEmbeddingBagCollection([FeatureConfig("a", 10, 8)]), "int3")

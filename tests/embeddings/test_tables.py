@@ -185,3 +185,15 @@ def test_shared_table(backend):
     with pytest.raises(ValueError, match="shared tables"):
         MappedEmbeddingBagCollection(feats, backend="fbgemm")
     assert not hasattr(m, "sparse_parameters")  # dead code removed (issue 12)
+
+
+def test_fbgemm_inference_paths_match_training_paths():
+    """No-grad fbgemm: table groups run concurrently, embed gathers from the kernel's storage; same numbers."""
+    b = MappedEmbeddingBagCollection(_features(), backend="fbgemm", seed=4,
+                                     tbe_config=TBEConfig(table_groups=2, bounds_check=False))
+    ids = torch.tensor([3, -1, 10**9, 7])
+    train_out, train_embed = b(_kjt()).values().detach(), b.embed("item", ids).detach()
+    with torch.no_grad():
+        torch.testing.assert_close(b(_kjt()).values(), train_out)
+        torch.testing.assert_close(b.embed("item", ids), train_embed)
+        torch.testing.assert_close(b.embed("user", torch.arange(100)), b.table_weight("user")[:100])

@@ -1,13 +1,18 @@
 """One rank of a multi-process training run, for the 2-process tests: ``torchrun --nproc-per-node N
 tests/pipelines/dist_worker.py CONFIG.json PLAN OUT.json`` trains ``CONFIG`` (a ``TrainConfig`` dict) with
 :class:`~recsparse.pipelines.strategy.TorchRecStrategy` and rank 0 writes the results record (with the per-step
-training losses and the plan) to ``OUT.json``. ``PLAN`` = ``none`` runs the single-process reference instead."""
+training losses and the plan) to ``OUT.json``, every rank its peak RSS to ``OUT.json.rank<R>``;
+``DIST_KILL=EPOCH,BATCH,RANK`` SIGKILLs that rank there, ``DIST_TIMEOUT`` (s) bounds every collective,
+``DIST_NO_TEST=1`` skips the test evaluation (throughput runs). ``PLAN`` = ``none`` runs the single-process reference instead."""
 
 from __future__ import annotations
 
 import json
 import os
+import resource
+import signal
 import sys
+import time
 
 from lightning.pytorch.callbacks import Callback
 
@@ -20,6 +25,19 @@ class StepLosses(Callback):
         self.losses.append(float(outputs["loss"]))
 
 
+class KillRank(Callback):
+    """``DIST_KILL=EPOCH,BATCH,RANK``: that rank SIGKILLs itself at that batch (a dead machine, mid-epoch)."""
+
+    def __init__(self, spec: str) -> None:
+        self.epoch, self.batch, self.rank = map(int, spec.split(","))
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if (trainer.current_epoch, batch_idx, trainer.global_rank) == (self.epoch, self.batch, self.rank):
+            with open(os.environ.get("DIST_KILL_STAMP", os.devnull), "w") as f:  # when it died (wall clock)
+                f.write(repr(time.time()))
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
 def main(cfg_path: str, plan: str, out_path: str) -> None:
     from recsparse.pipelines.config import TrainConfig
     from recsparse.pipelines.strategy import TorchRecStrategy
@@ -28,8 +46,12 @@ def main(cfg_path: str, plan: str, out_path: str) -> None:
     cfg = TrainConfig.from_dict(json.loads(open(cfg_path).read()))
     strategy = None if plan == "none" else TorchRecStrategy(plan=plan, timeout_s=float(os.environ.get("DIST_TIMEOUT", 120)))
     steps = StepLosses()
-    rec = run(cfg, extra_callbacks=[steps], strategy=strategy)
-    if int(os.environ.get("RANK", "0")) == 0:
+    kill = [KillRank(os.environ["DIST_KILL"])] if os.environ.get("DIST_KILL") else []
+    rec = run(cfg, extra_callbacks=[steps, *kill], strategy=strategy, test=not os.environ.get("DIST_NO_TEST"))
+    rank = int(os.environ.get("RANK", "0"))
+    with open(f"{out_path}.rank{rank}", "w") as f:  # peak resident memory of this rank's process
+        json.dump({"rank": rank, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f)
+    if rank == 0:
         rec["step_losses"] = steps.losses
         if strategy is not None:
             rec["plan"] = strategy.plan_text

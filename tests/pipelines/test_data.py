@@ -53,6 +53,60 @@ def test_bpr_negatives_are_not_training_items(gowalla_small, tmp_path):
     assert not torch.equal(b["user"], ds[(1, 0)]["user"])  # a new permutation each epoch
 
 
+def test_bpr_negatives_for_a_user_with_almost_every_item():
+    """Rejection sampling gave up after 20 rounds and returned a training item as the 'negative' (a user with
+    999 of 1000 items is rejected 21 times with probability ~0.98); now the leftover rows draw exactly from the
+    user's complement, which is uniform over it."""
+    from recsparse.pipelines.evaluation import Interactions
+
+    n = 1000
+    users = [0] * (n - 1) + [1] * (n - 3)
+    items = [i for i in range(n) if i != 417] + [i for i in range(n) if i not in (3, 500, 999)]
+    tr = Interactions.from_pairs(users, items, 2, n)
+    ds = InteractionBatches(tr, batch_size=64, seed=1, num_neg_per_pos=1)
+    seen = {0: set(), 1: set()}
+    for b in range(len(ds)):
+        batch = ds[(0, b)]
+        for u, neg in zip(batch["user"].tolist(), batch["neg"].tolist()):
+            seen[u].add(neg)
+    assert seen[0] == {417}
+    assert seen[1] == {3, 500, 999}  # all of the complement is reached, nothing else
+
+
+def test_bpr_user_with_every_item_is_an_error():
+    import pytest
+
+    from recsparse.errors import UserError
+    from recsparse.pipelines.evaluation import Interactions
+
+    tr = Interactions.from_pairs([0, 0, 0, 1], [0, 1, 2, 0], 2, 3)
+    with pytest.raises(UserError, match="user 0 has a training interaction with every one of the 3 items"):
+        InteractionBatches(tr, batch_size=2, num_neg_per_pos=1)
+    InteractionBatches(tr, batch_size=2, num_neg_per_pos=0)  # softmax: no per-row negatives, fine
+
+
+def test_min_rating_on_implicit_feedback_is_rejected(gowalla_small, tmp_path):
+    """data.min_rating was silently ignored on a dataset without ratings."""
+    import pytest
+
+    from recsparse.errors import ConfigError
+
+    cfg = TrainConfig.from_dict({"data": {"dataset": str(gowalla_small), "min_rating": 4},
+                                 "trainer": {"output_dir": str(tmp_path)}})
+    with pytest.raises(ConfigError, match="data.min_rating: .* implicit feedback"):
+        build_split(cfg)
+
+
+def test_min_rating_filters_ml100k(ml100k_path, tmp_path):
+    from recsparse.data import load
+
+    cfg = TrainConfig.from_dict({"data": {"dataset": "ml-100k", "split": "leave_last_out", "min_rating": 4},
+                                 "trainer": {"output_dir": str(tmp_path)}})
+    s = build_split(cfg)
+    kept = load("ml-100k").inter.filter(pl.col("rating") >= 4).height
+    assert s.train.height + int(s.val.lengths().sum()) + int(s.test.lengths().sum()) == kept
+
+
 def test_split_does_not_branch_on_model_family(ml100k_path, tmp_path):
     """The same dataset gives the same split and feature stores whatever model family the config names; the
     featurisation (age groups, genres, half-decades) is the dataset's (recsparse.data.movielens)."""

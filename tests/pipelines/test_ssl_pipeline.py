@@ -131,7 +131,8 @@ def test_head_tail_metrics_split_the_test_interactions():
     assert got["tail_num_users"] == 3 and got["tail_recall@1"] == pytest.approx(1 / 3)
     assert got["tail_ndcg@1"] == pytest.approx(1 / 3)
     overall = full_ranking_metrics(lambda ids: uv[ids], items, truth, ks=[1])
-    assert overall["num_users"] == 3 and overall["recall@1"] == pytest.approx((1 + 1 + 0) / 3)
+    # overall: user 0 finds 1 of its 2 items, user 1 its one, user 2 none (recall = hits / |T|)
+    assert overall["num_users"] == 3 and overall["recall@1"] == pytest.approx((0.5 + 1 + 0) / 3)
     # restrict keeps users and drops the other items
     r = truth.restrict(~head)
     assert r.num_users == 3 and r.lengths().tolist() == [1, 1, 1] and r.indices.tolist() == [2, 2, 1]

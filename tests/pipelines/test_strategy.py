@@ -36,18 +36,22 @@ def _mf(folder, out, **trainer) -> dict:
             "eval": {"ks": [20]}}
 
 
-def launch(cfg: dict, plan: str, tmp: Path, nproc: int = 2, timeout: float = 600) -> dict:
-    """Run dist_worker.py under torchrun (``plan='none'``: one plain process) and return rank 0's record."""
+def launch(cfg: dict, plan: str, tmp: Path, nproc: int = 2, timeout: float = 600, env: dict | None = None,
+           ok: bool = True) -> dict | int:
+    """Run dist_worker.py under torchrun (``plan='none'``: one plain process) and return rank 0's record (``ok``) or
+    the job's exit code (``ok=False``)."""
     tmp.mkdir(parents=True, exist_ok=True)
     cfg_path, out = tmp / f"{plan}.json", tmp / f"{plan}-out.json"
     cfg_path.write_text(json.dumps(cfg))
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]))
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).parents[2]), **(env or {}))
     if plan == "none":
         cmd = [sys.executable, str(WORKER), str(cfg_path), plan, str(out)]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                f"--master-port={_free_port()}", str(WORKER), str(cfg_path), plan, str(out)]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    if not ok:
+        return p.returncode
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
     return json.loads(out.read_text())
 
@@ -95,3 +99,51 @@ def test_strategy_rejects_bad_plan_and_too_many_devices():
     with pytest.raises(ConfigError, match="CUDA"):
         check_devices(2, "cuda", cores=2)
     check_devices(2, "cpu", cores=2)
+
+
+@pytest.mark.slow
+def test_killed_rank_fails_the_job_and_resume_matches_the_uninterrupted_run(gowalla_small, tmp_path):
+    import time
+
+    full = launch(_mf(gowalla_small, tmp_path / "full", max_epochs=3), "row_wise", tmp_path / "a")
+    t0 = time.perf_counter()
+    rc = launch(_mf(gowalla_small, tmp_path / "run", max_epochs=3), "row_wise", tmp_path / "b", ok=False,
+                env={"DIST_KILL": "1,1,1", "DIST_TIMEOUT": "60"})
+    assert rc != 0 and time.perf_counter() - t0 < 300  # fails, does not hang
+    res = launch(_mf(gowalla_small, tmp_path / "run", max_epochs=3, resume="last"), "row_wise", tmp_path / "c")
+    assert Path(res["resumed_from"]).name == "last.ckpt" and len(res["step_losses"]) == 6  # epochs 1 and 2 again
+    assert res["step_losses"] == pytest.approx(full["step_losses"][3:], abs=1e-6)
+    assert res["test"] == pytest.approx(full["test"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_two_tower_ml100k_two_processes_equal_one(ml100k_path, tmp_path):
+    def cfg(out):
+        return {"name": "tt", "data": {"dataset": "ml-100k", "split": "leave_last_out"},
+                "model": {"family": "two_tower", "dim": 16, "hidden": [32], "out_dim": 16, "init_std": 0.1,
+                          "backend": "torchrec"},
+                "loss": {"name": "softmax", "temperature": 0.1, "logq": True, "num_uniform_negatives": 128},
+                "trainer": {"max_epochs": 1, "batch_size": 1024, "lr": 0.05, "optimizer": "adagrad",
+                            "output_dir": str(out), "progress_bar": False, "limit_train_batches": 6},
+                "eval": {"ks": [20, 50], "monitor": "recall@50"}}
+
+    one = launch(cfg(tmp_path / "one"), "none", tmp_path)
+    two = launch(cfg(tmp_path / "two"), "auto", tmp_path)
+    assert two["step_losses"] == pytest.approx(one["step_losses"], abs=1e-5)
+    assert two["test"] == pytest.approx(one["test"], abs=1e-6)
+    assert "t_user_id:" in two["plan"] and "table bytes per rank" in two["plan"]
+
+
+def test_missing_backend_is_a_clear_error(monkeypatch):
+    from recsparse.embeddings import tables
+    from recsparse.pipelines.strategy import check_backends
+
+    check_backends("torchrec", "cpu")
+    with pytest.raises(ConfigError, match="set model.backend=torchrec"):
+        check_backends("torch", "cpu")
+    with pytest.raises(ConfigError, match="NCCL"):
+        monkeypatch.setattr(torch.distributed, "is_nccl_available", lambda: False)
+        check_backends("torchrec", "cuda")
+    monkeypatch.setattr(tables, "torchrec_available", lambda: False)
+    with pytest.raises(ConfigError, match="needs torchrec and fbgemm-gpu"):
+        check_backends("torchrec", "cpu")

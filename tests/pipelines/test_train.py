@@ -96,8 +96,8 @@ def test_fit_writes_logs_checkpoints_and_learns(gowalla_small, tmp_path):
     from recsparse.pipelines.modules import build_module
 
     cfg = _cfg(gowalla_small, tmp_path / "untrained")
-    untrained = build_module(cfg, build_split(cfg)).evaluate("test")["recall@20"]
-    assert rec["test"]["recall@20"] > max(2 * untrained, untrained + 0.005)
+    untrained = build_module(cfg, build_split(cfg)).evaluate("test")["recall_capped@20"]
+    assert rec["test"]["recall_capped@20"] > max(2 * untrained, untrained + 0.005)
 
 
 @pytest.mark.slow
@@ -131,7 +131,7 @@ def test_two_tower_ml100k_side_features(ml100k_path, tmp_path, backend):
     assert any("t_genre" in k for k in names) and any("t_occupation" in k for k in names)
 
 
-def test_cli_train(gowalla_small, tmp_path):
+def test_cli_train(gowalla_small, tmp_path, capsys):
     from typer.testing import CliRunner
 
     from recsparse.cli import app
@@ -142,8 +142,11 @@ def test_cli_train(gowalla_small, tmp_path):
     r = CliRunner().invoke(app, ["train", str(cfg), "trainer.lr=0.01"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "run" / "metrics.json").is_file()
-    bad = CliRunner().invoke(app, ["train", str(cfg), "trainer.batch_size=0"])
-    assert bad.exit_code == 2 and "trainer.batch_size must be > 0" in bad.output
+    from recsparse.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", str(cfg), "trainer.batch_size=0"])
+    assert exit_.value.code == 2 and "trainer.batch_size must be > 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("family", ["mf", "lightgcn"])
@@ -193,3 +196,78 @@ def test_item_bias_trains_into_the_checkpoint_and_the_scores(gowalla_small, tmp_
     torch.testing.assert_close(u @ items.T, want)
     plain = build_module(_cfg(gowalla_small, tmp_path / "plain", model__family=family), split).table_stats()
     assert rec["bytes"] - plain["bytes"] == 4 * split.num_items and rec["rows"] == plain["rows"]
+
+
+def test_rerun_into_existing_folder_is_refused_unless_resume_or_overwrite(gowalla_small, tmp_path):
+    """A second run into a used folder used to overwrite best.ckpt/metrics.json and leave last.ckpt beside a new
+    last-v1.ckpt (so resume=last picked up the wrong run)."""
+    from recsparse.errors import ConfigError
+
+    kw = dict(trainer__max_epochs=1)
+    run(_cfg(gowalla_small, tmp_path, **kw))
+    first = (tmp_path / "metrics.json").read_text()
+    with pytest.raises(ConfigError, match="already exists: continue it with trainer.resume=last"):
+        run(_cfg(gowalla_small, tmp_path, **kw))
+    assert (tmp_path / "metrics.json").read_text() == first
+    run(_cfg(gowalla_small, tmp_path, trainer__overwrite=True, trainer__max_epochs=2))
+    ckpts = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert ckpts == ["best.ckpt", "epoch1.ckpt", "last.ckpt"], ckpts
+    assert json.loads((tmp_path / "metrics.json").read_text())["epochs"] == 2
+    b = run(_cfg(gowalla_small, tmp_path, trainer__resume="last", trainer__max_epochs=3))
+    assert b["resumed_from"] == str(tmp_path / "checkpoints" / "last.ckpt") and b["epochs"] == 3
+    assert not list((tmp_path / "checkpoints").glob("*-v*.ckpt"))
+
+
+def test_resume_and_overwrite_errors(gowalla_small, tmp_path):
+    from recsparse.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.resume: checkpoint .*nope.ckpt not found"):
+        run(_cfg(gowalla_small, tmp_path / "r", trainer__resume=str(tmp_path / "nope.ckpt")))
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ConfigError, match="does not look like a run folder"):
+        run(_cfg(gowalla_small, tmp_path / "mine", trainer__overwrite=True))
+    with pytest.raises(ConfigError, match="has no checkpoints/last.ckpt to resume"):
+        run(_cfg(gowalla_small, tmp_path / "mine", trainer__resume="last"))
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+    with pytest.raises(ConfigError, match="trainer.overwrite=true clears the run folder"):
+        _cfg(gowalla_small, tmp_path, trainer__resume="last", trainer__overwrite=True)
+
+
+class SlowValidation(Callback):
+    """Validation that takes a known extra time, and the wall-clock mark where validation starts."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds, self.epoch_start, self.val_start = seconds, 0.0, []
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        import time
+
+        self.epoch_start = time.perf_counter()
+
+    def on_validation_start(self, trainer, pl_module):
+        import time
+
+        self.val_start.append(time.perf_counter() - self.epoch_start)
+        time.sleep(self.seconds)
+
+
+def test_epoch_lines_without_progress_bar_and_throughput_excludes_validation(gowalla_small, tmp_path, capsys):
+    """With the bar off a run printed nothing after start-up; and examples/s counted the validation pass that
+    Lightning runs before on_train_epoch_end."""
+    import re
+
+    from recsparse.pipelines.train import Throughput
+
+    thr, slow = Throughput(), SlowValidation(1.5)
+    rec = run(_cfg(gowalla_small, tmp_path, trainer__max_epochs=2), extra_callbacks=[thr, slow], test=False)
+    lines = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == 2, lines
+    pat = r"epoch {}/2  loss \d+\.\d{{4}}  [\d,]+ examples/s  val recall@20 0\.\d{{4}}  elapsed \d:\d\d:\d\d"
+    for i, ln in enumerate(lines, start=1):
+        assert re.fullmatch(pat.format(i), ln), ln
+    assert rec["train_examples_per_s"] > 0 and len(thr.epochs) == len(slow.val_start) == 2
+    # the seconds behind examples/s end where validation starts: the 1.5 s validation sleep is not in them
+    for e, v in zip(thr.epochs, slow.val_start):
+        assert e["seconds"] <= v + 0.05, (e, v)
+        assert e["examples"] > 0 and e["loss"] > 0

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from recsparse.data import load
-from recsparse.retrieval.dense import DenseConfig, DenseRetriever, Encoder, encode_corpus, model_path
-from recsparse.types import Retriever
+from recsparse.retrieval.dense import DenseConfig, DenseRetriever, Encoder, embed_corpus, model_path
+from recsparse.retrieval.base import Retriever
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def cache_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def emb(encoder, cran, cache_dir):
-    return encode_corpus(encoder, cran.corpus, cache_dir, progress=False)
+    return embed_corpus(encoder, cran.corpus, cache_dir, progress=False)
 
 
 def test_model_is_the_packaged_minilm(encoder):
@@ -77,11 +77,11 @@ def test_approximate_indexes(kind, factory, encoder, cran, emb, tmp_path):
 
 
 def test_embedding_cache_and_reuse(encoder, cran, emb, cache_dir, tmp_path, monkeypatch):
-    from recsparse.retrieval.lucene import corpus_fingerprint
+    from recsparse.data.beir import corpus_fingerprint
 
     assert len(list(cache_dir.glob("*.npy"))) == 1
     monkeypatch.setattr(encoder, "encode", lambda *a, **k: pytest.fail("corpus re-encoded despite the cache"))
-    assert np.array_equal(encode_corpus(encoder, cran.corpus, cache_dir), emb)
+    assert np.array_equal(embed_corpus(encoder, cran.corpus, cache_dir), emb)
     r = DenseRetriever(DenseConfig(index="hnsw"), encoder=encoder, cache_dir=cache_dir)
     r.index(cran.corpus, tmp_path / "idx")  # corpus from the cache (queries are not encoded here)
     sha = corpus_fingerprint(cran.corpus)
@@ -90,7 +90,7 @@ def test_embedding_cache_and_reuse(encoder, cran, emb, cache_dir, tmp_path, monk
     assert not DenseRetriever(DenseConfig(index="hnsw"), encoder=encoder).reuse(tmp_path / "idx", "0" * 16)
     # another corpus (a different slice) is a cache miss
     monkeypatch.undo()
-    other = encode_corpus(encoder, cran.corpus.head(3), cache_dir, progress=False)
+    other = embed_corpus(encoder, cran.corpus.head(3), cache_dir, progress=False)
     assert other.shape == (3, 384) and len(list(cache_dir.glob("*.npy"))) == 2
 
 

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recsparse.retrieval.base import Retriever
 from recsparse.retrieval.fusion import FusionRetriever, fuse, interpolate, minmax, rrf
 from recsparse.types import Hit
 
@@ -60,14 +61,22 @@ def test_fusing_a_run_with_itself_keeps_its_order(scores):
     assert {h.docid: h.score for h in inter} == pytest.approx(minmax(hits))
 
 
-class _Fixed:
+class _Fixed(Retriever):
     """A stand-in retriever that returns a fixed run (fusion logic only; real backends are tested elsewhere)."""
 
     def __init__(self, name, run):
         self.name, self.run, self.indexed = name, run, None
 
-    def index(self, corpus, path):
+    def index(self, corpus, path, threads=1):
         self.indexed = path
+
+    @classmethod
+    def open(cls, path, name=None):
+        raise NotImplementedError
+
+    @property
+    def index_meta(self):
+        return None
 
     def search(self, query, k=10):
         return self.run["q1"][:k]
@@ -77,13 +86,40 @@ class _Fixed:
 
 
 def test_fusion_retriever(tmp_path):
-    from recsparse.types import Retriever
+    import polars as pl
 
     f = FusionRetriever([_Fixed("a", A), _Fixed("b", B)], k_rrf=60)
     assert isinstance(f, Retriever) and f.name == "rrf(a+b)"
-    f.index(None, tmp_path)
+    f.index(pl.DataFrame({"_id": ["d1"], "title": [""], "text": ["x"]}), tmp_path)
     assert [r.indexed for r in f.retrievers] == [tmp_path / "a", tmp_path / "b"]
+    assert f.index_meta.kind == "fusion" and f.index_meta.config["parts"] == ["a", "b"]
     assert f.batch_search({"q1": "x"}, k=3)["q1"] == rrf([A, B], top=3)["q1"]
     assert [h.docid for h in f.search("x", k=2)] == ["d1", "d3"]
     with pytest.raises(ValueError, match="exactly two"):
         FusionRetriever([_Fixed("a", A), _Fixed("b", B), _Fixed("c", A)], method="interpolation")
+    with pytest.raises(ValueError, match="distinct names"):
+        FusionRetriever([_Fixed("a", A), _Fixed("a", B)])
+
+
+def test_fusion_of_real_backends_saves_reopens_and_reuses(cranfield_tiny, tmp_path):
+    """BM25 flat + multifield fused: ``open_index`` re-opens the saved fusion (parts by their metadata), ``reuse``
+    accepts it only for the same corpus."""
+    from recsparse.data import load
+    from recsparse.retrieval.base import open_index
+    from recsparse.retrieval.lucene import BM25Config, BM25Retriever
+
+    ds = load(cranfield_tiny)
+    f = FusionRetriever([BM25Retriever(), BM25Retriever(BM25Config(fields="multifield"))], method="interpolation",
+                        alpha=0.3, depth=50)
+    f.index(ds.corpus, tmp_path / "fused")
+    qs = dict(list(ds.split_queries("test").items())[:5])
+    again = open_index(tmp_path / "fused")
+    assert isinstance(again, FusionRetriever) and again.name == f.name and again.alpha == 0.3
+    assert again.batch_search(qs, k=10) == f.batch_search(qs, k=10)
+    fresh = FusionRetriever([BM25Retriever(), BM25Retriever(BM25Config(fields="multifield"))], method="interpolation",
+                            alpha=0.3, depth=50)
+    assert fresh.reuse(tmp_path / "fused", ds.fingerprint)
+    assert not FusionRetriever([BM25Retriever(), BM25Retriever(BM25Config(fields="multifield"))], method="interpolation",
+                               alpha=0.3, depth=50).reuse(tmp_path / "fused", "0" * 16)
+    for r in (f, again, fresh):
+        r.close()

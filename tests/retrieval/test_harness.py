@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import polars as pl
 import pytest
 from typer.testing import CliRunner
 
@@ -59,36 +60,61 @@ def test_cli_bm25_on_full_cranfield_matches_reference(tmp_path):
     assert rec["ndcg@10"] == pytest.approx(0.3220, abs=0.005) and rec["recall@100"] == pytest.approx(0.7224, abs=0.005)
     report = (tmp_path / "report.md").read_text()
     assert "reference ndcg@10" in report and "| 0.3220 | 0.7224 |" in report
+    # Cranfield's reference is our own measurement, and the report says so (it said "published numbers" before)
+    assert "measured by us with Pyserini 1.6.0" in report and "published numbers" not in report
     assert "bm25" in res.output and "0.32" in res.output
+
+
+def beir_main(capsys, *args: str) -> tuple[int, str]:
+    """``recsparse beir ARGS`` through ``recsparse.cli.main`` (what the console script runs): exit code and stderr."""
+    from recsparse.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["beir", *args])
+    return e.value.code, capsys.readouterr().err
+
+
+def one_line_error(code: int, err: str) -> str:
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("recsparse: error: "), err
+    return lines[0]
 
 
 @pytest.mark.parametrize("file,line,new,msg", [
     ("queries.jsonl", 7, '{"_id": "7", "text": 7}\n', "field 'text' must be a string"),
     ("corpus.jsonl", 12, '{"_id": "12", "title": "x", "text": "y"\n', "invalid JSON"),
     ("qrels/test.tsv", 5, "3\t5\n", "expected 3 tab-separated columns"),
+    ("qrels/test.tsv", 4, "3\t5\t1.5\n", "score '1.5' is not an integer"),
+    ("corpus.jsonl", 3, '{"_id": null, "title": "x", "text": "y"}\n', "_id must be a string, got null"),
 ])
-def test_cli_rejects_malformed_collection_with_file_and_line(cranfield_small, tmp_path, file, line, new, msg):
+def test_cli_rejects_malformed_collection_with_file_and_line(cranfield_small, tmp_path, capsys, file, line, new, msg):
     bad = tmp_path / "bad"
     shutil.copytree(cranfield_small, bad)
     lines = (bad / file).read_text(encoding="utf-8").splitlines(keepends=True)
     lines[line - 1] = new
     (bad / file).write_text("".join(lines), encoding="utf-8")
-    res = CliRunner().invoke(app, ["beir", "--dataset", str(bad), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2
-    assert f"{file}:{line}: {msg}" in res.output.replace("\n", "")
+    err = one_line_error(*beir_main(capsys, "--dataset", str(bad), "--out", str(tmp_path / "o")))
+    assert f"{bad / file}:{line}: {msg}" in err
     assert not (tmp_path / "o").exists()
 
 
-def test_cli_usage_errors(cranfield_small, tmp_path):
-    r = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_small), "-r", "bm99", "--out", str(tmp_path)])
-    assert r.exit_code != 0 and "unknown retriever 'bm99'" in r.output
-    r = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_small), "--split", "train", "--out", str(tmp_path)])
-    assert r.exit_code == 2 and "no qrels/train.tsv" in r.output
-    r = CliRunner().invoke(app, ["beir", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path)])
-    assert r.exit_code == 2 and "neither a registered dataset" in r.output
-    r = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_small), "-r", f"sparse:{tmp_path / 'nope'}",
-                                 "--out", str(tmp_path)])
-    assert r.exit_code != 0 and "no saved sparse retriever at" in re.sub(r"[\s│]+", " ", r.output)
+def test_cli_usage_errors_are_one_line_naming_the_option(cranfield_small, tmp_path, capsys):
+    """Before: typer usage boxes (several lines) or a traceback for a missing model; now one line, exit 2."""
+    cases = [
+        (["-r", "bm99"], "--retriever: unknown retriever 'bm99'"),
+        (["--split", "train"], "no qrels/train.tsv"),
+        (["-r", f"sparse:{tmp_path / 'nope'}"], "no saved sparse retriever at"),
+        (["-r", "sparse:"], "sparse:PATH needs a path"),
+        (["--fusion", "max"], "--fusion: unknown method 'max'"),
+        (["-r", "hybrid", "--hybrid-of", "bm25"], "--hybrid-of: need two different retrievers"),
+        (["-r", "dense", "--model", str(tmp_path / "no-model")], "--model"),
+    ]
+    for args, msg in cases:
+        err = one_line_error(*beir_main(capsys, "--dataset", str(cranfield_small), "--out", str(tmp_path / "o"),
+                                        *args))
+        assert msg in err, (args, err)
+    err = one_line_error(*beir_main(capsys, "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path)))
+    assert "neither a registered dataset" in err
 
 
 def test_cli_hybrid_of_any_two(cranfield_small, tmp_path):
@@ -100,9 +126,6 @@ def test_cli_hybrid_of_any_two(cranfield_small, tmp_path):
     assert list(m) == ["bm25", "bm25-multifield", "hybrid"]
     rec = m["hybrid"]["record"]
     assert rec["fusion"] == "interpolation" and rec["alpha"] == 0.3 and rec["parts"] == "bm25+bm25-multifield"
-    r = CliRunner().invoke(app, ["beir", "--dataset", str(cranfield_small), "-r", "hybrid", "--hybrid-of", "bm25",
-                                 "--out", str(tmp_path)])
-    assert r.exit_code == 2 and "two different retrievers" in r.output
 
 
 @pytest.mark.slow
@@ -122,10 +145,41 @@ def test_cli_hybrid_with_dense(cranfield_tiny, tmp_path):
 
 
 def test_open_retriever_on_another_corpus_is_refused(cranfield_small, cranfield_tiny, tmp_path):
+    from recsparse.retrieval.base import CorpusMismatchError
+
     r = BM25Retriever()
     r.index(load(cranfield_tiny).corpus, tmp_path / "tiny-idx")
-    with pytest.raises(ValueError, match="another corpus"):
+    with pytest.raises(CorpusMismatchError, match="built from another corpus"):
         evaluate_retrievers(load(cranfield_small), {"bm25": r}, out_dir=tmp_path / "o")
+    r.close()
+
+
+def test_sparse_index_on_another_corpus_is_one_line_exit_2(cranfield_small, cranfield_tiny, tmp_path):
+    """``recsparse beir -r sparse:PATH`` with an impact index of another corpus fails (exit 2, one line naming both)
+    instead of scoring it; the same index on its own corpus evaluates."""
+    import subprocess
+    import sys
+
+    from recsparse.retrieval.sparse.encoders import SparseModel
+    from recsparse.retrieval.sparse.impact import ImpactRetriever
+
+    r = ImpactRetriever(SparseModel("splade"), name="sp")
+    r.index(load(cranfield_tiny).corpus, tmp_path / "sp")
+    r.close()
+    assert r.index_meta is None and load(cranfield_tiny).fingerprint == \
+        json.loads((tmp_path / "sp" / "recsparse.json").read_text())["corpus_sha"]
+
+    bad = subprocess.run([sys.executable, "-m", "recsparse", "beir", "--dataset", str(cranfield_small), "-r",
+                          f"sparse:{tmp_path / 'sp'}", "--out", str(tmp_path / "o-bad")], capture_output=True,
+                         text=True, timeout=300)
+    lines = [ln for ln in bad.stderr.splitlines() if ln.strip()]
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+    assert len(lines) == 1 and "built from another corpus" in lines[0] and str(cranfield_small) in lines[0]
+    assert not (tmp_path / "o-bad" / "metrics.json").exists()
+    again = ImpactRetriever.open(tmp_path / "sp")
+    rec = evaluate_retrievers(load(cranfield_tiny), {"sp": again}, out_dir=tmp_path / "o-ok")[0]
+    assert rec["reused_index"] and rec["num_queries"] > 0
+    again.close()
 
 
 def test_drop_self_hits_in_the_harness(cranfield_small, tmp_path):
@@ -144,3 +198,32 @@ def test_drop_self_hits_in_the_harness(cranfield_small, tmp_path):
         "recall@100"], 4))
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["drop_self_hits"] is True
     assert dropped["reused_index"] and not keep["reused_index"]  # same index, evaluated differently
+
+
+def test_one_failing_query_never_loses_the_run(cranfield_small, tmp_path):
+    """With Lucene's clause limit back at its default 1,024, a long query fails for real inside Anserini — which
+    used to fail the whole batch_search. The harness searches query by query instead: the other queries are scored,
+    the failure is warned about, counted in the record and the report, and its error kept in metrics.json."""
+    from recsparse.retrieval.jvm import MAX_CLAUSES, autoclass
+    from tests.retrieval.test_lucene import _long_query
+
+    ds = load(cranfield_small)
+    qs = ds.split_queries("test")
+    bad_q = next(iter(qs))
+    ds.queries = ds.queries.with_columns(
+        text=pl.when(pl.col("_id") == bad_q).then(pl.lit(_long_query(5000))).otherwise(pl.col("text")))
+    searcher = autoclass("org.apache.lucene.search.IndexSearcher")
+    r = BM25Retriever()
+    r.prepare()
+    searcher.setMaxClauseCount(1024)
+    try:
+        with pytest.warns(UserWarning, match=f"query {bad_q!r} failed and scores 0: .*TooManyClauses"):
+            rec = evaluate_retrievers(ds, {"bm25": r}, out_dir=tmp_path / "o")[0]
+    finally:
+        searcher.setMaxClauseCount(MAX_CLAUSES)
+    assert rec["failed_queries"] == 1 and rec["num_queries"] == len(qs) and rec["ndcg@10"] > 0.2
+    pq = json.loads((tmp_path / "o" / "metrics.json").read_text())["retrievers"]["bm25"]["per_query"]
+    assert "TooManyClauses" in pq[bad_q]["error"] and pq[bad_q]["ndcg@10"] == 0.0
+    assert sum("error" in v for v in pq.values()) == 1
+    assert "**Failed queries**" in (tmp_path / "o" / "report.md").read_text()
+    r.close()

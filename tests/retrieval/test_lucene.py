@@ -9,7 +9,8 @@ import pytest
 from recsparse.data import load
 from recsparse.io import read_index_meta
 from recsparse.retrieval.lucene import BM25Config, BM25Retriever, IndexBuildError, build_lucene_index
-from recsparse.types import Hit, Retriever
+from recsparse.retrieval.base import Retriever
+from recsparse.types import Hit
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +93,7 @@ def test_failed_build_leaves_previous_index_intact(cran, tmp_path):
 
 
 def test_rebuild_replaces_and_reuse_checks_corpus_and_config(cran, tmp_path):
-    from recsparse.retrieval.lucene import corpus_fingerprint
+    from recsparse.data.beir import corpus_fingerprint
 
     path = tmp_path / "idx"
     r = BM25Retriever()
@@ -132,3 +133,28 @@ def test_isolated_build_in_a_child_jvm(cran, tmp_path):
         build_lucene_index([{"id": "x", "contents": "y"}], tmp_path / "iTrue", isolate=True,
                            extra_args=("-no-such-flag",))
     assert b.search("supersonic wing", 10) == a.search("supersonic wing", 10)
+
+
+def _long_query(n_terms: int) -> str:
+    """``n_terms`` distinct real words of the full Cranfield corpus (they stay distinct after stemming often
+    enough: the test asserts the analysed clause count exceeds Lucene's default 1,024)."""
+    from tests.conftest import dataset_path
+
+    full = load(dataset_path("cranfield"))
+    words = sorted({w for t in full.corpus["text"].to_list() for w in t.split() if w.isalpha() and len(w) > 3})
+    return " ".join(words[:n_terms])
+
+
+def test_query_with_more_than_1024_terms_is_searched(bm25, cran):
+    """Before: Lucene's TooManyClauses (default limit 1,024) failed the query, and Anserini's batch_search lost every
+    query of the batch with it. Now the JVM-wide limit is raised when recsparse starts the JVM."""
+    from recsparse.retrieval.jvm import autoclass, pyserini_module
+
+    q = _long_query(5000)
+    analyzed = set(pyserini_module("pyserini.analysis").Analyzer(
+        pyserini_module("pyserini.analysis").get_lucene_analyzer()).analyze(q))
+    assert len(analyzed) > 1024
+    assert autoclass("org.apache.lucene.search.IndexSearcher").getMaxClauseCount() > len(analyzed)
+    run = bm25.batch_search({"short": "boundary layer", "long": q, "other": "shock wave"}, k=10, threads=2)
+    assert all(len(v) == 10 for v in run.values())
+    assert [h.docid for h in bm25.search(q, 10)] == [h.docid for h in run["long"]]

@@ -58,6 +58,10 @@ class FullMapper(MapperBase):
     def transform(self, ids: torch.Tensor) -> torch.Tensor:
         x = as_id_tensor(ids)
         if self.identity:
+            if x.numel():
+                lo, hi = torch.aminmax(x)
+                if int(lo) >= 0 and int(hi) < self.num_ids:  # all in the vocabulary: one reduction, no copy
+                    return x.unsqueeze(-1)
             rows = torch.where((x >= 0) & (x < self.num_ids), x, torch.full_like(x, self.num_ids))
         else:
             vocab = self.vocab.to(x.device)

@@ -18,8 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,7 +25,9 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
-from recsparse.io import INDEX_META, atomic_dir, atomic_write, read_index_meta, write_json
+from recsparse.data.beir import corpus_fingerprint
+from recsparse.io import atomic_dir, atomic_write
+from recsparse.retrieval.base import IndexMeta, Retriever
 from recsparse.retrieval.jvm import autoclass, ensure_jvm
 from recsparse.retrieval.sparse.encoders import SparseModel, corpus_idf, text_of
 from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, quantize, to_term_dicts
@@ -74,18 +74,12 @@ def build_impact_index(collection: str | Path, index: str | Path, threads: int =
     run torch models, Anserini's indexing threads were seen to die of SIGSEGV (the JVM's signal handling does not
     survive everything torch and its libraries install), taking the whole run down.
     """
-    from recsparse.retrieval.lucene import IndexBuildError, run_index_collection
+    from recsparse.retrieval.lucene import IndexBuildError, run_index_collection, run_index_collection_isolated
 
+    runner = run_index_collection_isolated if isolate else run_index_collection
     with atomic_dir(index) as tmp:
-        if isolate:
-            out = subprocess.run([sys.executable, "-m", "recsparse.retrieval.sparse.impact", str(collection), str(tmp),
-                                  str(threads)], capture_output=True, text=True)
-            if out.returncode != 0:
-                raise IndexBuildError(f"impact indexer for {collection} exited {out.returncode}: {out.stderr[-2000:]}")
-            counters = json.loads(out.stdout.strip().splitlines()[-1])
-        else:
-            counters = run_index_collection(collection, tmp, collection="JsonVectorCollection", threads=threads,
-                                            extra_args=("-impact", "-pretokenized"))
+        counters = runner(collection, tmp, collection="JsonVectorCollection", threads=threads,
+                          extra_args=("-impact", "-pretokenized"))
         if counters["errors"] or not any(Path(tmp).glob("segments_*")):
             raise IndexBuildError(f"Anserini IndexCollection(JsonVectorCollection) for {collection}: {counters}")
     return counters
@@ -138,8 +132,8 @@ def encode_corpus(model: SparseModel, docids: Sequence[str], texts: Sequence[str
     return [d or {} for d in out], len(texts) / max(dt, 1e-9)
 
 
-class ImpactRetriever:
-    """A :class:`recsparse.types.Retriever` over a Lucene impact index of a :class:`SparseModel`'s documents."""
+class ImpactRetriever(Retriever):
+    """A :class:`recsparse.retrieval.base.Retriever` over a Lucene impact index of a :class:`SparseModel`'s documents."""
 
     def __init__(self, model: SparseModel, name: str | None = None, scale: float = DEFAULT_SCALE,
                  batch_size: int = 32, refit_idf: bool = True) -> None:
@@ -150,6 +144,7 @@ class ImpactRetriever:
         self.batch_size = batch_size
         self.path: Path | None = None
         self.meta: dict = {}
+        self._meta: IndexMeta | None = None
         self._searcher = None
         self._jclasses = None
         self._jints: dict[int, object] = {}
@@ -164,39 +159,46 @@ class ImpactRetriever:
             # Query weights are the IDF of the collection being searched (a corpus statistic, like BM25's).
             self.model.set_idf(corpus_idf(self.model.tokenizer, texts, self.model.doc_encoder.vocab_size)[0])
         vecs, docs_per_s = encode_corpus(self.model, docids, texts, self.batch_size, self.scale)
-        self.write(path, docids, vecs, extra={"encode_docs_per_s": docs_per_s}, threads=threads)
+        self.write(path, docids, vecs, extra={"encode_docs_per_s": docs_per_s}, threads=threads,
+                   corpus_sha=corpus_fingerprint(corpus))
 
     def write(self, path: str | Path, docids: Sequence[str], vectors: Sequence[Mapping[str, int]],
-              extra: dict | None = None, threads: int = 1) -> None:
-        """Build ``path`` (model, collection, index, meta) from already-quantised document vectors."""
+              extra: dict | None = None, threads: int = 1, corpus_sha: str | None = None) -> None:
+        """Build ``path`` (model, collection, index, meta) from already-quantised document vectors; ``corpus_sha``:
+        fingerprint of the corpus they encode (``None``: unknown, the harness then cannot check the corpus)."""
         path = Path(path)
         t0 = time.perf_counter()
         with atomic_dir(path) as tmp:
             self.model.save(tmp / "model")
             write_json_vector_collection(tmp / "collection", docids, vectors)
             counters = build_impact_index(tmp / "collection", tmp / "index", threads=threads)
-            meta = {"kind": "sparse-impact", "name": self.name, "variant": self.model.variant, "scale": self.scale,
-                    **collection_stats(vectors), "index_bytes": dir_bytes(tmp / "index"), "counters": counters,
-                    "build_s": round(time.perf_counter() - t0, 3), **(extra or {})}
-            write_json(tmp / INDEX_META, meta)
-        self._attach(path)
+            meta = IndexMeta(kind="sparse-impact", corpus_sha=corpus_sha, num_docs=len(docids),
+                             info={"name": self.name, "variant": self.model.variant, "scale": self.scale,
+                                   **collection_stats(vectors), "index_bytes": dir_bytes(tmp / "index"),
+                                   "counters": counters, **(extra or {})})
+            meta.build_s = round(time.perf_counter() - t0, 3)
+            meta.save(tmp)
+        self._attach(path, meta)
 
     # ---- opening ----
     @classmethod
     def open(cls, path: str | Path, name: str | None = None) -> "ImpactRetriever":
         path = Path(path)
-        meta = read_index_meta(path)
-        if not meta:
-            raise FileNotFoundError(f"{path}: no {INDEX_META} (not an index written by ImpactRetriever)")
-        r = cls(SparseModel.load(path / "model"), name=name or meta.get("name"), scale=meta["scale"])
+        meta = IndexMeta.require(path, kind="sparse-impact")
+        r = cls(SparseModel.load(path / "model"), name=name or meta.info.get("name"), scale=meta.info["scale"])
         r._attach(path, meta)
         return r
 
-    def _attach(self, path: Path, meta: dict | None = None) -> None:
+    def _attach(self, path: Path, meta: IndexMeta) -> None:
         ensure_jvm()
         self.path = path
-        self.meta = meta if meta is not None else read_index_meta(path)
+        self._meta = meta
+        self.meta = meta.to_dict()  # flat view: index_bytes, postings, ... (what sparse_stats reads)
         self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(path / "index"))
+
+    @property
+    def index_meta(self) -> IndexMeta | None:
+        return self._meta if self._searcher is not None else None
 
     def close(self) -> None:
         if self._searcher is not None:
@@ -270,11 +272,3 @@ def open_retriever(path: str | Path) -> ImpactRetriever:
 
 def threads_default() -> int:
     return max(1, min(2, os.cpu_count() or 1))
-
-
-if __name__ == "__main__":  # child process of build_impact_index: python -m ... COLLECTION INDEX THREADS
-    from recsparse.retrieval.lucene import run_index_collection
-
-    c = run_index_collection(sys.argv[1], sys.argv[2], collection="JsonVectorCollection", threads=int(sys.argv[3]),
-                             extra_args=("-impact", "-pretokenized"))
-    print(json.dumps(c))

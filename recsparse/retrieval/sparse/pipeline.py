@@ -54,28 +54,16 @@ def model_name(cfg: TrainConfig) -> str:
     return f"sparse-{cfg.variant}-{cfg.reg}"
 
 
-_BM25_CHILD = """
-import sys
-from recsparse.data import load
-from recsparse.retrieval.harness import corpus_sha
-from recsparse.retrieval.lucene import BM25Retriever
-ds = load(sys.argv[1])
-r = BM25Retriever()
-if not r.reuse(sys.argv[2], corpus_sha(ds)):
-    r.index(ds.corpus, sys.argv[2])
-"""
-
-
 def _prebuild_bm25(dataset: BeirDataset, path: Path) -> None:
-    """Build (or keep) the BM25 index the harness will reuse, in a child process: Lucene indexing threads in a
-    process that already trained/ran torch models were seen to die of SIGSEGV (see impact.build_impact_index)."""
-    import subprocess
-    import sys
+    """Build (or keep) the BM25 index the harness will reuse, with Anserini in a child process: Lucene indexing
+    threads in a process that already trained/ran torch models were seen to die of SIGSEGV (see
+    lucene.run_index_collection_isolated)."""
+    from recsparse.retrieval.lucene import BM25Retriever
 
-    out = subprocess.run([sys.executable, "-c", _BM25_CHILD, str(dataset.folder), str(path)], capture_output=True,
-                         text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"BM25 index build for {dataset.folder} exited {out.returncode}: {out.stderr[-2000:]}")
+    r = BM25Retriever()
+    if not (path.is_dir() and r.reuse(path, dataset.fingerprint)):
+        r.index(dataset.corpus, path, isolate=True)
+    r.close()
 
 
 def evaluate_model(model: SparseModel, dataset: BeirDataset, out_dir: str | Path, name: str, *, split: str = "test",

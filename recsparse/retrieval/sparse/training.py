@@ -86,12 +86,11 @@ class TrainingExamples:
 def bm25_negatives(dataset: BeirDataset, queries: dict[str, str], depth: int, index_dir: str | Path,
                    relevant: dict[str, dict[str, int]]) -> tuple[dict[str, list[str]], dict[str, dict[str, float]]]:
     """BM25 top-``depth`` per query from the project's Lucene BM25 (index built once, reused if it matches)."""
-    from recsparse.retrieval.harness import corpus_sha
     from recsparse.retrieval.lucene import BM25Retriever
 
     bm25 = BM25Retriever()
     index_dir = Path(index_dir)
-    if not (index_dir.is_dir() and bm25.reuse(index_dir, corpus_sha(dataset))):
+    if not (index_dir.is_dir() and bm25.reuse(index_dir, dataset.fingerprint)):
         bm25.index(dataset.corpus, index_dir)
     run = bm25.batch_search(queries, k=depth, threads=1)
     bm25.close()
@@ -103,10 +102,10 @@ def bm25_negatives(dataset: BeirDataset, queries: dict[str, str], depth: int, in
 def dense_teacher(dataset: BeirDataset, queries: dict[str, str]):  # noqa: ANN201
     """all-MiniLM-L6-v2 cosine scores as a callable ``(qid, [docids]) -> tensor``: the BEIR harness's dense
     encoder and its on-disk corpus-embedding cache, so a corpus already searched densely is not encoded again."""
-    from recsparse.retrieval.dense import Encoder, encode_corpus
+    from recsparse.retrieval.dense import Encoder, embed_corpus
 
     enc = Encoder()
-    demb = torch.from_numpy(encode_corpus(enc, dataset.corpus))
+    demb = torch.from_numpy(embed_corpus(enc, dataset.corpus))
     qids = list(queries)
     qemb = torch.from_numpy(enc.encode([queries[q] for q in qids]))
     drow = {d: i for i, d in enumerate(dataset.corpus["_id"].to_list())}

@@ -1,0 +1,61 @@
+"""``recsparse train configs/<dataset>_<model>.yaml`` for CTR configs: runs, writes the run folder, bad config
+values are one-line errors naming the field."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from recsparse.errors import ConfigError
+from recsparse.pipelines.ctr import load_ctr_config
+from tests.conftest import REPO, dataset_path
+
+CONFIGS = sorted((REPO / "configs").glob("*ctr_*.yaml")) + sorted((REPO / "configs").glob("adult_*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_shipped_ctr_configs_load(path):
+    cfg, opts = load_ctr_config(path)
+    assert opts["name"] == path.stem and path.stem.endswith(cfg.model)
+
+
+def test_config_types_are_checked(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("task: ctr\ndata: {dataset: adult}\nmodel: {name: deepfm}\ntrainer: {lr: 1e-3}\n")
+    cfg, _ = load_ctr_config(p)
+    assert cfg.lr == 1e-3  # YAML reads 1e-3 as a string: accepted as a number
+    for bad, msg in [("trainer.max_epochs=2.5", "trainer.max_epochs must be an integer"),
+                     ("trainer.max_epochs=true", "trainer.max_epochs must be an integer"),
+                     ("trainer.lr=.inf", "trainer.lr must be a finite number"),
+                     ("trainer.seed=abc", "trainer.seed must be an integer"),
+                     ("model.name=bogus", "model must be one of"),
+                     ("model.budget=0", "budget must be in"),
+                     ("trainer.bogus=1", "unknown key trainer.bogus"),
+                     ("name=../../x", "name must be a plain folder name")]:
+        with pytest.raises(ConfigError, match=msg):
+            load_ctr_config(p, [bad])
+    (tmp_path / "bad.yaml").write_text("task: ctr\nmodel: [1,\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: malformed YAML"):
+        load_ctr_config(tmp_path / "bad.yaml")
+
+
+def test_recsparse_train_ctr_config_end_to_end(tmp_path):
+    dataset_path("adult")
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "recsparse", "train", str(REPO / "configs" / "adult_lr.yaml"),
+           "trainer.max_epochs=1", f"trainer.output_dir={out}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["model"] == "lr" and 0.5 < m["test_auc"] <= 1 and m["epochs"] == 1
+    assert (out / "feature_spec" / "spec.json").is_file() and (out / "model.safetensors").is_file()
+    # the same folder again without overwrite: one-line error, exit 2
+    r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 2 and "exists; choose another name or set trainer.overwrite=true" in r.stderr
+    assert "Traceback" not in r.stderr
+    r = subprocess.run(cmd[:-2] + ["trainer.max_epochs=1.5"], capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert r.returncode == 2 and "trainer.max_epochs must be an integer" in r.stderr.strip().splitlines()[-1]
