@@ -284,11 +284,19 @@ def main() -> None:
             runs = ctr_rows(args)
             records += runs if args.rows_out else runs + mean_rows(runs)
         elif section == "collect":
+            from recsparse.results import provenance
+
             runs = [r for path in args.rows_in for r in json.loads(Path(path).read_text())]
             for r in runs:  # rows-out files of the first version named the two-tower section "run"
                 if r["section"] == "run":
                     r["section"] = "two_tower"
-            records += runs + mean_rows(runs)
+            means = mean_rows(runs)
+            for m in means:  # a mean row is computed here from run rows measured at their own commits
+                m.update(provenance())
+                m["run_commits"] = ",".join(sorted({r["git_commit"] for r in runs
+                                                    if r["variant"] == m["variant"] and r.get("model") == m["model"]
+                                                    and r.get("dataset") == m["dataset"]}))
+            records += runs + means
         elif section == "cost":
             records += cost_rows(args)
         else:
