@@ -290,7 +290,7 @@ def main() -> None:
             for r in runs:  # rows-out files of the first version named the two-tower section "run"
                 if r["section"] == "run":
                     r["section"] = "two_tower"
-            means = mean_rows(runs)
+            means = mean_rows([r for r in runs if r["section"] in ("two_tower", "ctr")])
             for m in means:  # a mean row is computed here from run rows measured at their own commits
                 m.update(provenance())
                 m["run_commits"] = ",".join(sorted({r["git_commit"] for r in runs
