@@ -69,6 +69,21 @@ def _timeit(step: Callable[[int], Any], iters: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
+def _interleaved(fns: list[Callable[[int], Any]], iters: int, warmup: int = 2) -> list[float]:
+    """Median seconds per call of each ``fns[j](i)``, the calls alternating ``f0, f1, ..., f0, f1, ...`` so that
+    both sides of a comparison see the same background load."""
+    for i in range(warmup):
+        for f in fns:
+            f(i)
+    times: list[list[float]] = [[] for _ in fns]
+    for i in range(iters):
+        for j, f in enumerate(fns):
+            t0 = time.perf_counter()
+            f(i)
+            times[j].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in times]
+
+
 # ---------------------------------------------------------------------------------------------------------------- tbe
 def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters: int) -> list[dict[str, Any]]:
     import torch.nn as nn
@@ -273,10 +288,11 @@ def bench_forward(tables: int, rows: int, dim: int, batch: int, pooling: int, it
              ours_name: str, base_name: str, n: int, grad: bool = False,
              fp32: Callable[[int], Any] | None = None) -> None:
         ctx = torch.enable_grad if grad else torch.no_grad
+        fns = [base, ours] + ([fp32] if fp32 is not None else [])
         with ctx():
-            s_base = _timeit(base, iters)
-            s_ours = _timeit(ours, iters)
-            s_fp32 = _timeit(fp32, iters) if fp32 is not None else None
+            times = _interleaved(fns, iters)
+        s_base, s_ours = times[0], times[1]
+        s_fp32 = times[2] if fp32 is not None else None
         r = {"section": "forward", "name": f"{workload}_{mode}", "workload": workload, "mode": mode, **shape,
              "recsparse": ours_name, "baseline": base_name, "recsparse_ms": round(1e3 * s_ours, 3),
              "embeddingbag_ms": round(1e3 * s_base, 3), "recsparse_lookups_per_s": round(n / s_ours),
@@ -419,7 +435,6 @@ def bench_dsl(batches: int, densities: list[float], interval: int) -> list[dict[
     sparse learning at each density, the same run; the DSL runs update their masks every ``interval`` steps."""
     from pathlib import Path
 
-    from recsparse.embeddings.dsl import DSLConfig, dsl_callback
     from recsparse.pipelines.config import load_config
     import shutil
 
@@ -429,12 +444,12 @@ def bench_dsl(batches: int, densities: list[float], interval: int) -> list[dict[
     recs: list[dict[str, Any]] = []
     for density in [None, *densities]:
         name = "gowalla_mf_dense" if density is None else f"gowalla_mf_dsl{density:g}"
+        dsl = [] if density is None else [f"model.dsl.density={density}", f"model.dsl.interval={interval}"]
         cfg = load_config(config, ["trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
                                    "trainer.progress_bar=false", f"name={name}", "trainer.num_threads=2",
-                                   "trainer.output_dir=/tmp/recsparse-dsl-throughput/{name}"])
+                                   "trainer.output_dir=/tmp/recsparse-dsl-throughput/{name}", *dsl])
         shutil.rmtree(cfg.output_dir, ignore_errors=True)
-        cbs = [] if density is None else [dsl_callback(DSLConfig(density=density, interval=interval))]
-        rec = run(cfg, test=False, extra_callbacks=cbs)
+        rec = run(cfg, test=False)
         recs.append({"section": "dsl", "name": name, "dataset": "gowalla", "model": "mf", "density": density or 1.0,
                      "interval": interval if density else None, "batches": batches,
                      "batch_size": cfg.trainer.batch_size, "threads": cfg.trainer.num_threads,
@@ -554,6 +569,18 @@ def bench_quant(dim: int) -> list[dict[str, Any]]:
     return recs
 
 
+def _drop_section(section: str, results_dir: str | None) -> None:
+    import json
+    from pathlib import Path
+
+    from recsparse.io import write_json
+    from recsparse.results import RESULTS_DIR
+
+    path = Path(results_dir or RESULTS_DIR) / f"{AREA}.json"
+    if path.is_file():
+        write_json(path, [r for r in json.loads(path.read_text()) if r.get("section") != section])
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sections", default="tbe,forward,dsl,graphhash,mappers,quant")
@@ -588,6 +615,7 @@ def main() -> None:
             raise SystemExit(f"unknown section {section!r} (tbe, forward, dsl, graphhash, mappers, quant)")
         prov = provenance(time.perf_counter() - t0)
         recs = [{**r, **prov} for r in recs]
+        _drop_section(section, a.results_dir)  # a re-run section replaces all its rows (renamed rows go too)
         save_results(AREA, recs, key=KEY, results_dir=a.results_dir)
         rows = [r for r in recs if "summary" not in r["name"]]
         print_table(rows, columns=COLUMNS[section], title=f"embeddings: {section}")

@@ -1,15 +1,17 @@
 """Learned sparse retrieval benchmark -> benchmarks/results/sparse.json (+ .md).
 
-Two parts (run the timing part under the machine's timing lock):
+    # untrained shipped model (splade-tiny as shipped), indexed with 4 windows, per dataset
+    python benchmarks/sparse_bench.py baseline --out runs/sparse-bench --datasets scifact --datasets cranfield --doc-windows 4
+    # a finished `recsparse sparse run` folder (any settings) as labelled quality rows, + RRF hybrid with BM25
+    python benchmarks/sparse_bench.py collect runs/sparse/if-idf-flops --label idf-flops
+    # an index pruned to another's document nnz / FLOPS (equal-sparsity comparisons)
+    python benchmarks/sparse_bench.py prune INDEX LIKE --dataset scifact --out DIR
+    # timing (under the machine's timing lock): per-query latency vs BM25; encoding docs/s and training s/step
+    flock /tmp/recsparse-timing.lock python benchmarks/sparse_bench.py latency --dataset scifact --index PATH --bm25-index PATH
+    flock /tmp/recsparse-timing.lock python benchmarks/sparse_bench.py throughput
 
-    # quality: train each variant x regulariser on SciFact train (reuses OUT/<variant>_<reg>/summary.json if present),
-    # evaluate SciFact test + Cranfield (zero-shot) beside BM25, add FLOPS-vs-IDF-FLOPS at matched document sparsity
-    python benchmarks/sparse_bench.py quality --out runs/sparse-bench
-
-    # latency: single-thread per-query search, impact index vs BM25 on the same Lucene, p50 / p99
-    flock /tmp/recsparse-timing.lock python benchmarks/sparse_bench.py latency --out runs/sparse-bench
-
-Records: ``dataset``, ``retriever``, ``measure`` ("quality" | "latency" | "mean"), metrics and statistics, provenance.
+Records: ``dataset``, ``retriever``, ``measure`` ("quality" | "latency" | "mean" | "throughput"), metrics and
+statistics, provenance.
 """
 
 from __future__ import annotations
@@ -26,8 +28,7 @@ from recsparse.results import print_table, provenance, save_results
 
 app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False)
 KEY = ("dataset", "retriever", "measure")
-CONFIGS = ("inference-free:idf-flops", "inference-free:flops", "splade:idf-flops", "splade:flops")
-RUN_TIMINGS = ("index_s", "reused_index", "search_s", "threads")  # per-invocation harness fields, not results
+RUN_TIMINGS = ("reused_index", "search_s", "threads")  # per-invocation harness fields, not results
 
 
 def _without_timings(record: dict[str, Any]) -> dict[str, Any]:
@@ -43,112 +44,39 @@ def _save(rows: list[dict[str, Any]]) -> None:
 
 
 def _load(name: str):  # noqa: ANN202
-    from recsparse.data import load
+    from recsparse.retrieval.sparse.pipeline import load_beir
 
-    return load(name)
-
-
-def _run_dir(out: Path, variant: str, reg: str) -> Path:
-    return out / f"{variant}_{reg}"
+    return load_beir(name)
 
 
 def _summary(d: Path) -> dict[str, Any]:
-    """What a run folder holds so far: training info and every dataset whose evaluation finished (metrics.json with
-    the sparse model, and sparse_stats.json), so a run still evaluating its last dataset is usable."""
+    """What a `recsparse sparse run` folder holds so far: training info and every dataset whose evaluation finished
+    (metrics.json with the sparse model, and sparse_stats.json), so a run still evaluating is usable."""
     tc = json.loads((d / "train" / "train_config.json").read_text())
-    out: dict[str, Any] = {"train": {"dataset": tc.get("dataset", "scifact"), "wall_s": tc["wall_s"],
-                                     "steps": tc["steps"], "config": tc}, "eval": {}}
-    if (d / "summary.json").is_file():
-        out["train"]["dataset"] = json.loads((d / "summary.json").read_text())["train"]["dataset"]
+    out: dict[str, Any] = {"train": tc, "eval": {}}
     for m in sorted(d.glob("*/metrics.json")):
         st = m.parent / "sparse_stats.json"
         if not st.is_file():
             continue
         stats = json.loads(st.read_text())
-        recs = []
-        for name, e in json.loads(m.read_text())["retrievers"].items():
-            recs.append({**e["record"], **stats.get(name, {})})
-        out["eval"][m.parent.name] = recs
+        out["eval"][m.parent.name] = [{**e["record"], **stats.get(name, {})}
+                                      for name, e in json.loads(m.read_text())["retrievers"].items()]
     return out
 
 
-@app.command()
-def quality(out: Path = typer.Option(Path("runs/sparse-bench")), configs: list[str] = typer.Option(list(CONFIGS)),
-            dataset: str = typer.Option("scifact"), eval_: list[str] = typer.Option(["cranfield"], "--eval"),
-            max_steps: int = typer.Option(150), train_missing: bool = typer.Option(True),
-            matched: bool = typer.Option(True), fuse: bool = typer.Option(True)) -> None:
-    """Train (or reuse) each config, collect test metrics and sparse statistics, add matched-sparsity rows."""
-    from recsparse.retrieval.sparse.pipeline import run
-    from recsparse.retrieval.sparse.training import TrainConfig
-
-    records: list[dict[str, Any]] = []
-    summaries: dict[tuple[str, str], dict[str, Any]] = {}
-    for c in configs:
-        variant, reg = c.split(":")
-        d = _run_dir(out, variant, reg)
-        if not (d / "train" / "train_config.json").is_file():
-            if not train_missing:
-                typer.echo(f"skip {c}: not trained in {d}")
-                continue
-            run(dataset, TrainConfig(variant=variant, reg=reg, max_steps=max_steps), d, eval_datasets=eval_)
-        s = _summary(d)  # a run still evaluating contributes the datasets it finished
-        if not s["eval"]:
-            typer.echo(f"skip {c}: nothing evaluated yet in {d}")
-            continue
-        summaries[(variant, reg)] = s
-        tr = s["train"]
-        for ds, recs in s["eval"].items():
-            for r in recs:
-                rec = _without_timings(r)
-                rec["measure"] = "quality"
-                if r["retriever"] != "bm25":
-                    rec.update(variant=variant, reg=reg, train_dataset=tr["dataset"], train_steps=tr["steps"],
-                               train_wall_s=tr["wall_s"], backbone=tr["config"]["encoder"]["backbone"],
-                               doc_max_length=tr["config"]["encoder"]["max_length"], run_dir=str(d))
-                records.append(rec)
-    # one BM25 row per dataset (every run evaluated it on the same index settings; keep the first)
-    seen: set[tuple[str, str]] = set()
-    records = [r for r in records if not (r["retriever"] == "bm25" and ((r["dataset"], "bm25") in seen
-                                                                        or seen.add((r["dataset"], "bm25"))))]
-    if fuse:
-        records += fusion_rows(summaries, out)
-    if matched:
-        records += matched_sparsity(summaries, out)
-    records += means(records)
-    _save(records)
-    print_table([r for r in records if r["measure"] != "latency"],
-                columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "avg_query_nnz", "flops",
-                         "index_bytes", "train_wall_s", "encode_docs_per_s"])
-
-
-def fusion_rows(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """RRF hybrid of BM25 and each sparse model (the harness's fusion, from the saved TREC runs)."""
+def fusion_row(folder: Path, ds: str, name: str) -> dict[str, Any] | None:
+    """RRF hybrid of BM25 and the sparse model ``name`` from an evaluation folder's saved TREC runs."""
     from recsparse.retrieval.evaluation import read_trec_run
     from recsparse.retrieval.harness import fuse_record
 
-    recs: list[dict[str, Any]] = []
-    bm25_file: dict[str, Path] = {}  # one BM25 run per dataset, from whichever run folder evaluated it
-    for (variant, reg), s in summaries.items():
-        for ds in s["eval"]:
-            folder = _run_dir(out, variant, reg) / ds
-            m = json.loads((folder / "metrics.json").read_text())
-            if "bm25" in m["retrievers"]:
-                bm25_file.setdefault(ds, folder / m["retrievers"]["bm25"]["run_file"])
-    for (variant, reg), s in summaries.items():
-        for ds in s["eval"]:
-            folder = _run_dir(out, variant, reg) / ds
-            m = json.loads((folder / "metrics.json").read_text())
-            runs = {n: read_trec_run(folder / e["run_file"]) for n, e in m["retrievers"].items() if n != "bm25"}
-            if ds not in bm25_file:
-                continue
-            runs["bm25"] = read_trec_run(bm25_file[ds])
-            name = next(n for n in runs if n != "bm25")
-            dataset = _load(ds)
-            rec, _, _ = fuse_record(dataset, runs, dataset.qrels_dict("test"), name=f"rrf(bm25+{name})",
-                                    parts=["bm25", name], method="rrf", k=100)
-            recs.append({k: v for k, v in rec.items() if k not in ("index_s", "search_qps", "search_s")}
-                        | {"measure": "quality", "variant": variant, "reg": reg})
-    return recs
+    m = json.loads((folder / "metrics.json").read_text())["retrievers"]
+    if "bm25" not in m or name not in m:
+        return None
+    runs = {n: read_trec_run(folder / m[n]["run_file"]) for n in ("bm25", name)}
+    dataset = _load(ds)
+    rec, _, _ = fuse_record(dataset, runs, dataset.qrels_dict("test"), name=f"rrf(bm25+{name})",
+                            parts=["bm25", name], method="rrf", k=100)
+    return {k: v for k, v in rec.items() if k not in ("index_s", "search_qps", "search_s")} | {"measure": "quality"}
 
 
 def prune_and_evaluate(src: Path, ds: str, nnz: float, flops: float, dest: Path,
@@ -182,38 +110,19 @@ def prune_and_evaluate(src: Path, ds: str, nnz: float, flops: float, dest: Path,
         st = sparse_stats(r, dataset.split_queries("test"))
         r.close()
         rec = _without_timings(rows[0])
+        rec.pop("index_s", None)
         rec.update(st, measure="quality", pruned_min_impact=thr, run_dir=str(dest / tag))
         recs.append(rec)
-    return recs
-
-
-def matched_sparsity(summaries: dict[tuple[str, str], dict[str, Any]], out: Path) -> list[dict[str, Any]]:
-    """For each variant trained with both FLOPS and IDF-FLOPS: prune the model with more document non-zeros down to
-    the other's average document non-zeros and FLOPS (:func:`prune_and_evaluate`): a comparison at equal sparsity."""
-    recs: list[dict[str, Any]] = []
-    for variant in ("inference-free", "splade"):
-        a, b = summaries.get((variant, "flops")), summaries.get((variant, "idf-flops"))
-        if a is None or b is None:
-            continue
-        for ds in sorted(set(a["eval"]) & set(b["eval"])):
-            ra = next(r for r in a["eval"][ds] if r["retriever"] != "bm25")
-            rb = next(r for r in b["eval"][ds] if r["retriever"] != "bm25")
-            dense_reg, sparse_rec = ("flops", rb) if ra["avg_doc_nnz"] >= rb["avg_doc_nnz"] else ("idf-flops", ra)
-            dense_rec = ra if dense_reg == "flops" else rb
-            src = _run_dir(out, variant, dense_reg) / ds / "indexes" / dense_rec["retriever"]
-            for rec in prune_and_evaluate(src, ds, sparse_rec["avg_doc_nnz"], sparse_rec["flops"],
-                                          _run_dir(out, variant, dense_reg) / ds):
-                rec.update(variant=variant, reg=dense_reg, matched_to=sparse_rec["retriever"])
-                recs.append(rec)
     return recs
 
 
 @app.command()
 def prune(index: Path = typer.Argument(..., help="Impact index folder to prune."),
           like: Path = typer.Argument(..., help="Impact index whose document nnz / FLOPS to match."),
-          dataset: str = typer.Option(...), out: Path = typer.Option(...)) -> None:
+          dataset: str = typer.Option(...), out: Path = typer.Option(...),
+          label: str = typer.Option("", help="Suffix for the pruned retriever's name.")) -> None:
     """Prune INDEX to LIKE's average document non-zeros and FLOPS on DATASET's test queries, and evaluate: e.g. the
-    untrained model cut to a trained model's sparsity, to see what training bought at equal cost."""
+    FLOPS-trained model cut to the IDF-FLOPS one's sparsity, for a comparison at equal cost."""
     from recsparse.retrieval.sparse import open_retriever
     from recsparse.retrieval.sparse.pipeline import sparse_stats
 
@@ -222,10 +131,41 @@ def prune(index: Path = typer.Argument(..., help="Impact index folder to prune."
     ref.close()
     rows = prune_and_evaluate(index, dataset, st["avg_doc_nnz"], st["flops"], out)
     for r in rows:
+        if label:
+            r["retriever"] = f"{r['retriever']}|{label}"
         r.update(matched_to=str(like), matched_nnz=st["avg_doc_nnz"], matched_flops=st["flops"])
-    rows += means(rows) if len({r["dataset"] for r in rows}) > 1 else []
     _save(rows)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
+
+
+@app.command()
+def fold(index: Path = typer.Argument(..., help="An inference-free impact index (not folded)."),
+         dataset: str = typer.Option(...), out: Path = typer.Option(...)) -> None:
+    """Fold INDEX's integer IDF query weights into its document impacts (no re-encoding), build and evaluate the
+    folded index: its quality beside the unfolded one, and the index the latency command times."""
+    from recsparse.retrieval.harness import evaluate_retrievers
+    from recsparse.retrieval.sparse.impact import ImpactRetriever, read_json_vector_collection
+    from recsparse.retrieval.sparse.pipeline import sparse_stats
+    from recsparse.retrieval.sparse.quantize import fold_query_weights
+
+    src = ImpactRetriever.open(index)
+    if src.folded or src.variant != "inference-free":
+        raise typer.BadParameter(f"{index}: needs an unfolded inference-free index")
+    name = f"{src.name}|folded"
+    ids, vecs = read_json_vector_collection(index / "collection")
+    src.name, src.folded = name, True
+    src.write(out / "indexes" / "folded", ids, fold_query_weights(vecs, src._query_ints(), src.scale),
+              extra={"source": str(index), **{k: src.meta[k] for k in ("encode_docs_per_s", "encode_s")
+                                              if k in src.meta}})
+    ds = _load(dataset)
+    rows = evaluate_retrievers(ds, {name: src}, split="test", k=100, out_dir=out)
+    st = sparse_stats(src, ds.split_queries("test"))
+    src.close()
+    rec = _without_timings(rows[0])
+    rec.pop("index_s", None)
+    rec.update(st, measure="quality", folded_from=str(index), run_dir=str(out))
+    _save([rec])
+    print_table([rec], columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
 
 
 def means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -237,6 +177,8 @@ def means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for name, rs in by.items():
         dss = sorted(r["dataset"] for r in rs)
+        if len(dss) < 2:
+            continue
         out.append({"dataset": "mean(" + "+".join(dss) + ")", "retriever": name, "measure": "mean",
                     "ndcg@10": round(statistics.fmean(r["ndcg@10"] for r in rs), 4),
                     "recall@100": round(statistics.fmean(r["recall@100"] for r in rs), 4)})
@@ -251,9 +193,9 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 
 
 @app.command()
-def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = typer.Option("scifact"),
-            configs: list[str] = typer.Option(["inference-free:idf-flops", "splade:idf-flops"]),
-            k: int = typer.Option(10), repeats: int = typer.Option(3), bm25_index: Optional[Path] = None) -> None:
+def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Option(..., help="Impact index(es)."),
+            bm25_index: Path = typer.Option(..., help="A BM25 index of the same corpus (harness indexes/bm25)."),
+            k: int = typer.Option(10), repeats: int = typer.Option(3)) -> None:
     """Per-query single-thread latency of impact search vs BM25 over the same test queries (run under flock)."""
     import torch
 
@@ -264,41 +206,31 @@ def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = 
     t0 = time.perf_counter()
     ds = _load(dataset)
     queries = list(ds.split_queries("test").values())
-    first = _run_dir(out, *configs[0].split(":")) / ds.name / "indexes"
-    bm25 = BM25Retriever.open(bm25_index or first / "bm25")
-
+    bm25 = BM25Retriever.open(bm25_index)
     systems: dict[str, Any] = {"bm25": lambda q: bm25.search(q, k)}
+    nnz: dict[str, float] = {}
     opened = []
-    for c in configs:
-        variant, reg = c.split(":")
-        d = _run_dir(out, variant, reg) / ds.name / "indexes"
-        name = f"sparse-{variant}-{reg}"
-        if not (d / name).is_dir():
-            typer.echo(f"skip {c}: no index at {d / name}")
-            continue
-        r = open_retriever(d / name)
+    for path in index:
+        r = open_retriever(path)
         opened.append(r)
         vecs = dict(zip(queries, r.query_vectors(queries)))
-        systems[name] = (lambda r: lambda q: r.search(q, k))(r)
-        systems[name + "|lucene-only"] = (lambda r, vecs: lambda q: r.search_vector(vecs[q], k))(r, vecs)
-        systems[name + "|nnz"] = statistics.fmean(len(v) for v in vecs.values())
-    fns = {n: f for n, f in systems.items() if callable(f)}
+        systems[r.name] = (lambda r: lambda q: r.search(q, k))(r)
+        systems[r.name + "|lucene-only"] = (lambda r, vecs: lambda q: r.search_vector(vecs[q], k))(r, vecs)
+        nnz[r.name] = statistics.fmean(len(v) for v in vecs.values())
     for q in queries:  # warm-up pass (JIT, caches)
-        for f in fns.values():
+        for f in systems.values():
             f(q)
-    times: dict[str, list[float]] = {n: [] for n in fns}
+    times: dict[str, list[float]] = {n: [] for n in systems}
     # interleaved: each query runs on every system back to back, so load on the shared machine hits all alike
     for _ in range(repeats):
         for q in queries:
-            for n, f in fns.items():
+            for n, f in systems.items():
                 s = time.perf_counter()
                 f(q)
                 times[n].append(time.perf_counter() - s)
     base = _percentiles(times["bm25"])
     rows = [{"dataset": ds.name, "retriever": "bm25", "measure": "latency", **base}]
-    for n in fns:
-        if n == "bm25" or n.endswith("|lucene-only"):
-            continue
+    for n in nnz:
         full, lucene = _percentiles(times[n]), _percentiles(times[n + "|lucene-only"])
         rows.append({"dataset": ds.name, "retriever": n, "measure": "latency", **full,
                      "p50_vs_bm25": round(full["p50_ms"] / base["p50_ms"], 3),
@@ -306,7 +238,7 @@ def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = 
                      "lucene_only_p50_ms": lucene["p50_ms"], "lucene_only_p99_ms": lucene["p99_ms"],
                      "lucene_only_p50_vs_bm25": round(lucene["p50_ms"] / base["p50_ms"], 3),
                      "lucene_only_p99_vs_bm25": round(lucene["p99_ms"] / base["p99_ms"], 3),
-                     "avg_query_nnz": round(systems[n + "|nnz"], 2)})
+                     "avg_query_nnz": round(nnz[n], 2)})
     for r in opened:
         r.close()
     prov = provenance(time.perf_counter() - t0)
@@ -319,22 +251,24 @@ def latency(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = 
 
 @app.command()
 def baseline(out: Path = typer.Option(Path("runs/sparse-bench")), datasets: list[str] = typer.Option(["cranfield"]),
-             variant: str = typer.Option("inference-free"), doc_windows: int = typer.Option(1)) -> None:
-    """The untrained starting checkpoint (splade-tiny as shipped), to show what training on SciFact changed."""
-    from recsparse.retrieval.sparse.encoders import EncoderConfig, SparseModel
-    from recsparse.retrieval.sparse.pipeline import evaluate_model
+             model: str = typer.Option("splade-tiny", help="Shipped backbone or saved model (untrained reference)."),
+             variant: str = typer.Option("inference-free"), doc_windows: int = typer.Option(1),
+             bm25: bool = typer.Option(False, help="Also record BM25 rows (same harness run).")) -> None:
+    """An untrained model (splade-tiny as shipped by default) through `recsparse sparse index`'s path."""
+    from recsparse.retrieval.sparse.pipeline import index_dataset
 
     name = f"sparse-{variant}-untrained" + (f"-w{doc_windows}" if doc_windows > 1 else "")
     rows = []
     for ds in datasets:
-        model = SparseModel(variant, EncoderConfig(doc_windows=doc_windows)).eval()
-        recs = evaluate_model(model, _load(ds), out / name / ds, name, with_bm25=False)
-        rows += [_without_timings(r)
-                 | {"measure": "quality", "variant": variant, "train_steps": 0, "backbone": "splade-tiny",
-                    "doc_windows": doc_windows} for r in recs]
-    rows += means(rows) if len(datasets) > 1 else []
+        res = index_dataset(model, ds, out / name / ds, variant=variant, windows=doc_windows, with_bm25=bm25,
+                            name=name, progress=False)
+        rows += [_without_timings(r) | {"measure": "quality"} for r in res["records"]]
+        for r in rows:
+            if r["retriever"] == name:
+                r.update(variant=variant, train_steps=0, backbone=model, doc_windows=doc_windows)
+    rows += means(rows)
     _save(rows)
-    print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
+    print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops", "index_s"])
 
 
 @app.command("means")
@@ -343,78 +277,104 @@ def means_command() -> None:
     from recsparse.results import RESULTS_DIR
 
     recs = json.loads((RESULTS_DIR / "sparse.json").read_text())
-    rows = [r for r in means([r for r in recs if r.get("measure") == "quality"]) if "+" in r["dataset"]]
+    rows = means([r for r in recs if r.get("measure") == "quality"])
     _save(rows)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100"])
 
 
 @app.command()
 def collect(run_dir: Path = typer.Argument(..., help="A `recsparse sparse run --out` folder."),
-            label: str = typer.Option(..., help="Suffix for the retriever name, e.g. 'lowlam-w4'.")) -> None:
+            label: str = typer.Option(..., help="Suffix for the retriever name, e.g. 'idf-flops-100'."),
+            bm25: bool = typer.Option(True, help="Also record the BM25 rows of the same harness runs."),
+            fuse: bool = typer.Option(True, help="Also record RRF(BM25 + sparse) rows.")) -> None:
     """Record a finished `recsparse sparse run` (any settings) as labelled quality rows, with its command line."""
     s = _summary(run_dir)
     if not s["eval"]:
         raise typer.BadParameter(f"{run_dir}: no finished evaluation (no */metrics.json with sparse_stats.json)")
-    tr, cfg = s["train"], s["train"]["config"]
-    if (run_dir / "summary.json").is_file():  # the settings of the last evaluation (indexing options included)
-        cfg = json.loads((run_dir / "summary.json").read_text())["train"]["config"]
+    cfg = s["train"]
+    cmd = (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").is_file() else None
     rows = []
-    for recs in s["eval"].values():
+    for ds, recs in s["eval"].items():
         for r in recs:
             if r["retriever"] == "bm25":
+                if bm25:
+                    rows.append(_without_timings(r) | {"measure": "quality"})
                 continue
+            name = r["retriever"]
             rows.append(_without_timings(r)
-                        | {"retriever": f"{r['retriever']}|{label}", "measure": "quality", "variant": cfg["variant"],
-                           "reg": cfg["reg"], "train_dataset": tr["dataset"], "train_steps": tr["steps"],
-                           "train_wall_s": tr["wall_s"], "backbone": cfg["encoder"]["backbone"],
-                           "doc_max_length": cfg["encoder"]["max_length"], "lambda_doc": cfg["lambda_doc"],
-                           "doc_windows": cfg["encoder"].get("doc_windows", 1),
-                           "lr": cfg["lr"], "distill": cfg["distill"], "run_dir": str(run_dir),
-                           "run_command": (run_dir / "command.txt").read_text().strip()
-                           if (run_dir / "command.txt").is_file() else None})
+                        | {"retriever": f"{name}|{label}", "measure": "quality", "variant": cfg["variant"],
+                           "reg": cfg["reg"], "loss": cfg["loss"], "train_datasets": "+".join(cfg["train_datasets"]),
+                           "train_steps": cfg["steps"], "train_wall_s": cfg["wall_s"], "backbone": cfg["backbone"],
+                           "doc_max_length": cfg["max_length"], "lambda_doc": cfg["lambda_doc"], "lr": cfg["lr"],
+                           "run_dir": str(run_dir), "run_command": cmd})
+            if fuse:
+                f = fusion_row(run_dir / ds, ds, name)
+                if f:
+                    rows.append(f | {"retriever": f"rrf(bm25+{name}|{label})", "run_dir": str(run_dir)})
     rows += means(rows)
     _save(rows)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100", "avg_doc_nnz", "flops"])
 
 
 @app.command()
-def throughput(out: Path = typer.Option(Path("runs/sparse-bench")), dataset: str = typer.Option("scifact"),
-               config: str = typer.Option("inference-free:idf-flops"), docs: int = typer.Option(512),
-               steps: int = typer.Option(8)) -> None:
-    """Document encoding docs/s and training s/step of a trained model, 2 threads (run under flock)."""
+def throughput(dataset: str = typer.Option("scifact"), model: str = typer.Option("splade-tiny"),
+               docs: int = typer.Option(256), steps: int = typer.Option(4), threads: int = typer.Option(2),
+               batch_size: int = typer.Option(16)) -> None:
+    """Document encoding docs/s (fast inference path vs the model's own forward) and one training step's seconds
+    (SpladeLoss forward + backward, 16 queries x (positive + negative), 128 word pieces) with the stack's
+    SpladePooling vs our max-logit pooling. Run under flock."""
     import torch
+    from sentence_transformers.sparse_encoder.losses import SparseMultipleNegativesRankingLoss, SpladeLoss
 
-    from recsparse.retrieval.sparse.encoders import SparseModel, text_of
+    from recsparse.retrieval.sparse import models as M
     from recsparse.retrieval.sparse.impact import encode_corpus
-    from recsparse.retrieval.sparse.losses import InfoNCELoss
+    from recsparse.retrieval.sparse.losses import IdfFlopsLoss
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     t0 = time.perf_counter()
     ds = _load(dataset)
-    variant, reg = config.split(":")
-    model = SparseModel.load(_run_dir(out, variant, reg) / "train" / "model")
-    texts = [text_of(a, b) for a, b in zip(ds.corpus["title"].to_list()[:docs], ds.corpus["text"].to_list()[:docs])]
-    _, dps = encode_corpus(model, ds.corpus["_id"].to_list()[:docs], texts, batch_size=32, progress=False)
-    # training step cost at the default shape: 16 queries x (1 positive + 1 negative) documents, 128 word pieces
-    model.train()
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
-    qs = list(ds.queries["text"].to_list()[:16])
-    times = []
-    for i in range(steps + 1):
+    m = M.build_model(model, "inference-free") if model in M.BACKBONES else M.load_model(model)
+    texts = [M.text_of(a, b) for a, b in zip(ds.corpus["title"].to_list()[:docs], ds.corpus["text"].to_list()[:docs])]
+    _, fast_dps = encode_corpus(m, texts, progress=False)
+    with torch.inference_mode():
         s = time.perf_counter()
-        q = model.encode_queries(qs)
-        d = model.encode_docs(texts[32 * i % (len(texts) - 32):][:32])
-        InfoNCELoss()(q, d[:16].repeat(2, 1)[:32]).backward()
-        opt.step()
-        opt.zero_grad()
-        if i:  # first step warms up
-            times.append(time.perf_counter() - s)
-    row = {"dataset": ds.name, "retriever": f"sparse-{variant}-{reg}", "measure": "throughput",
-           "encode_docs_per_s": round(dps, 2), "encoded_docs": len(texts), "doc_max_length": model.config.max_length,
-           "train_step_s": round(statistics.median(times), 3), "train_steps_timed": steps, "threads": 2,
-           **provenance(time.perf_counter() - t0)}
+        for i in range(0, len(texts), 32):
+            M.document_pipeline(m)(dict(M.tokenizer_of(m)(texts[i:i + 32], padding=True, truncation=True,
+                                                          max_length=128, return_tensors="pt")))
+        st_dps = len(texts) / (time.perf_counter() - s)
+    m.train()
+    loss = SpladeLoss(m, loss=SparseMultipleNegativesRankingLoss(m), document_regularizer_weight=1e-3,
+                      document_regularizer=IdfFlopsLoss(m, torch.ones(M.vocab_size(m))))
+    qs = ds.queries["text"].to_list()[:batch_size]
+    tr, table = M.document_transformer(m), M.query_table(m)
+
+    def step(i: int) -> float:
+        q = table.preprocess(qs) | {"task": "query"}
+        pos = tr.preprocess(texts[i * batch_size:(i + 1) * batch_size], task="document") | {"task": "document"}
+        neg = tr.preprocess(texts[(i + 1) * batch_size:(i + 2) * batch_size], task="document") | {"task": "document"}
+        s = time.perf_counter()
+        sum(loss([q, pos, neg], None).values()).backward()
+        m.zero_grad()
+        return time.perf_counter() - s
+
+    timed: dict[str, float] = {}
+    for mode in ("splade_pooling", "max_logit_pooling", "splade_pooling_again"):
+        if mode == "max_logit_pooling":
+            with M.max_logit_pooling(m):
+                ts = [step(i) for i in range(steps + 1)][1:]
+        else:
+            ts = [step(i) for i in range(steps + 1)][1:]
+        timed[mode] = statistics.median(ts)
+    ref = min(timed["splade_pooling"], timed["splade_pooling_again"])
+    row = {"dataset": ds.name, "retriever": f"sparse-inference-free|{model}", "measure": "throughput",
+           "encode_docs_per_s": round(fast_dps, 2), "encode_docs_per_s_st_forward": round(st_dps, 2),
+           "encoded_docs": len(texts), "doc_max_length": 128,
+           "train_step_s_splade_pooling": round(ref, 3), "train_step_s_max_logit": round(timed["max_logit_pooling"], 3),
+           "train_step_speedup": round(ref / timed["max_logit_pooling"], 2), "train_steps_timed": steps,
+           "threads": threads, **provenance(time.perf_counter() - t0)}
     save_results("sparse", [row], KEY)
-    print_table([row], columns=["dataset", "retriever", "encode_docs_per_s", "train_step_s", "doc_max_length"])
+    print_table([row], columns=["dataset", "encode_docs_per_s", "encode_docs_per_s_st_forward",
+                                "train_step_s_splade_pooling", "train_step_s_max_logit", "train_step_speedup"])
 
 
 if __name__ == "__main__":

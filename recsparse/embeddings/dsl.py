@@ -35,54 +35,44 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
-from typing import Any, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Mapping
 
 import torch
 from torch import nn
 
+from recsparse.config import Config
 from recsparse.errors import ConfigError
-from recsparse.types import check_choice
 
 SCHEDULES = ("cosine", "constant")
 
 
 @dataclass
-class DSLConfig:
-    """``density``: fraction of each table's weights that are active (0 < d ≤ 1). ``interval``: optimizer steps
-    between mask updates (ΔT). ``ratio`` → ``ratio_final``: fraction of active weights pruned-and-regrown per update,
-    decayed by ``schedule`` (``cosine`` | ``constant``) over the first ``end`` fraction of the run's steps, after which
-    the mask is frozen. ``seed``: the initial random mask."""
+class DSLConfig(Config):
+    """``model.dsl`` — ``density``: fraction of each table's weights that are active (0 < d ≤ 1). ``interval``:
+    optimizer steps between mask updates (ΔT). ``ratio`` → ``ratio_final``: fraction of active weights
+    pruned-and-regrown per update, decayed by ``schedule`` (``cosine`` | ``constant``) over the first ``end``
+    fraction of the run's steps, after which the mask is frozen. ``seed``: the initial random mask."""
 
     density: float = 0.5
     interval: int = 3000
     ratio: float = 0.5
     ratio_final: float = 0.005
-    schedule: str = "cosine"
+    schedule: Literal["cosine", "constant"] = "cosine"
     end: float = 0.75
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        for name in ("density", "ratio", "ratio_final", "end"):
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-                raise ConfigError(f"dsl.{name} must be a number, got {v!r}")
+    def validate(self) -> None:
         if not 0.0 < self.density <= 1.0:
-            raise ConfigError(f"dsl.density must be in (0, 1], got {self.density!r}")
-        if isinstance(self.interval, bool) or not isinstance(self.interval, int) or self.interval <= 0:
-            raise ConfigError(f"dsl.interval must be a positive integer (optimizer steps), got {self.interval!r}")
+            raise ConfigError(f"model.dsl.density must be in (0, 1], got {self.density!r}")
+        if self.interval <= 0:
+            raise ConfigError(f"model.dsl.interval must be a positive number of optimizer steps, got {self.interval!r}")
+        for name in ("ratio", "ratio_final"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"model.dsl.{name} must be in [0, 1], got {getattr(self, name)!r}")
         if not 0.0 < self.end <= 1.0:
-            raise ConfigError(f"dsl.end must be in (0, 1] (fraction of the run with mask updates), got {self.end!r}")
-        if not 0.0 <= self.ratio <= 1.0 or not 0.0 <= self.ratio_final <= 1.0:
-            raise ConfigError(f"dsl.ratio and dsl.ratio_final must be in [0, 1], got {self.ratio!r}, "
-                              f"{self.ratio_final!r}")
-        try:
-            check_choice("dsl.schedule", self.schedule, SCHEDULES)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+            raise ConfigError(f"model.dsl.end must be in (0, 1] (fraction of the run with mask updates), got "
+                              f"{self.end!r}")
 
 
 def update_ratio(step: int, total_steps: int, ratio: float, ratio_final: float, schedule: str = "cosine") -> float:

@@ -174,8 +174,11 @@ class ParetoStudy:
         s = self.split()
         out = [f"name=pareto_{self.section}_{p.name.replace('@', '_').replace(':', '_')}",
                f"trainer.output_dir={self.runs_dir / p.name.replace(':', '_')}", "trainer.resume=last"]
-        if p.method in ("full", "dsl"):
+        if p.method == "full":
             return out + ["model.mapper=full"]
+        if p.method == "dsl":
+            return out + ["model.mapper=full", f"model.dsl.density={p.budget}",
+                          *(f"model.dsl.{k}={v}" for k, v in self.dsl.items())]
         ur, ir = max(2, round(p.budget * s.num_users)), max(2, round(p.budget * s.num_items))
         if p.method == "graphhash":
             res, _ = self._graph_resolution(p.budget)
@@ -208,25 +211,18 @@ class ParetoStudy:
         return 0 if ib is None else ib.bias.numel() * ib.bias.element_size()
 
     def train_point(self, p: Point) -> dict[str, Any]:
-        from recsparse.embeddings.dsl import DSLConfig, dsl_callback
-        from recsparse.embeddings.sparse import export_sparse
         from recsparse.pipelines.train import run
 
         cfg = self.point_config(p)
-        callbacks = []
-        if p.method == "dsl":
-            callbacks.append(dsl_callback(DSLConfig(density=p.budget, **self.dsl)))
-        rec = run(cfg, self.split(), extra_callbacks=callbacks)
+        rec = run(cfg, self.split())
         out = {"rows": rec["rows"], "bytes": rec["bytes"], "train_s": rec["fit_s"],
                "train_examples_per_s": rec.get("train_examples_per_s"), "epochs": rec["epochs"],
                **metric_names(rec["test"])}
         if cfg.model.mapper_kwargs:
             out["mapper_kwargs"] = json.dumps(cfg.model.mapper_kwargs, sort_keys=True)
-        if p.method == "dsl":
-            module = self._module(cfg)
-            sp = export_sparse(module.model.tables)  # the stored non-zeros: what the sparse artefact holds
-            out.update(bytes=sp.num_bytes() + self._bytes_extra(module), nnz=sp.nnz(), dense_bytes=rec["bytes"],
-                       dsl=json.dumps({"density": p.budget, **self.dsl}, sort_keys=True))
+        if cfg.model.dsl is not None:  # bytes = the CSR artefact of the trained tables (table_stats)
+            out.update(nnz=rec["nnz"], dense_bytes=rec["dense_bytes"],
+                       dsl=json.dumps(cfg.model.dsl.to_dict(), sort_keys=True))
         return out
 
     @torch.no_grad()
@@ -263,7 +259,8 @@ class ParetoStudy:
         points this call."""
         done = 0
         for stage in ("grid", "quant"):
-            points = list(grid) if stage == "grid" else self.quant_points(self.recorded(), quant)
+            points = (list(grid) if stage == "grid"
+                      else self.quant_points(self.recorded(), quant, {p.method for p in grid if p.kind == "train"}))
             for i, p in enumerate(points, start=1):
                 rec = self.recorded()
                 tag = f"[{stage} {i}/{len(points)}] {p.name}"
@@ -295,10 +292,12 @@ class ParetoStudy:
                  f"{row['bytes'] / 2**20:.2f} MiB, {time.perf_counter() - t0:.0f} s")
         return row
 
-    def quant_points(self, rec: dict[str, dict[str, Any]], quant: Sequence[str]) -> list[Point]:
+    def quant_points(self, rec: dict[str, dict[str, Any]], quant: Sequence[str],
+                     methods: set[str] | None = None) -> list[Point]:
+        """int8/int4 copies of the best recorded trained point of each method (of ``methods``, default all)."""
         best: dict[str, dict[str, Any]] = {}
         for r in rec.values():
-            if r.get("kind") != "train":
+            if r.get("kind") != "train" or (methods is not None and r["method"] not in methods):
                 continue
             if r["method"] not in best or r["recall@20"] > best[r["method"]]["recall@20"]:
                 best[r["method"]] = r

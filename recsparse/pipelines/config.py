@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
 from recsparse.config import Config, apply_overrides, build, check_name, load
+from recsparse.embeddings.dsl import DSLConfig
 from recsparse.models.ssl import SSLConfig
 from recsparse.types import check_choice, check_positive
 
@@ -59,7 +60,9 @@ class ModelConfig(Config):
     embeddings mappers``); ``mapper_kwargs`` go to it (``resolution`` for GraphHash, ``num_hashes`` ...). Row budget
     of hashing mappers: ``user_rows``/``item_rows`` or ``budget_resolution`` (GraphHash's rows at that resolution).
     ``normalize``: cosine scores (MF, LightGCN). ``item_bias``: add a learned per-item bias to every score (MF,
-    LightGCN; :class:`~recsparse.models.ItemBias`). ``hidden``/``out_dim``/``side_features``: two-tower towers."""
+    LightGCN; :class:`~recsparse.models.ItemBias`). ``hidden``/``out_dim``/``side_features``: two-tower towers.
+    ``dsl``: train the user/item tables under a fixed density (``model.dsl.density=0.2 model.dsl.interval=25``;
+    :class:`~recsparse.embeddings.dsl.DSLConfig`)."""
 
     family: Literal["mf", "lightgcn", "two_tower"] = "mf"
     dim: int = 64
@@ -77,6 +80,7 @@ class ModelConfig(Config):
     out_dim: int = 64
     side_features: bool = True
     dropout: float = 0.0
+    dsl: DSLConfig | None = None  # dynamic sparse learning of the user/item tables (MF, LightGCN)
 
     def validate(self) -> None:
         from recsparse.embeddings import BACKENDS, MAPPERS
@@ -215,6 +219,12 @@ class TrainConfig(Config):
             raise ValueError("loss.name must be 'softmax' for model.family='two_tower' (in-batch sampled softmax)")
         if self.model.item_bias and self.model.family not in ("mf", "lightgcn"):
             raise ValueError(f"model.item_bias is for model.family 'mf' or 'lightgcn', got {self.model.family!r}")
+        if self.model.dsl is not None and self.model.family not in ("mf", "lightgcn"):
+            raise ValueError(f"model.dsl is for model.family 'mf' or 'lightgcn' (their user/item tables), got "
+                             f"{self.model.family!r}")
+        if self.model.dsl is not None and self.model.backend == "fbgemm":
+            raise ValueError("model.dsl does not run on model.backend=fbgemm: the fused backward never materialises "
+                             "the gradient DSL regrows by; use model.backend=torch or torchrec")
         if self.model.family == "lightgcn" and self.model.mapper in ("universal", "qr", "double_graphhash") \
                 and self.model.backend == "fbgemm":
             raise ValueError("model.backend='fbgemm' is not supported for LightGCN (whole-table embed per step)")

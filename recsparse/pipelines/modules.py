@@ -182,6 +182,11 @@ class _CFModule(RankingModule):
 
     def table_stats(self) -> dict[str, int]:
         st = table_stats(self.model.tables)
+        if self.cfg.model.dsl is not None:  # DSL tables are stored as CSR: count the actual sparse artefact
+            from recsparse.embeddings.sparse import export_sparse
+
+            sp = export_sparse(self.model.tables)
+            st.update(dense_bytes=st["bytes"], bytes=sp.num_bytes(), nnz=sp.nnz())
         if self.item_bias is not None:  # one fp32 per raw item, outside the id-mapped tables
             st["bytes"] += self.item_bias.bias.numel() * self.item_bias.bias.element_size()
         return st

@@ -165,6 +165,10 @@ def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callbac
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     else:
         callbacks.append(EpochLog(thr, cfg.eval.monitor if has_val else "", cfg.trainer.max_epochs))
+    if cfg.model.dsl is not None:  # dynamic sparse learning of the tables (masks saved in the checkpoints)
+        from recsparse.embeddings.dsl import dsl_callback
+
+        callbacks.append(dsl_callback(cfg.model.dsl))
     callbacks += list(extra_callbacks or [])
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs, accelerator="cpu", deterministic=cfg.trainer.deterministic,

@@ -2,13 +2,13 @@
 
 Layout of a saved sparse retriever (``ImpactRetriever.index(corpus, path)``, built atomically):
 
-    path/model/        the encoder (``SparseModel.save``: model.json + model.pt, weights_only-loadable)
+    path/model/        the encoder, a sentence-transformers SparseEncoder folder (``SparseEncoder(path/'model')``)
     path/collection/   the quantised document vectors, Anserini JsonVectorCollection:
                        one JSON object per line: {"id": docid, "contents": "", "vector": {word piece: impact}}
     path/index/        the Lucene impact index (IndexCollection -impact -pretokenized)
     path/recsparse.json  scale, statistics (documents, postings, terms, avg document non-zeros, index bytes)
 
-Search builds the query's ``{word piece: integer weight}`` map in Python and runs Anserini's
+Search builds the query's ``{word piece: integer weight}`` map and runs Anserini's
 ``SimpleImpactSearcher`` (what Pyserini's ``LuceneImpactSearcher`` wraps): score = sum over shared terms of
 query weight x document impact.
 """
@@ -16,12 +16,11 @@ query weight x document impact.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import torch
 
@@ -29,8 +28,10 @@ from recsparse.data.beir import corpus_fingerprint
 from recsparse.io import atomic_dir, atomic_write
 from recsparse.retrieval.base import IndexMeta, Retriever
 from recsparse.retrieval.jvm import autoclass, ensure_jvm
-from recsparse.retrieval.sparse.encoders import SparseModel, corpus_idf, text_of
-from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, quantize, to_term_dicts
+from recsparse.retrieval.sparse.models import (corpus_idf, document_pipeline, encode_documents,
+                                              load_model, query_table, set_query_idf, special_token_mask, text_of,
+                                              tokenizer_of, variant_of, vocab_size)
+from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, fold_query_weights, to_term_dicts
 from recsparse.types import Hit, Run
 
 COLLECTION_FILE = "docs00.jsonl"
@@ -106,61 +107,141 @@ def flops_estimate(query_vectors: Sequence[Mapping[str, object]], doc_vectors: S
     return sum((c / nq) * (dfd.get(t, 0) / nd) for t, c in dfq.items())
 
 
+def special_free_tokens(model) -> list[str | None]:  # noqa: ANN001
+    """Word piece of each vocabulary id, ``None`` for ids that never carry weight (special / unused tokens): the
+    document side of a SPLADE model puts a little weight on [CLS]/[SEP]/[unusedN], which no query ever matches."""
+    tok = tokenizer_of(model)
+    v = vocab_size(model)
+    names: list[str | None] = list(tok.convert_ids_to_tokens(list(range(v))))
+    for i in special_token_mask(tok, v).nonzero().flatten().tolist():
+        names[i] = None
+    return names
+
+
+class _FastDocumentEncoder:
+    """Inference-only evaluation of ``[Transformer(BertForMaskedLM), SpladePooling(max, relu)]`` that never holds the
+    ``(B, L, V)`` logits: trunk -> MLM transform -> max over positions of the vocabulary logits, a few sequences at a
+    time, then ``log1p(relu(.))`` (monotone, so equal to SpladePooling's relu -> log1p -> max; tested equal). Padding
+    rows take the [CLS] row, whose logits are already in the max. Other document pipelines use their own forward."""
+
+    def __init__(self, model, chunk: int = 4) -> None:  # noqa: ANN001
+        from sentence_transformers.sparse_encoder.models import SpladePooling
+
+        mods = list(document_pipeline(model))
+        mlm = mods[0].auto_model if len(mods) == 2 else None
+        ok = (mlm is not None and isinstance(mods[1], SpladePooling) and mods[1].pooling_strategy == "max"
+              and mods[1].activation_function == "relu" and hasattr(mlm, "bert") and hasattr(mlm, "cls"))
+        self.mlm = mlm if ok else None
+        self.chunk = chunk
+
+    def __call__(self, feats: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        if self.mlm is None:
+            return None
+        mask = feats["attention_mask"].bool()
+        h = self.mlm.bert(input_ids=feats["input_ids"], attention_mask=feats["attention_mask"]).last_hidden_state
+        z = self.mlm.cls.predictions.transform(h)
+        z = torch.where(mask.unsqueeze(-1), z, z[:, :1])
+        dec = self.mlm.cls.predictions.decoder
+        bias = dec.bias if dec.bias is not None else self.mlm.cls.predictions.bias
+        out = z.new_empty(z.shape[0], dec.weight.shape[0])
+        for s in range(0, z.shape[0], self.chunk):
+            out[s:s + self.chunk] = (torch.matmul(z[s:s + self.chunk], dec.weight.T) + bias).amax(dim=1)
+        return torch.log1p(torch.relu(out))
+
+
 @torch.inference_mode()
-def encode_corpus(model: SparseModel, docids: Sequence[str], texts: Sequence[str], batch_size: int = 32,
-                  scale: float = DEFAULT_SCALE, progress: bool = True) -> tuple[list[dict[str, int]], float]:
+def encode_corpus(model, texts: Sequence[str], *, windows: int = 1, stride: int = 16,  # noqa: ANN001
+                  batch_size: int = 32, scale: float = DEFAULT_SCALE,
+                  progress: bool = True) -> tuple[list[dict[str, int]], float]:
     """Documents -> quantised ``{word piece: impact}`` dicts (in input order) and encoding throughput (docs/s).
 
-    Documents are encoded in order of length so batches carry little padding.
+    Documents go in order of length (little padding); the progress bar shows docs/s. See
+    :func:`models.encode_documents` for ``windows`` / ``stride``.
     """
     model.eval()
-    id_to_token = model.tokenizer.convert_ids_to_tokens(list(range(model.doc_encoder.vocab_size)))
+    tokens = special_free_tokens(model)
+    fast = _FastDocumentEncoder(model)
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     out: list[dict[str, int] | None] = [None] * len(texts)
-    it: Iterable[int] = range(0, len(order), batch_size)
+    bar = None
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, desc="encode docs", unit="batch", total=math.ceil(len(order) / batch_size))
+        bar = tqdm(total=len(texts), desc="encode docs", unit="doc", dynamic_ncols=True)
     t0 = time.perf_counter()
-    for s in it:
+    for s in range(0, len(order), batch_size):
         idx = order[s:s + batch_size]
-        w = model.encode_docs([texts[i] for i in idx])
-        for i, d in zip(idx, to_term_dicts(w, id_to_token, scale)):
+        w = encode_documents(model, [texts[i] for i in idx], windows=windows, stride=stride, pipeline=fast)
+        for i, d in zip(idx, to_term_dicts(w, tokens, scale)):
             out[i] = d
+        if bar is not None:
+            bar.update(len(idx))
     dt = time.perf_counter() - t0
+    if bar is not None:
+        bar.close()
     return [d or {} for d in out], len(texts) / max(dt, 1e-9)
 
 
 class ImpactRetriever(Retriever):
-    """A :class:`recsparse.retrieval.base.Retriever` over a Lucene impact index of a :class:`SparseModel`'s documents."""
+    """A :class:`recsparse.retrieval.base.Retriever` over a Lucene impact index of a sentence-transformers ``SparseEncoder``'s document vectors.
 
-    def __init__(self, model: SparseModel, name: str | None = None, scale: float = DEFAULT_SCALE,
-                 batch_size: int = 32, refit_idf: bool = True) -> None:
+    ``windows`` / ``stride``: long documents are indexed as max-pooled windows (:func:`models.encode_documents`).
+    ``refit_idf``: an inference-free model with a frozen IDF query table gets the IDF of the corpus it indexes (a
+    corpus statistic, like BM25's); a learned table (``frozen=False``) is kept.
+
+    ``fold_idf`` (inference-free only, off by default): the query side is a fixed table, so each document impact can
+    be stored already multiplied by its term's query weight, ``d'_t = round(q_t d_t / scale)``
+    (:func:`quantize.fold_query_weights`); a query is then just its distinct word pieces, searched as one string by
+    Anserini (whitespace analysis, weight 1 per term) -- one call into Java per query instead of building a Java map.
+    Scores are ``sum_t q_t d_t / scale`` up to one rounding per term (not bit-identical to the unfolded index: the
+    exact product would be a term frequency of up to ~10^5, which Anserini indexes by repeating the term).
+    """
+
+    def __init__(self, model, name: str | None = None, scale: float = DEFAULT_SCALE, batch_size: int = 32,  # noqa: ANN001
+                 refit_idf: bool = True, windows: int = 1, stride: int = 16, progress: bool = True,
+                 fold_idf: bool = False) -> None:
+        if windows < 1:
+            raise ValueError(f"windows must be >= 1, got {windows}")
         self.model = model.eval()
+        self.variant = variant_of(model)
         self.refit_idf = refit_idf
-        self.name = name or f"sparse-{model.variant}"
+        self.name = name or f"sparse-{self.variant}"
         self.scale = scale
         self.batch_size = batch_size
+        self.windows, self.stride, self.progress = windows, stride, progress
         self.path: Path | None = None
         self.meta: dict = {}
         self._meta: IndexMeta | None = None
+        self._info: dict = {}
         self._searcher = None
         self._jclasses = None
         self._jints: dict[int, object] = {}
-        self._id_to_token = model.tokenizer.convert_ids_to_tokens(list(range(model.doc_encoder.vocab_size)))
+        self._tokens = special_free_tokens(model)
+        self._table: list[float] | None = None
+        self.fold_idf = fold_idf
+        self.folded = False  # whether the attached index holds query-weight-folded impacts
 
     # ---- building ----
     def index(self, corpus, path: str | Path, threads: int = 1) -> None:  # noqa: ANN001 - polars frame
         """Encode ``corpus`` (``_id``, ``title``, ``text``), quantise, and build ``path`` atomically."""
         docids = corpus["_id"].to_list()
         texts = [text_of(a, b) for a, b in zip(corpus["title"].to_list(), corpus["text"].to_list())]
-        if self.refit_idf and self.model.variant == "inference-free" and not self.model.train_idf:
-            # Query weights are the IDF of the collection being searched (a corpus statistic, like BM25's).
-            self.model.set_idf(corpus_idf(self.model.tokenizer, texts, self.model.doc_encoder.vocab_size)[0])
-        vecs, docs_per_s = encode_corpus(self.model, docids, texts, self.batch_size, self.scale)
-        self.write(path, docids, vecs, extra={"encode_docs_per_s": docs_per_s}, threads=threads,
-                   corpus_sha=corpus_fingerprint(corpus))
+        table = query_table(self.model)
+        if self.refit_idf and table is not None and table.frozen:
+            set_query_idf(self.model, corpus_idf(tokenizer_of(self.model), texts, vocab_size(self.model))[0])
+            self._table = None
+        t0 = time.perf_counter()
+        vecs, docs_per_s = encode_corpus(self.model, texts, windows=self.windows, stride=self.stride,
+                                         batch_size=self.batch_size, scale=self.scale, progress=self.progress)
+        self.folded = self.fold_idf and self.variant == "inference-free"
+        if self.folded:
+            vecs = fold_query_weights(vecs, self._query_ints(), self.scale)
+        self._info = {"encode_docs_per_s": round(docs_per_s, 2), "encode_s": round(time.perf_counter() - t0, 3)}
+        self.write(path, docids, vecs, extra=self._info, threads=threads, corpus_sha=corpus_fingerprint(corpus))
+
+    def index_info(self) -> dict:
+        """Encoding figures of the last ``index`` call (the harness's ``index_s`` covers encoding + Lucene build)."""
+        return dict(self._info)
 
     def write(self, path: str | Path, docids: Sequence[str], vectors: Sequence[Mapping[str, int]],
               extra: dict | None = None, threads: int = 1, corpus_sha: str | None = None) -> None:
@@ -169,13 +250,16 @@ class ImpactRetriever(Retriever):
         path = Path(path)
         t0 = time.perf_counter()
         with atomic_dir(path) as tmp:
-            self.model.save(tmp / "model")
+            self.model.save(str(tmp / "model"))
             write_json_vector_collection(tmp / "collection", docids, vectors)
             counters = build_impact_index(tmp / "collection", tmp / "index", threads=threads)
             meta = IndexMeta(kind="sparse-impact", corpus_sha=corpus_sha, num_docs=len(docids),
-                             info={"name": self.name, "variant": self.model.variant, "scale": self.scale,
-                                   **collection_stats(vectors), "index_bytes": dir_bytes(tmp / "index"),
-                                   "counters": counters, **(extra or {})})
+                             config={"scale": self.scale, "doc_windows": self.windows, "doc_stride": self.stride,
+                                     "query_weights_folded": self.folded},
+                             info={"name": self.name, "variant": self.variant, "scale": self.scale,
+                                   "doc_windows": self.windows, "doc_stride": self.stride,
+                                   "query_weights_folded": self.folded, **collection_stats(vectors),
+                                   "index_bytes": dir_bytes(tmp / "index"), "counters": counters, **(extra or {})})
             meta.build_s = round(time.perf_counter() - t0, 3)
             meta.save(tmp)
         self._attach(path, meta)
@@ -185,7 +269,8 @@ class ImpactRetriever(Retriever):
     def open(cls, path: str | Path, name: str | None = None) -> "ImpactRetriever":
         path = Path(path)
         meta = IndexMeta.require(path, kind="sparse-impact")
-        r = cls(SparseModel.load(path / "model"), name=name or meta.info.get("name"), scale=meta.info["scale"])
+        r = cls(load_model(path / "model"), name=name or meta.info.get("name"), scale=meta.info["scale"],
+                windows=meta.info.get("doc_windows", 1), stride=meta.info.get("doc_stride", 16))
         r._attach(path, meta)
         return r
 
@@ -194,6 +279,7 @@ class ImpactRetriever(Retriever):
         self.path = path
         self._meta = meta
         self.meta = meta.to_dict()  # flat view: index_bytes, postings, ... (what sparse_stats reads)
+        self.folded = bool(self.meta.get("query_weights_folded", False))
         self._searcher = autoclass("io.anserini.search.SimpleImpactSearcher")(str(path / "index"))
 
     @property
@@ -206,18 +292,51 @@ class ImpactRetriever(Retriever):
             self._searcher = None
 
     # ---- querying ----
+    def _query_weights(self) -> tuple[list[float], object, int]:
+        """Inference-free query side as plain Python: (per-id weight list, Rust tokenizer, max word pieces)."""
+        table = query_table(self.model)
+        assert table is not None
+        if self._table is None:  # python lists: per-token tensor indexing costs ~us each
+            w = torch.relu(table.weight.detach()).tolist()
+            self._table = [0.0 if t is None else x for x, t in zip(w, self._tokens)]
+            bt = table.tokenizer.backend_tokenizer
+            self._rust = (bt, int(table.tokenizer.model_max_length))
+        return self._table, *self._rust
+
+    def _query_ints(self) -> dict[str, int]:
+        """Inference-free: word piece -> integer query weight ``round(table_t * scale)`` (> 0 only)."""
+        table, _, _ = self._query_weights()
+        return {t: v for t, x in zip(self._tokens, table) if t is not None and (v := round(x * self.scale)) > 0}
+
+    def _query_string(self, query: str) -> str:
+        """A folded index's query: its distinct weighted word pieces, space-separated (Anserini's pretokenized
+        analysis splits on whitespace and counts each once)."""
+        table, bt, max_len = self._query_weights()
+        if bt.truncation is not None or bt.padding is not None:
+            bt.no_truncation()
+            bt.no_padding()
+        tokens, scale = self._tokens, self.scale
+        return " ".join(tokens[i] for i in dict.fromkeys(bt.encode(query, add_special_tokens=False).ids[:max_len])
+                        if round(table[i] * scale) > 0)
+
     def query_vectors(self, queries: Sequence[str]) -> list[dict[str, int]]:
-        """Queries -> ``{word piece: integer weight}`` (IDF table look-up for inference-free, model for siamese)."""
-        qe = self.model.query_encoder
-        if self.model.variant == "inference-free":  # no tensor work: plain Python is the per-query latency here
-            tokens, scale = self._id_to_token, self.scale
-            return [{tokens[i]: v for i, w in qe.query_terms(q).items() if (v := round(w * scale)) > 0}
-                    for q in queries]
+        """Queries -> ``{word piece: integer weight}``: an IDF table look-up for inference-free models (the word
+        pieces the model's ``SparseStaticEmbedding`` sees, through the Rust tokenizer directly: no tensor work per
+        query), the model's query encoder for siamese ones."""
+        if self.variant == "inference-free":
+            table, bt, max_len = self._query_weights()
+            if bt.truncation is not None or bt.padding is not None:  # state left by an earlier batched HF call
+                bt.no_truncation()
+                bt.no_padding()
+            tokens, scale = self._tokens, self.scale
+            return [{tokens[i]: v for i in dict.fromkeys(e.ids[:max_len]) if (v := round(table[i] * scale)) > 0}
+                    for e in bt.encode_batch(list(queries), add_special_tokens=False)]
         res: list[dict[str, int]] = []
         with torch.inference_mode():
             for s in range(0, len(queries), self.batch_size):
-                w = self.model.encode_queries(list(queries[s:s + self.batch_size]))
-                res.extend(to_term_dicts(w, self._id_to_token, self.scale))
+                w = self.model.encode_query(list(queries[s:s + self.batch_size]), convert_to_tensor=True,
+                                            convert_to_sparse_tensor=False)
+                res.extend(to_term_dicts(w, self._tokens, self.scale))
         return res
 
     def _jquery(self, vec: Mapping[str, int]):  # noqa: ANN202
@@ -234,32 +353,49 @@ class ImpactRetriever(Retriever):
         return m
 
     def search_vector(self, vec: Mapping[str, int], k: int = 10) -> list[Hit]:
+        """Search a ``{word piece: weight}`` query (on a folded index the weights are already in the documents: each
+        term counts once)."""
         if self._searcher is None:
             raise RuntimeError("no index: call index(corpus, path) or ImpactRetriever.open(path) first")
         if not vec:
             return []
+        if self.folded:
+            vec = dict.fromkeys(vec, 1)
         ensure_jvm()  # re-installs the JVM's signal handlers if a library (e.g. Lightning) replaced them
         return [Hit(h.docid, float(h.score)) for h in self._searcher.search(self._jquery(vec), int(k))]
 
     def search(self, query: str, k: int = 10) -> list[Hit]:
-        return self.search_vector(self.query_vectors([query])[0], k)
+        if not self.folded:
+            return self.search_vector(self.query_vectors([query])[0], k)
+        if self._searcher is None:
+            raise RuntimeError("no index: call index(corpus, path) or ImpactRetriever.open(path) first")
+        q = self._query_string(query)
+        if not q:
+            return []
+        ensure_jvm()
+        return [Hit(h.docid, float(h.score)) for h in self._searcher.search(q, int(k))]
 
     def batch_search(self, queries: Mapping[str, str], k: int = 10, threads: int = 1) -> Run:
         if self._searcher is None:
             raise RuntimeError("no index: call index(corpus, path) or ImpactRetriever.open(path) first")
         qids = list(queries)
-        vecs = self.query_vectors([queries[q] for q in qids])
         JArrayList = autoclass("java.util.ArrayList")
         ql, il = JArrayList(), JArrayList()
         run: Run = {}
-        for qid, v in zip(qids, vecs):
-            if v:
-                ql.add(self._jquery(v))
-                il.add(qid)
-            else:
-                run[qid] = []
+        if self.folded:
+            for qid in qids:
+                if s := self._query_string(queries[qid]):
+                    ql.add(s)
+                    il.add(qid)
+        else:
+            for qid, v in zip(qids, self.query_vectors([queries[q] for q in qids])):
+                if v:
+                    ql.add(self._jquery(v))
+                    il.add(qid)
         if ql.size():
-            res = self._searcher.batch_search(ql, il, int(k), int(threads))
+            ensure_jvm()
+            batch = self._searcher.batch_search_queries if self.folded else self._searcher.batch_search
+            res = batch(ql, il, int(k), int(threads))
             for e in res.entrySet().toArray():
                 run[e.getKey()] = [Hit(h.docid, float(h.score)) for h in e.getValue()]
         return {q: run.get(q, []) for q in qids}
@@ -272,3 +408,4 @@ def open_retriever(path: str | Path) -> ImpactRetriever:
 
 def threads_default() -> int:
     return max(1, min(2, os.cpu_count() or 1))
+

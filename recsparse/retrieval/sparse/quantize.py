@@ -10,6 +10,8 @@ unclipped weight is at most ``0.5 / scale``. Query weights use the same scale, s
 
 from __future__ import annotations
 
+from typing import Mapping, Sequence
+
 import torch
 
 from recsparse.types import check_positive
@@ -31,15 +33,18 @@ def dequantize(impacts: torch.Tensor, scale: float = DEFAULT_SCALE) -> torch.Ten
     return impacts.float() / scale
 
 
-def to_term_dicts(w: torch.Tensor, id_to_token: list[str], scale: float = DEFAULT_SCALE,
+def to_term_dicts(w: torch.Tensor, id_to_token: Sequence[str | None], scale: float = DEFAULT_SCALE,
                   max_impact: int = DEFAULT_MAX_IMPACT) -> list[dict[str, int]]:
-    """``(B, V)`` float weights -> one ``{word piece: impact}`` dict per row (zero impacts dropped)."""
+    """``(B, V)`` float weights -> one ``{word piece: impact}`` dict per row (zero impacts and ids whose token is
+    ``None`` -- special tokens -- dropped)."""
     imp = quantize(w, scale, max_impact)
     rows, cols = imp.nonzero(as_tuple=True)
     vals = imp[rows, cols]
     out: list[dict[str, int]] = [{} for _ in range(w.shape[0])]
     for r, c, v in zip(rows.tolist(), cols.tolist(), vals.tolist()):
-        out[r][id_to_token[c]] = v
+        t = id_to_token[c]
+        if t is not None:
+            out[r][t] = v
     return out
 
 
@@ -56,3 +61,13 @@ def threshold_for_nnz(impact_dicts: list[dict[str, int]], target_avg_nnz: float)
         return 1
     # keep every value strictly above the value at the budget position (ties are dropped so nnz <= target)
     return vals[budget] + 1
+
+
+def fold_query_weights(impacts: Sequence[Mapping[str, int]], query_impacts: Mapping[str, int],
+                       scale: float = DEFAULT_SCALE) -> list[dict[str, int]]:
+    """Fold a fixed (inference-free) query table into document impacts: ``d'_t = round(q_t * d_t / scale)``, terms
+    with no query weight or a zero product dropped. A query then weighs each of its terms 1, and its score is
+    ``sum_t q_t d_t / scale`` up to the rounding of each product (relative error <= 0.5 / d'_t)."""
+    check_positive("scale", scale)
+    return [{t: p for t, v in d.items() if (w := query_impacts.get(t, 0)) > 0 and (p := round(v * w / scale)) > 0}
+            for d in impacts]

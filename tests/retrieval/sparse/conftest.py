@@ -45,6 +45,15 @@ def scifact_small(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_model():
-    from recsparse.retrieval.sparse.encoders import SparseModel
+    """Siamese SPLADE on the shipped splade-tiny (a sentence-transformers SparseEncoder); do not mutate."""
+    from recsparse.retrieval.sparse.models import splade_model
 
-    return SparseModel("splade")
+    return splade_model("splade-tiny")
+
+
+@pytest.fixture()
+def inference_free_model():
+    """A fresh inference-free splade-tiny per test (tests change its IDF table)."""
+    from recsparse.retrieval.sparse.models import inference_free_model
+
+    return inference_free_model("splade-tiny")

@@ -51,5 +51,47 @@ def test_open_names_the_missing_metadata(tmp_path):
     from recsparse.io import INDEX_META
     from recsparse.retrieval.sparse.impact import ImpactRetriever
 
-    with pytest.raises(FileNotFoundError, match=INDEX_META):
+    from recsparse.retrieval.base import IndexNotFoundError
+
+    with pytest.raises(IndexNotFoundError, match=INDEX_META):
         ImpactRetriever.open(tmp_path)
+
+
+def test_fold_query_weights_hand_computed():
+    from recsparse.retrieval.sparse.quantize import fold_query_weights
+
+    docs = [{"cell": 120, "growth": 30, "the": 3}, {"tumor": 200}]
+    # cell 120 * 250 / 100 = 300; growth 30 * 5 / 100 = 1.5 -> 2; the: no query weight -> dropped; tumor 1 -> 2
+    assert fold_query_weights(docs, {"cell": 250, "growth": 5, "tumor": 1}) == [{"cell": 300, "growth": 2},
+                                                                                 {"tumor": 2}]
+
+
+def test_folded_idf_index_ranks_like_query_weights(scifact_small, tmp_path, inference_free_model):
+    from recsparse.data import load
+
+    ds = load(scifact_small)
+    queries = dict(list(ds.split_queries("test").items())[:6])
+    plain = ImpactRetriever(inference_free_model, name="plain", progress=False)
+    plain.index(ds.corpus, tmp_path / "plain")
+    folded = ImpactRetriever(inference_free_model, name="folded", fold_idf=True, progress=False)
+    folded.index(ds.corpus, tmp_path / "folded")
+    assert not plain.folded and folded.folded and folded.meta["query_weights_folded"]
+    _, pv = read_json_vector_collection(tmp_path / "plain" / "collection")
+    _, fv = read_json_vector_collection(tmp_path / "folded" / "collection")
+    q = folded._query_ints()
+    assert fv[0] == {t: p for t, v in pv[0].items() if t in q and (p := round(v * q[t] / 100)) > 0}
+    for text in queries.values():
+        a, b = plain.search(text, 10), folded.search(text, 10)
+        assert a and len(b) == len(a)
+        # folded score = plain score / scale up to one rounding (<= 0.5) per query term
+        nq = len(plain.query_vectors([text])[0])
+        fs = {x.docid: x.score for x in b}
+        for h in a:
+            if h.docid in fs:
+                assert abs(fs[h.docid] - h.score / 100) <= 0.5 * nq
+        assert len({h.docid for h in a[:5]} & {h.docid for h in b}) >= 4
+    assert folded.batch_search(queries, k=10) == {qid: folded.search(t, 10) for qid, t in queries.items()}
+    again = ImpactRetriever.open(tmp_path / "folded")
+    assert again.folded and again.batch_search(queries, k=10) == folded.batch_search(queries, k=10)
+    for r in (plain, folded, again):
+        r.close()
