@@ -170,8 +170,8 @@ def eval_record(config: str, checkpoint: str, overrides: list[str], backend: str
             **provenance(time.perf_counter() - t0)}
 
 
-# fields that say where a run went or how it was shown, not what it measured
-_NOT_THE_EXPERIMENT = {"name": None, "trainer": ("output_dir", "progress_bar", "resume", "overwrite", "num_threads")}
+# trainer fields that say where a run went or how it was shown, not what it measured (``name`` is dropped too)
+_NOT_THE_EXPERIMENT = ("output_dir", "progress_bar", "resume", "overwrite", "num_threads")
 
 
 def _effective(config_text: str, overrides: list[str]) -> dict[str, Any] | None:
@@ -189,7 +189,7 @@ def _effective(config_text: str, overrides: list[str]) -> dict[str, Any] | None:
         except UserError:
             return None
     d.pop("name")
-    for k in _NOT_THE_EXPERIMENT["trainer"]:
+    for k in _NOT_THE_EXPERIMENT:
         d["trainer"].pop(k)
     return d
 

@@ -48,7 +48,8 @@ from recsparse.errors import ConfigError
 
 T = TypeVar("T")
 
-__all__ = ["Config", "build", "load", "load_yaml", "apply_overrides", "parse_override", "SAFE_NAME"]
+__all__ = ["Config", "build", "load", "load_yaml", "apply_overrides", "parse_override", "check_value", "check_name",
+           "SAFE_NAME"]
 
 
 class _Invalid(Exception):
@@ -261,6 +262,15 @@ def _where_suffix(path: str, where: Mapping[str, str] | None) -> str:
         if not p:
             return ""
         p = p.rpartition(".")[0] if "." in p else ""
+
+
+def check_value(annotation: Any, value: Any, key: str, source: str | None = None) -> Any:
+    """One value checked (and losslessly converted) against ``annotation`` with the rules above; for code that maps
+    keys onto fields itself. Raises :class:`ConfigError` ``"KEY: expected ..., got ... (SOURCE)"``."""
+    try:
+        return _convert(annotation, value, key)
+    except _Invalid as e:
+        raise ConfigError(f"{e.path}: {e.msg}" + (f" ({source})" if source else "")) from None
 
 
 def parse_override(override: str) -> tuple[list[str], Any]:

@@ -115,6 +115,15 @@ def test_python_construction_is_checked_too():
     assert TrainerConfig(lr=1).lr == 1.0 and isinstance(TrainerConfig(lr=1).lr, float)
 
 
+def test_check_value_for_hand_mapped_keys():
+    from recsparse.config import check_value
+
+    assert check_value(float, "1e-3", "trainer.lr") == 0.001
+    assert check_value(list[int], (1, 2), "ks") == [1, 2]
+    with pytest.raises(ConfigError, match=r"^trainer\.epochs: expected an integer, got 2\.5 \(c\.yaml\)$"):
+        check_value(int, 2.5, "trainer.epochs", "c.yaml")
+
+
 def test_override_into_scalar_is_rejected():
     with pytest.raises(ConfigError, match="'name.x=1': name is not a section"):
         apply_overrides({"name": "a"}, ["name.x=1"])

@@ -64,3 +64,35 @@ def test_require_clean_tree(monkeypatch):
     assert results.require_clean_tree(allow_dirty=True) == "abc1234-dirty"
     monkeypatch.setattr(results, "git_commit", lambda: "abc1234")
     assert results.require_clean_tree() == "abc1234"
+
+
+def test_rec_bench_audit_marks_rows_whose_config_changed(tmp_path):
+    """Rows measured with an older configs/gowalla_lightgcn.yaml (512 negatives, no item bias) stayed in rec.json as
+    if its command still produced them."""
+    import importlib.util
+    import subprocess
+    from pathlib import Path
+
+    import pytest
+
+    root = Path(__file__).resolve().parents[1]
+    old = "2f99c16"  # the commit of the first LightGCN recipe
+    if subprocess.run(["git", "cat-file", "-e", old], cwd=root, capture_output=True).returncode != 0:
+        pytest.skip("needs the repository history")
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                          text=True).stdout.strip()
+    spec = importlib.util.spec_from_file_location("rec_bench", root / "benchmarks" / "rec_bench.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = [{"section": "train", "name": "then", "config": "configs/gowalla_lightgcn.yaml", "git_commit": old,
+             "overrides": "trainer.max_epochs=2"},
+            {"section": "train", "name": "now", "config": "configs/gowalla_lightgcn.yaml", "git_commit": head,
+             "overrides": "trainer.progress_bar=false name=x"},
+            {"section": "train", "name": "gone", "config": "configs/nope.yaml", "git_commit": head}]
+    path = tmp_path / "rec.json"
+    path.write_text(json.dumps(rows))
+    assert bench.audit(path) == 2
+    got = {r["name"]: r.get("superseded", "") for r in json.loads(path.read_text())}
+    assert "changed since 2f99c16" in got["then"] and "model.item_bias" in got["then"]
+    assert got["now"] == "" and "no longer exists" in got["gone"]
+    assert (tmp_path / "rec.md").is_file()

@@ -1,0 +1,82 @@
+"""benchmarks/peers_bench.py: the RecBole atomic files carry exactly our Gowalla split; the summary's threshold
+logic; the beir driver's TREC reader (the peers themselves live in their own venv and are not imported here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _load(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load(ROOT / "benchmarks" / "peers_bench.py", "peers_bench")
+
+
+def _pairs(frame: pl.DataFrame) -> set[tuple[int, int]]:
+    return set(zip(frame["user_id"].to_list(), frame["item_id"].to_list()))
+
+
+def test_gowalla_atomic_files_hold_the_same_train_and_test_sets(bench, tmp_path):
+    from recsparse.data import load
+
+    try:
+        ds = load("gowalla")
+    except Exception as e:  # noqa: BLE001 - the shared data folder is absent
+        pytest.skip(f"gowalla not available: {e}")
+    folder, counts = bench.convert_gowalla(tmp_path)
+    assert counts == ds.counts()
+    read = {}
+    for part in ("train", "valid", "test"):
+        f = pl.read_csv(folder / "gowalla" / f"gowalla.{part}.inter", separator="\t",
+                        schema_overrides={"user_id:token": pl.Utf8, "item_id:token": pl.Utf8})
+        assert f.columns == ["user_id:token", "item_id:token"]
+        read[part] = f.select(pl.col("user_id:token").cast(pl.Int64).alias("user_id"),
+                              pl.col("item_id:token").cast(pl.Int64).alias("item_id"))
+    assert read["train"].height == 810_128 and read["test"].height == 217_242
+    assert _pairs(read["train"]) == _pairs(ds.train)
+    # RecBole evaluates the `valid` file (history = training items only); `test` is the same set
+    assert _pairs(read["valid"]) == _pairs(read["test"]) == _pairs(ds.test)
+    assert not _pairs(read["train"]) & _pairs(read["test"])
+
+
+def test_summary_times_to_threshold_and_reports_not_reached(bench):
+    res = {"peer": "recsparse", "model": "x", "train_s": 30.0, "train_cpu_s": 12.0, "threads": 1,
+           "epochs": [{"epoch": e, "seconds": 10.0, "cpu_seconds": 4.0, "examples": 100} for e in (1, 2, 3)],
+           "curve": [{"epoch": 1, "train_s": 10.0, "train_cpu_s": 4.0, "recall@20": 0.12, "ndcg@20": 0.1},
+                     {"epoch": 2, "train_s": 20.0, "train_cpu_s": 8.0, "recall@20": 0.16, "ndcg@20": 0.13},
+                     {"epoch": 3, "train_s": 30.0, "train_cpu_s": 12.0, "recall@20": 0.155, "ndcg@20": 0.14}]}
+    row = bench.summarize(res, 12.0, "cpu")
+    assert row["cpu_s_to_r20_0.15"] == 8.0 and row["wall_s_to_r20_0.15"] == 20.0
+    assert row["cpu_s_to_r20_0.17"] == "not reached in 12 cpu s"
+    assert row["best_recall@20"] == 0.16 and row["best_epoch"] == 2 and row["final_recall@20"] == 0.155
+    assert row["examples_per_cpu_s"] == 25.0 and row["examples_per_wall_s"] == 10.0
+    assert row["cpu_s_per_epoch"] == 4.0
+
+
+def test_beir_driver_reads_trec_runs(tmp_path):
+    drv = _load(ROOT / "benchmarks" / "peers" / "beir_driver.py", "beir_driver")
+    p = tmp_path / "r.trec"
+    p.write_text("q1 Q0 d1 1 2.5 t\nq1 Q0 d2 2 1.0 t\nq2 Q0 d9 1 0.3 t\n")
+    assert drv.read_trec(str(p)) == {"q1": {"d1": 2.5, "d2": 1.0}, "q2": {"d9": 0.3}}
+
+
+def test_summary_of_a_run_stopped_early_says_so(bench):
+    res = {"peer": "recbole", "model": "BPR", "train_s": 900.0, "train_cpu_s": 8.0, "finished": False,
+           "epochs": [{"epoch": 1, "seconds": 900.0, "cpu_seconds": 8.0}], "curve": [], "examples_per_epoch": 800}
+    row = bench.summarize(res, 400.0, "cpu")
+    assert row["cpu_s_to_r20_0.17"] == "not evaluated (stopped at 8 cpu s)"
+    assert row["best_recall@20"] is None and row["examples_per_cpu_s"] == 100.0
