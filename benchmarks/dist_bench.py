@@ -8,7 +8,7 @@ Sections (rows in ``benchmarks/results/dist.json``):
   tables plus the id-mappers' state, as ``metrics.json`` counts it; ``table_bytes_per_rank``: table shards only).
 * ``plans`` — Gowalla MF full tables under table-wise / row-wise / column-wise: table bytes and peak RSS per rank.
 * ``throughput`` — training examples/s of Gowalla MF on the plain 1-process path and with TorchRecStrategy on 1 and
-  2 processes, each job holding the shared timing lock (other jobs on the box still load it).
+  2 processes (``--timing``: each job holds the shared timing lock; other jobs on the box still load it).
 * ``resume`` — 2 processes, one rank SIGKILLed mid-epoch: seconds until the job exits (non-zero) and then a resume
   from the last checkpoint against the uninterrupted run (loss of every step after the resume point, test metrics).
 
@@ -153,22 +153,22 @@ def plans(work: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def throughput(work: Path, plan: str, steps: int = 15) -> list[dict[str, Any]]:
+def throughput(work: Path, plan: str, timing: bool, steps: int = 15) -> list[dict[str, Any]]:
     """Training examples/s of Gowalla MF (full tables, fixed step budget, no evaluation), each job holding the shared
-    timing lock: the plain 1-process path (unsharded TorchRec tables: dense gradients + torch Adagrad over the whole
+    timing lock with ``--timing``: the plain 1-process path (unsharded TorchRec tables: dense gradients + torch Adagrad over the whole
     tables), and TorchRecStrategy on 1 and on 2 processes (fused sparse Adagrad in the TBE backward)."""
     rows = []
     for tag, p, n in (("plain-1proc", "none", 1), ("torchrec-1proc", plan, 1), ("torchrec-2proc", plan, 2)):
         cfg = _gowalla_mf("full", str(work / f"thr-{tag}"))
         cfg["trainer"]["limit_train_batches"] = steps
-        rc, w, rec, ranks = launch(cfg, p, work, f"thr-{tag}", nproc=n, env={"DIST_NO_TEST": "1"}, timing=True)
+        rc, w, rec, ranks = launch(cfg, p, work, f"thr-{tag}", nproc=n, env={"DIST_NO_TEST": "1"}, timing=timing)
         if rc or rec is None:
             raise RuntimeError(f"throughput {tag} failed (exit {rc}); see {work}/thr-{tag}.log")
         rows.append({"section": "throughput", "case": f"gowalla_mf_full/{tag}", "plan": p if p != "none" else "-",
                      "processes": n, "batch_size": cfg["trainer"]["batch_size"], "steps": steps,
                      "train_examples_per_s": rec.get("train_examples_per_s"),
                      "max_rss_mb_per_rank": [round(r["max_rss_mb"], 1) for r in ranks],
-                     "timing_clean": True, "wall_s": round(w, 1)})
+                     "timing_clean": timing, "wall_s": round(w, 1)})
     return rows
 
 
@@ -231,7 +231,7 @@ def main() -> None:
         save([resume(work, a.plan)], t0)
     if "throughput" in a.sections:
         t0 = time.perf_counter()
-        save(throughput(work, a.plan), t0)
+        save(throughput(work, a.plan, a.timing), t0)
 
 
 if __name__ == "__main__":

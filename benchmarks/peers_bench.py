@@ -267,7 +267,7 @@ def ours_child(name: str, work: Path, budget_s: float, eval_every: int, threads:
                 t1 = time.perf_counter()
                 m = module.evaluate("test")
                 point = {"epoch": epoch, "train_s": round(self.train_s, 2), "train_cpu_s": round(self.train_cpu_s, 2),
-                         "recall@20": m["recall_plain@20"], "recall@20_capped": m["recall@20"],
+                         "recall@20": m["recall@20"], "recall@20_capped": m["recall_capped@20"],
                          "ndcg@20": m["ndcg@20"], "eval_s": round(time.perf_counter() - t1, 2)}
                 rec["curve"].append(point)
                 print(json.dumps(point), flush=True)
@@ -338,7 +338,7 @@ def ours_eval_child(name: str, checkpoint: str, threads: int, work: Path) -> Non
                       "eval_cpu_s": round(time.process_time() - c1, 3),
                       "load_s": round(load_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "threads": threads,
                       "weights": checkpoint if trained else "initial (untrained)",
-                      "eval_users_per_batch": cfg.eval.chunk_size, "recall@20": m["recall_plain@20"],
+                      "eval_users_per_batch": cfg.eval.chunk_size, "recall@20": m["recall@20"],
                       "ndcg@20": m["ndcg@20"], "users": m["num_users"]}))
 
 
@@ -502,11 +502,11 @@ def rec_check(models: list[str], work: Path, py: Path) -> list[dict[str, Any]]:
                            "--vectors", str(vec)], out, child_env())
         rows.append({"section": "rec-check", "name": f"{m} vectors", "trained_by": side, "model": name,
                      "dataset": "gowalla",
-                     "ours_recall@20": round(ours["recall_plain@20"], 6), "recbole_recall@20": round(theirs["recall@20"], 6),
+                     "ours_recall@20": round(ours["recall@20"], 6), "recbole_recall@20": round(theirs["recall@20"], 6),
                      "ours_ndcg@20": round(ours["ndcg@20"], 6), "recbole_ndcg@20": round(theirs["ndcg@20"], 6),
-                     "abs_diff_recall": abs(ours["recall_plain@20"] - theirs["recall@20"]),
+                     "abs_diff_recall": abs(ours["recall@20"] - theirs["recall@20"]),
                      "abs_diff_ndcg": abs(ours["ndcg@20"] - theirs["ndcg@20"]),
-                     "ours_recall@20_capped": round(ours["recall@20"], 6),
+                     "ours_recall@20_capped": round(ours["recall_capped@20"], 6),
                      **provenance(time.perf_counter() - t0)})
     return rows
 
@@ -528,9 +528,10 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
     import torch
 
     from recsparse.retrieval.cli import make_retriever
-    from recsparse.retrieval.dense import Encoder, encode_corpus, model_path
+    from recsparse.retrieval.base import safe_name
+    from recsparse.retrieval.dense import Encoder, embed_corpus, model_path
     from recsparse.retrieval.evaluation import evaluate, read_trec_run
-    from recsparse.retrieval.harness import evaluate_retrievers, safe_name
+    from recsparse.retrieval.harness import evaluate_retrievers
     from recsparse.results import provenance
 
     torch.set_num_threads(threads)
@@ -549,7 +550,7 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
         dres = None
         if "dense" in retrievers:
             # (2) beir's DRES on the harness's cached corpus vectors (filled by the dense run above)
-            np.save(out_dir / "corpus.npy", encode_corpus(Encoder(), ds.corpus))
+            np.save(out_dir / "corpus.npy", embed_corpus(Encoder(), ds.corpus))
             (out_dir / "corpus_ids.json").write_text(json.dumps(ds.corpus["_id"].to_list()))
             beir_out = out_dir / "beir_dense.json"
             run_files["beir_dres"] = out_dir / "beir_dres.trec"

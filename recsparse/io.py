@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -65,27 +67,86 @@ def write_json(path: str | Path, obj: Any) -> None:
         f.write("\n")
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def sweep_stale(parent: str | Path, pattern: str) -> list[Path]:
+    """Remove the entries of ``parent`` whose name fully matches ``pattern`` (a regex whose group 1 is the pid of
+    the process that made them) when that process no longer runs: what a killed build left behind. Entries of live
+    processes (including this one) are kept. Returns what was removed."""
+    parent, rx, removed = Path(parent), re.compile(pattern), []
+    if not parent.is_dir():
+        return removed
+    for p in parent.iterdir():
+        m = rx.fullmatch(p.name)
+        if m is None or int(m.group(1)) == os.getpid() or _pid_alive(int(m.group(1))):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()
+        removed.append(p)
+    return removed
+
+
+# temp dirs this process is building: removed at interpreter exit if a build never reached its own cleanup
+_LIVE_TMP: set[Path] = set()
+
+
+@atexit.register
+def _remove_live_tmp() -> None:
+    for p in list(_LIVE_TMP):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def temp_build_dir(prefix: str, parent: str | Path | None = None, suffix: str = ".tmp") -> Path:
+    """A new temp dir ``{prefix}{pid}.{random}{suffix}`` in ``parent`` (default: the system temp dir), after
+    sweeping the leftovers of dead processes with the same prefix; removed at exit unless released first."""
+    parent = Path(parent) if parent is not None else Path(tempfile.gettempdir())
+    sweep_stale(parent, re.escape(prefix) + r"(\d+)\.[^.]+(?:" + re.escape(suffix) + r"|\.old)")
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}.", suffix=suffix, dir=parent))
+    _LIVE_TMP.add(tmp)
+    return tmp
+
+
+def release_build_dir(tmp: Path, remove: bool = True) -> None:
+    _LIVE_TMP.discard(tmp)
+    if remove:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 @contextlib.contextmanager
 def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Build a directory under a temp name, then swap it in for ``path``.
 
     An interrupted build leaves the previous ``path`` (if any) intact; the old copy is removed only after the new
     one is in place. The folder gets ``0777 & ~umask`` (what ``mkdir`` would create) or the replaced folder's mode.
+    The temp dir (``.NAME.PID.xxxx.tmp`` beside ``path``) is removed on error and at exit; one left by a killed
+    process is removed by the next build of ``path``.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = temp_build_dir(f".{path.name}.", path.parent)
     try:
         _fix_mode(tmp, path, 0o777)
         yield tmp
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        release_build_dir(tmp)
         raise
     old = None
     if path.exists():
-        old = path.with_name(f".{path.name}.old.{os.getpid()}")
+        old = path.with_name(f".{path.name}.{os.getpid()}.{tmp.name.rsplit('.', 2)[-2]}.old")
         os.replace(path, old)
     os.replace(tmp, path)
+    release_build_dir(tmp, remove=False)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 

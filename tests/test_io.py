@@ -36,6 +36,24 @@ def test_atomic_dir_swaps_in_and_preserves_old_on_error(tmp_path):
     assert sorted(x.name for x in tmp_path.iterdir()) == ["index"]
 
 
+def test_sweep_keeps_live_and_foreign_entries(tmp_path):
+    """Only entries of the exact pattern whose pid is dead go; this process's own and other names stay."""
+    import os
+    import subprocess
+    import sys
+
+    from recsparse.io import sweep_stale
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    for name in (f".idx.{dead}.abc.tmp", f".idx.{os.getpid()}.abc.tmp", f".idx.5.{dead}.abc.tmp", "idx", ".other"):
+        (tmp_path / name).mkdir()
+    removed = sweep_stale(tmp_path, r"\.idx\.(\d+)\.[^.]+\.tmp")
+    assert [p.name for p in removed] == [f".idx.{dead}.abc.tmp"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [f".idx.{os.getpid()}.abc.tmp", f".idx.5.{dead}.abc.tmp", "idx", ".other"])
+
+
 @pytest.mark.parametrize("umask,file_mode,dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700),
                                                       (0o002, 0o664, 0o775)])
 def test_outputs_respect_the_umask(tmp_path, umask, file_mode, dir_mode):

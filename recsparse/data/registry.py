@@ -89,7 +89,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def _memo_file() -> Path:
-    root = os.environ.get("RECSPARSE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "recsparse"
+    root = os.environ.get("RECSPARSE_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / \
+        "recsparse"
     return Path(root) / "verified-checksums.json"
 
 

@@ -100,6 +100,7 @@ def pareto(dataset: str = typer.Option("gowalla", help="Registered implicit-feed
            results_dir: Optional[Path] = typer.Option(None, help="Where pareto.{json,md,png} go "
                                                                  "(default: benchmarks/results)."),
            limit: Optional[int] = typer.Option(None, min=1, help="Run at most N new points, then stop."),
+           quant_only: bool = typer.Option(False, help="Only the quantized copies of the recorded points."),
            overrides: Optional[list[str]] = typer.Option(None, "--set", help="Config override for every point "
                                                                             "(repeatable), e.g. trainer.lr=0.01."),
            ) -> None:
@@ -129,7 +130,7 @@ def pareto(dataset: str = typer.Option("gowalla", help="Registered implicit-feed
     grid = build_grid(ms, _floats("budgets", budgets), _floats("densities", densities))
     typer.echo(f"pareto grid: {len(grid)} points + quantized copies ({', '.join(qs) or 'none'}), "
                f"{epochs} epochs each; results -> {study.results_dir}/pareto.{{json,md,png}}")
-    study.run(grid, qs, limit)
+    study.run(grid, qs, limit, quant_only)
 
 
 if __name__ == "__main__":

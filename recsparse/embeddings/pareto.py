@@ -253,12 +253,13 @@ class ParetoStudy:
         return {**size, "rows": recorded[p.source].get("rows"), "eval_s": round(time.perf_counter() - t0, 2),
                 "epochs": recorded[p.source].get("epochs"), **metric_names(m)}
 
-    def run(self, grid: Sequence[Point], quant: Sequence[str] = QUANT, limit: int | None = None) -> list[dict]:
+    def run(self, grid: Sequence[Point], quant: Sequence[str] = QUANT, limit: int | None = None,
+            quant_only: bool = False) -> list[dict]:
         """Run every point of ``grid`` not yet recorded with the same settings, then the quantized copies of the
         best trained point of each method; returns all records of this section. ``limit``: at most that many new
-        points this call."""
+        points this call. ``quant_only``: skip the grid (quantize what is recorded)."""
         done = 0
-        for stage in ("grid", "quant"):
+        for stage in ("quant",) if quant_only else ("grid", "quant"):
             points = (list(grid) if stage == "grid"
                       else self.quant_points(self.recorded(), quant, {p.method for p in grid if p.kind == "train"}))
             for i, p in enumerate(points, start=1):

@@ -252,7 +252,10 @@ class MappedEmbeddingBagCollection(nn.Module):
     def num_bytes(self) -> int:
         """Bytes of all table weights (fp32 -> 4 B per value; a shared table once) plus the mappers' own state."""
         n = 0
-        for _, _, fs in self._tables.values():
+        for rows, dim, fs in self._tables.values():
+            if self.is_sharded:  # the whole table (fp32), not this rank's shards
+                n += rows * dim * 4
+                continue
             w = self.table_weight(fs[0])
             n += w.numel() * w.element_size()
         return int(n + sum(getattr(f.mapper, "num_bytes_state", 0) for f in self.features))

@@ -47,9 +47,19 @@ class Tower(nn.Module):
                                                 tbe_config=tbe_config)
         self.mlp = mlp(sum(self.ebc.embedding_dims), hidden, out_dim, dropout)
 
-    def forward(self, kjt: Any) -> torch.Tensor:
-        pooled = self.ebc(kjt).values()  # [B, Σ dims]
+    def embed_features(self, kjt: Any, dense: torch.Tensor | None = None) -> torch.Tensor:
+        """Raw-id KJT -> pooled ``[B, Σ dims]``, one block per feature in ``ebc.feature_names`` order (towers have
+        no dense features: ``dense`` is part of the SSL encoder contract and must be ``None``)."""
+        if dense is not None:
+            raise ValueError("Tower has no dense features")
+        return self.ebc(kjt).values()
+
+    def encode(self, pooled: torch.Tensor) -> torch.Tensor:
+        """``[B, Σ dims]`` -> ``[B, out_dim]`` unit vectors (the SSL term feeds masked views through here too)."""
         return F.normalize(self.mlp(pooled), dim=-1)
+
+    def forward(self, kjt: Any) -> torch.Tensor:
+        return self.encode(self.embed_features(kjt))
 
 
 class TwoTower(nn.Module):

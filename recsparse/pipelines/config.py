@@ -16,6 +16,7 @@ from typing import Any, Literal, Mapping, Sequence
 
 from recsparse.config import Config, apply_overrides, build, check_name, load
 from recsparse.embeddings.dsl import DSLConfig
+from recsparse.models.ssl import SSLConfig
 from recsparse.types import check_choice, check_positive
 
 __all__ = ["DataConfig", "ModelConfig", "LossConfig", "TrainerConfig", "EvalConfig", "TrainConfig", "load_config",
@@ -107,7 +108,8 @@ class LossConfig(Config):
     """``name``: ``bpr`` (one uniform negative per positive, not a training item of the user) or ``softmax``
     (in-batch sampled softmax + ``num_uniform_negatives`` shared uniform negatives; ``logq`` subtracts
     ``log q(item)`` estimated from the training stream); ``in_batch: false`` -> own positive + the uniform negatives
-    only (no in-batch candidates: ``B·(1+M)`` logits; logQ is then a constant and has no effect). ``reg_weight``: L2 on the batch's layer-0 embeddings."""
+    only (no in-batch candidates: ``B·(1+M)`` logits; logQ is then a constant and has no effect). ``reg_weight``: L2 on the batch's layer-0 embeddings. ``ssl``: the self-supervised auxiliary term on
+    the two-tower item tower (:class:`~recsparse.models.ssl.SSLConfig`; off while ``ssl.weight`` is 0)."""
 
     name: Literal["bpr", "softmax"] = "bpr"
     temperature: float = 1.0
@@ -115,6 +117,7 @@ class LossConfig(Config):
     num_uniform_negatives: int = 0
     in_batch: bool = True
     reg_weight: float = 0.0
+    ssl: SSLConfig = field(default_factory=SSLConfig)
 
     def validate(self) -> None:
         if self.name == "softmax" and not self.in_batch and self.num_uniform_negatives == 0:
@@ -179,14 +182,19 @@ class TrainerConfig(Config):
 @dataclass
 class EvalConfig(Config):
     """Full-ranking evaluation (:mod:`recsparse.pipelines.evaluation`). ``monitor``: the validation metric for early
-    stopping and best checkpoint. ``backend``: ``torch`` (dense score blocks) or ``faiss``."""
+    stopping and best checkpoint. ``backend``: ``torch`` (dense score blocks) or ``faiss``. ``head_fraction`` > 0:
+    every metric also on the test interactions whose item is in the training popularity head (that fraction of the
+    items, by training count) and on the tail (``head_recall@K``, ``tail_ndcg@K`` ...)."""
 
     ks: list[int] = field(default_factory=lambda: [20])
     monitor: str = "recall@20"
     chunk_size: int = 1024
     backend: Literal["torch", "faiss"] = "torch"
+    head_fraction: float = 0.0
 
     def validate(self) -> None:
+        if not 0.0 <= self.head_fraction < 1.0:
+            raise ValueError(f"eval.head_fraction must be in [0, 1), got {self.head_fraction!r}")
         if not self.ks or min(self.ks) <= 0:
             raise ValueError(f"eval.ks must be a non-empty list of positive integers, got {self.ks!r}")
         _pos("eval", "chunk_size", self.chunk_size)
@@ -220,6 +228,9 @@ class TrainConfig(Config):
         if self.model.family == "lightgcn" and self.model.mapper in ("universal", "qr", "double_graphhash") \
                 and self.model.backend == "fbgemm":
             raise ValueError("model.backend='fbgemm' is not supported for LightGCN (whole-table embed per step)")
+        if self.loss.ssl.enabled and self.model.family != "two_tower":
+            raise ValueError(f"loss.ssl needs item features: it is for model.family='two_tower', got "
+                             f"{self.model.family!r} (set loss.ssl.weight=0)")
 
     @property
     def output_dir(self) -> Path:

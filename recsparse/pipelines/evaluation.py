@@ -74,6 +74,14 @@ class Interactions:
         offs = torch.arange(local.numel()) - torch.repeat_interleave(torch.cumsum(lens, 0) - lens, lens)
         return local, self.indices[starts[local] + offs]
 
+    def restrict(self, item_mask: torch.Tensor) -> "Interactions":
+        """Only the interactions whose item has ``item_mask[item]`` (``[num_items]`` bool); same users."""
+        keep = item_mask[self.indices]
+        u = torch.repeat_interleave(torch.arange(self.num_users), self.lengths())
+        indptr = torch.zeros_like(self.indptr)
+        indptr[1:] = torch.cumsum(torch.bincount(u[keep], minlength=self.num_users), 0)
+        return Interactions(indptr, self.indices[keep], self.num_items)
+
     def union(self, other: "Interactions") -> "Interactions":
         n = max(self.num_users, other.num_users)
         u1 = torch.repeat_interleave(torch.arange(self.num_users), self.lengths())
@@ -169,3 +177,29 @@ def _isin_sorted(x: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor:
         return torch.zeros_like(x, dtype=torch.bool)
     pos = torch.searchsorted(sorted_keys, x).clamp_(max=sorted_keys.numel() - 1)
     return sorted_keys[pos] == x
+
+
+def popularity_head(train: Interactions, head_fraction: float = 0.2) -> torch.Tensor:
+    """``[num_items]`` bool: the training popularity head — the ``⌈head_fraction · I⌉`` items with the most training
+    interactions (ties -> lower item id first); every other item is the tail."""
+    if not 0.0 < head_fraction < 1.0:
+        raise ValueError(f"head_fraction must be in (0, 1), got {head_fraction}")
+    counts = torch.bincount(train.indices, minlength=train.num_items)
+    order = torch.argsort(-counts, stable=True)
+    head = torch.zeros(train.num_items, dtype=torch.bool)
+    head[order[:math.ceil(head_fraction * train.num_items)]] = True
+    return head
+
+
+def head_tail_metrics(user_vectors: Callable[[torch.Tensor], torch.Tensor], item_vectors: torch.Tensor,
+                      truth: Interactions, head: torch.Tensor, exclude: Interactions | None = None,
+                      ks: Sequence[int] = (20,), chunk_size: int = 1024, backend: str = "torch") -> dict[str, float]:
+    """:func:`full_ranking_metrics` on the held-out interactions whose item is in the popularity ``head``
+    (``[num_items]`` bool, :func:`popularity_head`) and on the rest: ``head_recall@K``, ``tail_ndcg@K``,
+    ``head_num_users`` ... Each part ranks the full catalogue (same exclusions); a user counts in a part when it has
+    a held-out item there."""
+    out: dict[str, float] = {}
+    for part, keep in (("head", head), ("tail", ~head)):
+        m = full_ranking_metrics(user_vectors, item_vectors, truth.restrict(keep), exclude, ks, chunk_size, backend)
+        out.update({f"{part}_{k}": v for k, v in m.items()})
+    return out

@@ -18,9 +18,10 @@ import torch
 
 from recsparse.models import (ItemBias, ItemFrequency, LightGCN, MatrixFactorization, TwoTower, bpr_loss,
                               build_cf_mappers, cf_tables, sampled_softmax_loss, table_stats)
+from recsparse.models.ssl import SSLConfig, SSLLoss, build_ssl, jagged_frame, mutual_information
 from recsparse.pipelines.config import TrainConfig
 from recsparse.pipelines.data import RecSplit
-from recsparse.pipelines.evaluation import Interactions, full_ranking_metrics
+from recsparse.pipelines.evaluation import Interactions, full_ranking_metrics, head_tail_metrics, popularity_head
 from recsparse.pipelines.optim import dense_parameters, lr_at_epoch, set_fused_learning_rate, tbe_config
 from recsparse.pipelines.strategy import gather_rows, local_batch
 
@@ -91,7 +92,15 @@ class RankingModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=B)
         if lc.reg_weight > 0 and "reg" in v:
             loss = loss + lc.reg_weight * v["reg"]
+        aux = self.auxiliary_loss(batch)
+        if aux is not None:
+            self.log("train/ssl", aux, on_step=True, on_epoch=True, batch_size=B)
+            loss = loss + aux
         return loss
+
+    def auxiliary_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """An extra (already weighted) loss term added to the main loss, or ``None`` (the default)."""
+        return None
 
     # ---- evaluation ---------------------------------------------------------------------------------------
     def eval_vectors(self) -> tuple[Any, torch.Tensor]:  # pragma: no cover
@@ -114,8 +123,11 @@ class RankingModule(L.LightningModule):
         was = self.training
         self.eval()
         user_fn, items = self.eval_vectors()
-        m = full_ranking_metrics(user_fn, items, truth, exclude, self.cfg.eval.ks, self.cfg.eval.chunk_size,
-                                 self.cfg.eval.backend)
+        e = self.cfg.eval
+        m = full_ranking_metrics(user_fn, items, truth, exclude, e.ks, e.chunk_size, e.backend)
+        if e.head_fraction > 0:  # the same metrics on the popularity head / tail of the test interactions
+            head = popularity_head(self.train_interactions(), e.head_fraction)
+            m.update(head_tail_metrics(user_fn, items, truth, head, exclude, e.ks, e.chunk_size, e.backend))
         self.train(was)
         return m
 
@@ -123,7 +135,7 @@ class RankingModule(L.LightningModule):
         m = self.evaluate(stage)
         self.last_metrics[stage] = m
         for k, v in m.items():
-            if k != "num_users":
+            if not k.endswith("num_users"):
                 self.log(f"{stage}/{k}", float(v), prog_bar=(k == self.cfg.eval.monitor), batch_size=1)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -269,6 +281,17 @@ class TwoTowerModule(RankingModule):
         self.model = TwoTower(feats(split.user_features, "user_id", split.num_users),
                               feats(split.item_features, "item_id", split.num_items), m.hidden, m.out_dim,
                               m.backend, m.init_std, cfg.trainer.seed, m.dropout, tbe_config=self.fused_tbe_config())
+        self.ssl = item_tower_ssl(cfg.loss.ssl, self.model.item_tower, split.item_features)
+
+    def auxiliary_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """SSL term (``loss.ssl``) on items drawn uniformly from the catalogue; the draw is a function of (seed,
+        step), so a resumed run sees the same SSL batches."""
+        if self.ssl is None:
+            return None
+        assert self.split.item_features is not None
+        g = torch.Generator().manual_seed(self.cfg.trainer.seed * 1_000_003 + int(self.global_step) + 17)
+        ids = torch.randint(0, self.split.num_items, (self.cfg.loss.ssl.batch_size,), generator=g)
+        return self.ssl(self.model.item_tower, self.split.item_features.kjt(ids), ids, g)
 
     def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         s = self.split
@@ -292,6 +315,18 @@ class TwoTowerModule(RankingModule):
     def table_stats(self) -> dict[str, int]:
         return {"rows": sum(sum(t.ebc.num_rows().values()) for t in (self.model.user_tower, self.model.item_tower)),
                 "bytes": sum(t.ebc.num_bytes() for t in (self.model.user_tower, self.model.item_tower))}
+
+
+def item_tower_ssl(cfg: SSLConfig, tower: Any, store: Any) -> SSLLoss | None:
+    """The ``loss.ssl`` term over the item tower's features (``None`` when its weight is 0). Multi-hot = any item
+    with more than one id in a feature; CFM's mutual information is counted over the catalogue (one row per item:
+    the distribution the SSL batch is drawn from)."""
+    if not cfg.enabled:
+        return None
+    names = tower.ebc.feature_names
+    multi_hot = [f for f in names if bool((store.lengths[f] != 1).any())]
+    mi = mutual_information(jagged_frame(store.lengths, store.values), names) if cfg.augment == "cfm" else None
+    return build_ssl(cfg, names, tower.ebc.embedding_dims, multi_hot, mi)
 
 
 MODULES = {"mf": MFModule, "lightgcn": LightGCNModule, "two_tower": TwoTowerModule}

@@ -82,8 +82,8 @@ def fuse(runs: Sequence[Run], method: str = "rrf", *, k_rrf: int = 60, alpha: fl
 
 
 class FusionRetriever(Retriever):
-    """A :class:`Retriever` over other retrievers: each is indexed under ``path/<safe_name(name)>``, searched to ``depth``
-    and the runs fused (``method`` "rrf" or "interpolation"). ``path/recsparse.json`` names the parts, so
+    """A :class:`Retriever` over other retrievers: each is indexed under ``path/<safe_name(name)>``, searched to
+    ``depth`` and the runs fused (``method`` "rrf" or "interpolation"). ``path/recsparse.json`` names the parts, so
     ``FusionRetriever.open(path)`` re-opens the whole thing."""
 
     def __init__(self, retrievers: Sequence[Retriever], method: str = "rrf", *, k_rrf: int = 60, alpha: float = 0.5,

@@ -176,8 +176,9 @@ def evaluate_retrievers(dataset: BeirDataset, retrievers: Mapping[str, Retriever
 
     ``fusions``: specs ``{"name": "hybrid", "parts": ["bm25", "dense"], "method": "rrf"|"interpolation",
     "k_rrf": 60, "alpha": 0.5}`` fused from the parts' runs after they are searched. ``keep_runs``, if given, receives
-    every run by name. ``binary_relevance``: every grade > 0 counts as 1 (see :func:`evaluate`). Returns one record per retriever (and fusion): dataset, retriever, the measures, ``index_s``, ``search_qps``,
-    ``num_queries``, ``reused_index``, ``search_s`` ...
+    every run by name. ``binary_relevance``: every grade > 0 counts as 1 (see :func:`evaluate`). Returns one record
+    per retriever (and fusion): dataset, retriever, the measures, ``index_s``, ``search_qps``, ``num_queries``,
+    ``reused_index``, ``search_s``, ``failed_queries`` (when some failed) ...
     """
     check_positive("k", k)
     check_positive("threads", threads)

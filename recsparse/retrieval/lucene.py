@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Sequence
 
 from recsparse.data.beir import corpus_fingerprint
-from recsparse.io import atomic_dir
+from recsparse.io import atomic_dir, release_build_dir, temp_build_dir
 from recsparse.retrieval.base import IndexMeta, IndexMetaError, Retriever
 from recsparse.retrieval.jvm import autoclass, ensure_jvm, pyserini_module
 from recsparse.types import Hit, Run, check_choice, check_positive
@@ -106,20 +105,26 @@ def build_lucene_index(docs: Iterable[Mapping[str, Any]], path: str | Path, *, c
     """
     path = Path(path)
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="recsparse-coll-") as coll, atomic_dir(path) as tmp:
-        n = write_jsonl(docs, Path(coll) / file_name)
-        if _after_write is not None:  # test hook: fail between writing the collection and indexing
-            _after_write(tmp)
-        runner = run_index_collection_isolated if isolate else run_index_collection
-        counters = runner(coll, tmp, collection=collection, generator=generator, threads=threads,
-                          extra_args=extra_args)
-        if counters["errors"] or counters["indexed"] == 0 and n > 0:
-            raise IndexBuildError(f"Anserini IndexCollection({collection}) into {path}: {counters} for {n} documents")
-        meta = meta or IndexMeta(kind="lucene", corpus_sha=None, num_docs=n)
-        meta.info.update(collection=collection, generator=generator, index_args=list(extra_args),
-                         documents_written=n, counters=counters)
-        meta.build_s = round(time.perf_counter() - t0, 3)
-        meta.save(tmp)
+    # the collection is a full copy of the corpus: in the system temp dir, swept after a killed build (see io)
+    coll = temp_build_dir("recsparse-coll-", suffix="")
+    try:
+        with atomic_dir(path) as tmp:
+            n = write_jsonl(docs, coll / file_name)
+            if _after_write is not None:  # test hook: fail between writing the collection and indexing
+                _after_write(tmp)
+            runner = run_index_collection_isolated if isolate else run_index_collection
+            counters = runner(coll, tmp, collection=collection, generator=generator, threads=threads,
+                              extra_args=extra_args)
+            if counters["errors"] or counters["indexed"] == 0 and n > 0:
+                raise IndexBuildError(f"Anserini IndexCollection({collection}) into {path}: {counters} for {n} "
+                                      f"documents")
+            meta = meta or IndexMeta(kind="lucene", corpus_sha=None, num_docs=n)
+            meta.info.update(collection=collection, generator=generator, index_args=list(extra_args),
+                             documents_written=n, counters=counters)
+            meta.build_s = round(time.perf_counter() - t0, 3)
+            meta.save(tmp)
+    finally:
+        release_build_dir(coll)
     return counters
 
 

@@ -53,3 +53,6 @@ def test_tiny_grid_end_to_end(gowalla_small, tmp_path):  # noqa: F811
     logs.clear()
     study.run(grid, ["int8"])  # resumable: everything recorded is skipped
     assert sum("recorded, skipped" in line for line in logs) == len(rows)
+    logs.clear()
+    study.run(build_grid(["full", "modulo"], [0.1], [0.2]), ["int8"], quant_only=True)  # no training at all
+    assert not any("training" in line for line in logs) and all("skipped" in line for line in logs)

@@ -71,6 +71,7 @@ def test_two_processes_row_wise_equal_one_process_and_checkpoint_loads_into_one(
     assert "t_user: row_wise" in two["plan"] and "t_item: row_wise" in two["plan"]
     b0, b1 = two["table_bytes_per_rank"]
     assert b0 + b1 == 4 * 16 * one["rows"] and abs(b0 - b1) <= 2 * 4 * 16
+    assert (two["rows"], two["bytes"]) == (one["rows"], one["bytes"])  # metrics.json counts whole tables
     # the sharded checkpoint (folder) loads into a 1-process model that evaluates to the same metrics
     ck = tmp_path / "two" / "checkpoints" / "last.ckpt"
     assert ck.is_dir() and (ck / "meta.pt").is_file()

@@ -119,7 +119,8 @@ def test_fusion_of_real_backends_saves_reopens_and_reuses(cranfield_tiny, tmp_pa
     fresh = FusionRetriever([BM25Retriever(), BM25Retriever(BM25Config(fields="multifield"))], method="interpolation",
                             alpha=0.3, depth=50)
     assert fresh.reuse(tmp_path / "fused", ds.fingerprint)
-    assert not FusionRetriever([BM25Retriever(), BM25Retriever(BM25Config(fields="multifield"))], method="interpolation",
-                               alpha=0.3, depth=50).reuse(tmp_path / "fused", "0" * 16)
+    other = FusionRetriever([BM25Retriever(), BM25Retriever(BM25Config(fields="multifield"))], method="interpolation",
+                            alpha=0.3, depth=50)
+    assert not other.reuse(tmp_path / "fused", "0" * 16)
     for r in (f, again, fresh):
         r.close()

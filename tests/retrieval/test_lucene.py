@@ -158,3 +158,30 @@ def test_query_with_more_than_1024_terms_is_searched(bm25, cran):
     run = bm25.batch_search({"short": "boundary layer", "long": q, "other": "shock wave"}, k=10, threads=2)
     assert all(len(v) == 10 for v in run.values())
     assert [h.docid for h in bm25.search(q, 10)] == [h.docid for h in run["long"]]
+
+
+def test_killed_build_leaves_nothing_after_the_next_build(cran, tmp_path, monkeypatch):
+    """A build killed with SIGKILL (no finally, no atexit) leaves its temp index dir beside the target and its full
+    corpus copy in the temp dir. Before, they stayed forever; now the next build of that index sweeps them (their
+    owner process is dead), and a normal build leaves neither."""
+    import subprocess
+    import sys
+    import tempfile
+
+    tmpdir = tmp_path / "systmp"
+    tmpdir.mkdir()
+    child = ("import os, sys\n"
+             "from recsparse.retrieval.lucene import build_lucene_index\n"
+             "build_lucene_index([{'id': 'a', 'contents': 'wing'}], sys.argv[1],"
+             " _after_write=lambda tmp: os.kill(os.getpid(), 9))\n")
+    out = subprocess.run([sys.executable, "-c", child, str(tmp_path / "idx")], capture_output=True, text=True,
+                         timeout=120, env={**__import__("os").environ, "TMPDIR": str(tmpdir)})
+    assert out.returncode == -9, out.stderr
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".idx.")] and \
+        [p.name for p in tmpdir.iterdir() if p.name.startswith("recsparse-coll-")]
+    monkeypatch.setattr(tempfile, "tempdir", str(tmpdir))
+    r = BM25Retriever()
+    r.index(cran.corpus.head(20), tmp_path / "idx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx", "systmp"]
+    assert [p.name for p in tmpdir.iterdir() if p.name.startswith("recsparse-")] == []  # (torch may cache there)
+    r.close()

@@ -139,11 +139,18 @@ def load_model(path_or_id: str | Path):  # noqa: ANN201 - SparseEncoder
     p = Path(path_or_id)
     if p.exists() and not (p / "modules.json").is_file():
         raise ModelError(f"{p}: not a sentence-transformers model folder (no modules.json)")
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on stderr: a CLI error must stay one line
     try:
         return SparseEncoder(str(path_or_id), local_files_only=os.environ.get("HF_HUB_OFFLINE", "1") != "0")
     except (OSError, ValueError) as e:  # hub id not cached / no network / not a valid id
         raise ModelError(f"cannot load sparse model {str(path_or_id)!r}: {str(e).splitlines()[0]} "
                          f"(shipped backbones: {', '.join(BACKBONES)}; or a saved model folder)") from e
+    finally:
+        if bar:
+            hf_logging.enable_progress_bar()
 
 
 def query_table(model) -> "nn.Module | None":  # noqa: ANN001
