@@ -26,6 +26,7 @@ from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from recsparse.embeddings.features import Batch, EncodedFrame, FeatureSpec, FittedFeatureSpec
+from recsparse.config import check_name, check_value
 from recsparse.errors import ConfigError
 from recsparse.pipelines.data import EpochBatchSampler
 from recsparse.types import check_choice
@@ -122,49 +123,23 @@ def ctr_config_from_dict(raw: dict[str, Any], source: str = "config") -> tuple[C
         for k, v in body.items():
             key = f"{sec}.{k}"
             if key in RUN_FIELDS:
-                want = str if k == "output_dir" else bool
-                if not isinstance(v, want):
-                    raise ConfigError(f"{source}: {key} must be a {want.__name__}, got {v!r}")
-                run[k] = v
+                run[k] = check_value(str if k == "output_dir" else bool, v, key, source)
                 continue
             if key not in CONFIG_FIELDS:
                 raise ConfigError(f"{source}: unknown key {key}; known: {', '.join(sorted([*CONFIG_FIELDS, *RUN_FIELDS]))}")
             field_name = CONFIG_FIELDS[key]
-            kw[field_name] = _typed(key, v, hints[field_name], source)
-    if not isinstance(run["name"], str) or not run["name"] or "/" in run["name"] or run["name"].startswith("."):
-        raise ConfigError(f"{source}: name must be a plain folder name, got {run['name']!r}")
+            kw[field_name] = check_value(hints[field_name], v, key, source)
+    name = check_value(str, run["name"], "name", source)
+    try:
+        check_name("name", name)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
     known = {f.name for f in dataclasses.fields(CTRRunConfig)}
     assert set(kw) <= known
     try:
         return CTRRunConfig(**kw), run
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-
-
-def _typed(key: str, v: Any, hint: Any, source: str) -> Any:
-    """Check/coerce one YAML value: ints must be integers (not bools), floats accept numbers and numeric strings
-    (YAML reads ``1e-3`` as a string), strings must be strings; NaN/inf rejected."""
-    import math
-
-    if hint is int:
-        if isinstance(v, bool) or not isinstance(v, int):
-            raise ConfigError(f"{source}: {key} must be an integer, got {v!r}")
-        return v
-    if hint is float:
-        try:
-            f = float(v) if not isinstance(v, bool) else math.nan
-        except (TypeError, ValueError):
-            f = math.nan
-        if not math.isfinite(f):
-            raise ConfigError(f"{source}: {key} must be a finite number, got {v!r}")
-        return f
-    if hint is str:
-        if not isinstance(v, str):
-            raise ConfigError(f"{source}: {key} must be a string, got {v!r}")
-        return v
-    if not isinstance(v, dict):
-        raise ConfigError(f"{source}: {key} must be a mapping, got {v!r}")
-    return dict(v)
 
 
 def load_ctr_config(path: str | Any, overrides: Any = ()) -> tuple[CTRRunConfig, dict[str, Any]]:
