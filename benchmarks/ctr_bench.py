@@ -14,7 +14,8 @@ Sections (``--sections``, comma-separated):
 * ``throughput`` — Criteo-like shape (26 sparse features with the Criteo Kaggle cardinalities capped at 10M, dim
   16, batch 4096, Zipf(1.1) ids; synthetic ids, timing only): forward + backward + SGD update examples/s of the
   embedding layer + a linear head, for per-feature tables (FBGEMM TBE, fused SGD), TorchRec
-  ``FusedEmbeddingBagCollection``, and unified embedding (torch backend, dense gradient) at 100 % and 25 % rows.
+  ``FusedEmbeddingBagCollection``, and unified embedding at ``--tp-ue-fractions`` of the rows (``UnifiedEmbedding``,
+  dense gradient; and the same salted shared table as a sparse-gradient ``MappedEmbeddingBagCollection``).
   Run under the timing lock.
 * ``transform`` — rows/s of the feature pipeline on the full ml-100k-CTR frame (100k rows): Polars encode + map
   (``rows_frame``), Polars encode + torch mappers, the KJT batch stream, and a per-row Python loop.
@@ -215,9 +216,9 @@ def run_unified(args: argparse.Namespace) -> None:
     for dsn in args.ue_datasets:
         ds = load_ctr(dsn)
         full = ds.spec.fit(ds.train)
-        fitted = {("full", 1.0): full}
-        for mapper in ("unified", "modulo", "universal"):
-            for b in args.budgets:
+        fitted = {("full", 1.0): full} if "full" in args.ue_mappers else {}
+        for b in args.budgets:  # budget by budget, so a cut-short study still has every mapper at the first budgets
+            for mapper in [m for m in args.ue_mappers if m != "full"]:
                 fitted[(mapper, b)] = budget_spec(ds.spec, full.table_rows(), mapper, b).fit(ds.train)
         for model in args.ue_models:
             for seed in args.seeds:
@@ -278,7 +279,7 @@ def run_throughput(args: argparse.Namespace) -> None:
     from recsparse.kernels.tbe import TBEConfig
 
     torch.set_num_threads(args.threads)
-    cards = [min(c, 10_000_000) for c in CRITEO_CARDINALITIES]
+    cards = [min(c, args.tp_cap) for c in CRITEO_CARDINALITIES]
     B, D, lr = args.tp_batch, 16, 0.01
     rng = np.random.default_rng(0)
     names = [f"C{i + 1}" for i in range(len(cards))]
@@ -314,11 +315,14 @@ def run_throughput(args: argparse.Namespace) -> None:
         for kjt in batches[2:]:
             step(kjt)
         dt = time.perf_counter() - t
+        sparse_grad = name.endswith("sparse_grad")
         rec = {"section": "throughput", "dataset": "synthetic-criteo-shape", "model": "embeddings+linear",
                "mapper": name, "budget": round(rows / total_rows, 4), "seed": 0, "library": "recsparse",
                "variant": name, "examples_per_s": round(args.tp_steps * B / dt, 1), "batch_size": B, "dim": D,
                "features": len(cards), "table_rows": rows, "threads": args.threads, "steps": args.tp_steps,
-               "update": "fused SGD in backward (FBGEMM)" if fused else "dense-gradient SGD (torch.optim)"}
+               "rows_cap": args.tp_cap,
+               "update": "fused SGD in backward (FBGEMM)" if fused else
+               ("sparse-gradient SGD (torch.optim)" if sparse_grad else "dense-gradient SGD (torch.optim)")}
         from recsparse.results import provenance
 
         rec.update(provenance(dt))
@@ -335,22 +339,31 @@ def run_throughput(args: argparse.Namespace) -> None:
     from torchrec.modules.fused_embedding_modules import FusedEmbeddingBagCollection
 
     try:
-        from fbgemm_gpu.split_embedding_configs import EmbOptimType
-
         febc = FusedEmbeddingBagCollection(
             tables=[EmbeddingBagConfig(name=f"t_{n}", embedding_dim=D, num_embeddings=c + 1, feature_names=[n])
                     for n, c in zip(names, cards)],
-            optimizer_type=EmbOptimType.EXACT_SGD, optimizer_kwargs={"learning_rate": lr}, device=torch.device("cpu"))
+            optimizer_type=torch.optim.SGD, optimizer_kwargs={"lr": lr}, device=torch.device("cpu"))
         timed("torchrec_fused_ebc", febc, True, int(sum(c + 1 for c in cards)))
         del febc
     except Exception as e:  # noqa: BLE001 - record why TorchRec's fused EBC could not run here
         print(f"torchrec FusedEmbeddingBagCollection unavailable: {e}", flush=True)
     gc.collect()
+    from recsparse.embeddings.mappers import UniversalHashMapper
+    from recsparse.embeddings.unified import feature_salt
+
     for frac in args.tp_ue_fractions:
         rows = max(1, math.ceil(frac * total_rows))
         ue = UnifiedEmbedding(feats(), rows, D, backend="torch")
         timed(f"unified_{int(frac * 100)}pct_torch", ue, False, rows)
         del ue
+        gc.collect()
+        # the same unified table (same salted hashes) as one shared table of MappedEmbeddingBagCollection with
+        # sparse gradients: SGD then touches only the rows a batch used
+        shared = MappedEmbeddingBagCollection(
+            [FeatureConfig(n, c, D, mapper=UniversalHashMapper(rows, 1, feature_salt(n, 0)), table="unified")
+             for n, c in zip(names, cards)], backend="torch", sparse=True)
+        timed(f"unified_{int(frac * 100)}pct_torch_sparse_grad", shared, False, rows)
+        del shared
         gc.collect()
 
 
@@ -392,8 +405,12 @@ def run_transform(args: argparse.Namespace) -> None:
         for _ in fitted.batches(frame, batch_size=4096):
             pass
 
-    vocab = {f.name: {v: i for i, v in enumerate(fitted.states[f.name]["vocab"])}
-             for f in fitted.spec.sparse if "vocab" in fitted.states.get(f.name, {})}
+    vocab: dict[str, dict[Any, int]] = {}
+    for f in fitted.spec.sparse:
+        if "vocab" in fitted.states.get(f.name, {}):  # string vocabulary -> row
+            vocab[f.name] = {v: i for i, v in enumerate(fitted.states[f.name]["vocab"])}
+        elif not isinstance(f, Bucketized):  # integer ids: the full mapper's fitted id vocabulary -> row
+            vocab[f.name] = {int(v): i for i, v in enumerate(fitted.mappers[f.name].vocab.tolist())}
     oov = {k: fitted.mappers[k].num_rows - 1 for k in fitted.sparse_names}
 
     def python_loop() -> None:
@@ -438,10 +455,12 @@ def main() -> None:
     p.add_argument("--budgets", nargs="+", type=float, default=[1.0, 0.5, 0.25, 0.1])
     p.add_argument("--ue-models", nargs="+", default=["dcn_v2", "deepfm"])
     p.add_argument("--ue-datasets", nargs="+", default=["ml-100k-ctr"])
+    p.add_argument("--ue-mappers", nargs="+", default=["full", "unified", "modulo", "universal"])
     p.add_argument("--peer-venv", default="/work/venvs/deepctr")
     p.add_argument("--tp-batch", type=int, default=4096)
     p.add_argument("--tp-steps", type=int, default=8)
-    p.add_argument("--tp-ue-fractions", nargs="+", type=float, default=[1.0, 0.25])
+    p.add_argument("--tp-cap", type=int, default=10_000_000, help="rows cap per table of the Criteo shape")
+    p.add_argument("--tp-ue-fractions", nargs="+", type=float, default=[0.25])
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

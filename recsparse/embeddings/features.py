@@ -244,7 +244,10 @@ class FeatureSpec:
             states[f.name] = {"vocab": vals.cast(pl.Utf8).to_list()}
         numeric_stats = _numeric_stats(self, lf, schema)
         fitted = FittedFeatureSpec(self, states, {}, numeric_stats)
-        enc = fitted.encode_frame(lf, with_label=False).collect()
+        # lazy throughout: id-space sizes in one aggregate query, then per-feature group-by counts — the encoded
+        # training frame is never collected whole (only a frequency mapper collects its own id column)
+        enc = fitted.encode_frame(lf, with_label=False)
+        _fit_id_spaces(self, enc, fitted)
         for f in self.sparse:
             fitted.mappers[f.name] = _fit_mapper(self, f, enc, fitted)
         return fitted
@@ -342,20 +345,32 @@ def _numeric_value(f: Numeric, strict_nan: bool = False) -> pl.Expr:
     return x
 
 
-def _fit_mapper(spec: FeatureSpec, f: Categorical | Bucketized, enc: pl.DataFrame,
+def _ids(f: Categorical | Bucketized) -> pl.Expr:
+    return (pl.col(f.name).explode() if isinstance(f, MultiHot) else pl.col(f.name)).alias("id")
+
+
+def _fit_id_spaces(spec: FeatureSpec, enc: pl.LazyFrame, fitted: "FittedFeatureSpec") -> None:
+    """``states[f]["num_ids"]``: vocabulary size, bucket count (+ the null bucket), or max training id + 1."""
+    need = []
+    for f in spec.sparse:
+        st = fitted.states.setdefault(f.name, {})
+        if isinstance(f, Bucketized):
+            st["num_ids"] = len(fitted.numeric[f.name]["boundaries"]) + 2  # buckets 0..len(b); nulls len(b) + 1
+        elif "vocab" in st:
+            st["num_ids"] = max(1, len(st["vocab"]))
+        else:
+            need.append(f)
+    if need:
+        row = enc.select([_ids(f).max().alias(f.name) for f in need]).collect().row(0, named=True)
+        for f in need:
+            mx = row[f.name]
+            fitted.states[f.name]["num_ids"] = int(mx) + 1 if mx is not None and int(mx) >= 0 else 1
+
+
+def _fit_mapper(spec: FeatureSpec, f: Categorical | Bucketized, enc: pl.LazyFrame,
                 fitted: "FittedFeatureSpec") -> MapperBase:
     """The fitted mapper of one sparse feature, on the ENCODED training ids (``-1`` = unseen / null)."""
-    ids = enc[f.name].explode() if isinstance(f, MultiHot) else enc[f.name]
-    ids = ids.drop_nulls()
-    known = ids.filter(ids >= 0)
-    st = fitted.states.setdefault(f.name, {})
-    if isinstance(f, Bucketized):
-        st["num_ids"] = len(fitted.numeric[f.name]["boundaries"]) + 2  # buckets 0..len(b); nulls: len(b) + 1
-    elif "vocab" in st:
-        st["num_ids"] = max(1, len(st["vocab"]))
-    else:
-        mx = known.max()
-        st["num_ids"] = int(mx) + 1 if mx is not None else 1  # type: ignore[operator]
+    st = fitted.states[f.name]
     num_ids = int(st["num_ids"])
     if f.mapper == "unified":
         from recsparse.embeddings.mappers import UniversalHashMapper
@@ -367,21 +382,21 @@ def _fit_mapper(spec: FeatureSpec, f: Categorical | Bucketized, enc: pl.DataFram
                                    feature_salt(f.name, spec.unified_seed))
     if isinstance(f, Categorical) and f.mapper == "graphhash":
         assert f.graph_pair is not None
+        # distinct edges are enough: GraphHash merges duplicate edges to weight 1
         pair = enc.select(pl.col(f.name).alias("u"), pl.col(f.graph_pair).alias("i")).filter(
-            (pl.col("u") >= 0) & (pl.col("i") >= 0))
+            (pl.col("u") >= 0) & (pl.col("i") >= 0)).unique().collect()
         m = GraphHashMapper(num_ids, side="user", user_col="u", item_col="i", **dict(f.mapper_kwargs))
-        return m.fit(pair, num_items=fitted.num_ids_of(f.graph_pair, enc))
+        return m.fit(pair, num_items=fitted.num_ids_of(f.graph_pair))
     if f.mapper == "full":
         min_count = getattr(f, "min_count", 1)
         if isinstance(f, Bucketized) or ("vocab" in st and min_count == 1):
             return build_mapper("full", num_ids)  # identity over [0, num_ids) + the OOV row for -1 / unseen
-        if known.len() == 0:
-            raise FeatureSpecError(f"feature {f.name!r}: no ids in the training frame to build a vocabulary")
-        try:
-            return build_mapper("full", num_ids).fit(torch.from_numpy(known.to_numpy().astype(np.int64)),
-                                                     min_count=min_count)
-        except ValueError as e:
-            raise FeatureSpecError(f"feature {f.name!r}: {e}") from None
+        kept = (enc.select(_ids(f)).filter(pl.col("id") >= 0).group_by("id").len()
+                .filter(pl.col("len") >= min_count).select("id").sort("id").collect()["id"])
+        if kept.len() == 0:
+            raise FeatureSpecError(f"feature {f.name!r}: no id reaches min_count={min_count} in the training frame "
+                                   "(nothing to build a vocabulary from)")
+        return build_mapper("full", num_ids).fit(torch.from_numpy(kept.to_numpy().astype(np.int64)))
     kw = dict(f.mapper_kwargs)
     if f.mapper in ("universal", "frequency"):
         kw.setdefault("seed", 0)
@@ -390,6 +405,7 @@ def _fit_mapper(spec: FeatureSpec, f: Categorical | Bucketized, enc: pl.DataFram
     except (TypeError, ValueError) as e:
         raise FeatureSpecError(f"feature {f.name!r}: {e}") from None
     if f.mapper == "frequency":
+        ids = enc.select(_ids(f)).drop_nulls().collect()["id"]
         m.fit(torch.from_numpy(ids.to_numpy().astype(np.int64)))
     return m
 
@@ -490,17 +506,12 @@ class FittedFeatureSpec:
                 return f
         raise KeyError(f"unknown feature {name!r}; features: {[f.name for f in self.spec.features]}")
 
-    def num_ids_of(self, name: str, enc: pl.DataFrame | None = None) -> int:
+    def num_ids_of(self, name: str) -> int:
         """Size of a sparse feature's encoded id space (vocabulary size, bucket count, or max training id + 1)."""
         st = self.states.get(name, {})
-        if "num_ids" in st:
-            return int(st["num_ids"])
-        if "vocab" in st:
-            return max(1, len(st["vocab"]))
-        if enc is None:
-            raise KeyError(f"feature {name!r} is not fitted")
-        mx = enc[name].explode().max() if isinstance(enc.schema[name], pl.List) else enc[name].max()
-        return int(mx) + 1 if mx is not None and int(mx) >= 0 else 1  # type: ignore[arg-type]
+        if "num_ids" not in st:
+            raise KeyError(f"feature {name!r} is not a fitted sparse feature")
+        return int(st["num_ids"])
 
     def feature_configs(self, embedding_dim: int) -> list[Any]:
         """One :class:`~recsparse.embeddings.FeatureConfig` per sparse feature, with its fitted mapper (for

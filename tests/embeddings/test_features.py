@@ -124,6 +124,12 @@ def test_streaming_from_parquet_equals_in_memory(tmp_path, ml, ml_fitted):
     # a LazyFrame streams too (never collected whole by batches())
     lazy = list(ml_fitted.batches(pl.scan_parquet(path), batch_size=1000))
     assert sum(len(b) for b in lazy) == 2500
+    # fitting on a lazy parquet scan gives the same spec as fitting on the frame
+    from dataclasses import replace
+
+    spec = FeatureSpec([replace(f, min_count=2) if isinstance(f, Categorical) else f for f in ml.spec.features])
+    a, b = spec.fit(pl.scan_parquet(path)), spec.fit(ml.test.head(2500))
+    assert a.table_rows() == b.table_rows() and a.states == b.states
 
 
 def test_save_load_roundtrip_json_safetensors(tmp_path, adult):
@@ -147,6 +153,8 @@ def test_save_load_roundtrip_json_safetensors(tmp_path, adult):
     # min_count: rare occupations share the OOV row
     occ = fitted.mappers["occupation"]
     assert occ.num_rows < fitted.encode(adult.train).values["occupation"].max() + 2
+    with pytest.raises(FeatureSpecError, match="no id reaches min_count=100000"):
+        FeatureSpec([Categorical("occupation", min_count=100_000)]).fit(adult.train)
 
 
 def test_load_errors_name_the_file(tmp_path):
