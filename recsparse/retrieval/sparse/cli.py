@@ -74,7 +74,7 @@ def run_command(
                                                                "reg_schedule=linear); win over the options and "
                                                                "--config."),
     config: Optional[Path] = typer.Option(None, "--config", help="YAML with training config keys (see "
-                                                                 "recsparse.retrieval.sparse.training.TrainConfig); "
+                                                                 "recsparse.retrieval.sparse.training.SparseTrainConfig); "
                                                                  "its values win over the options."),
     dataset: List[str] = typer.Option(["scifact"], help="BEIR collection(s) to train on (train split; repeatable) "
                                                         "and test on."),
@@ -105,7 +105,7 @@ def run_command(
     """Train (train splits only), encode, quantise, build the Lucene impact index and evaluate."""
     from recsparse.results import print_table
     from recsparse.retrieval.sparse.pipeline import run
-    from recsparse.retrieval.sparse.training import TrainConfig
+    from recsparse.retrieval.sparse.training import SparseTrainConfig
 
     from recsparse.config import load
 
@@ -113,7 +113,7 @@ def run_command(
                    doc_windows=doc_windows, max_steps=max_steps, batch_size=batch_size, negatives=negatives,
                    lambda_doc=lambda_doc, lambda_query=lambda_query, reg_schedule=reg_schedule,
                    reg_warmup_ratio=reg_warmup_ratio, lr=lr, learn_idf=learn_idf, seed=seed)
-    cfg = load(TrainConfig, config, overrides or (), defaults=options)  # typed: one ConfigError line per bad value
+    cfg = load(SparseTrainConfig, config, overrides or (), defaults=options)  # typed: one ConfigError line per bad value
     _record_command(out)
     summary = run(dataset, cfg, out, eval_datasets=eval_, k=k, with_bm25=bm25, progress=progress,
                   test_train_sets=test_train_sets)

@@ -12,7 +12,7 @@ from recsparse.data.beir import BeirDataset
 from recsparse.errors import UserError
 from recsparse.retrieval.sparse.impact import ImpactRetriever, flops_estimate, read_json_vector_collection
 from recsparse.retrieval.sparse.models import load_model
-from recsparse.retrieval.sparse.training import TrainConfig, TrainResult, train
+from recsparse.retrieval.sparse.training import SparseTrainConfig, TrainResult, train
 
 
 def load_beir(name_or_folder: str) -> BeirDataset:
@@ -36,7 +36,7 @@ def sparse_stats(retriever: ImpactRetriever, queries: Mapping[str, str]) -> dict
             **{k: m[k] for k in ("encode_docs_per_s", "encode_s") if k in m}}
 
 
-def model_name(cfg: TrainConfig) -> str:
+def model_name(cfg: SparseTrainConfig) -> str:
     return f"sparse-{cfg.variant}-{cfg.reg}"
 
 
@@ -113,7 +113,7 @@ def index_dataset(model_name_or_path: str, dataset: str, out: str | Path, *, var
     return {"index": out / "index", "meta": r.meta, "records": []}
 
 
-def run(datasets: Sequence[str], cfg: TrainConfig, out: str | Path, *, eval_datasets: Sequence[str] = (),
+def run(datasets: Sequence[str], cfg: SparseTrainConfig, out: str | Path, *, eval_datasets: Sequence[str] = (),
         k: int = 100, with_bm25: bool = True, threads: int = 1, progress: bool = True,
         test_train_sets: bool = True) -> dict[str, Any]:
     """Train on the train split of every collection in ``datasets`` (pooled), then evaluate the test split of each of
@@ -152,7 +152,7 @@ def run(datasets: Sequence[str], cfg: TrainConfig, out: str | Path, *, eval_data
 INDEX_ONLY = ("doc_windows", "doc_stride")  # settings that change indexing, not training
 
 
-def _same_config(path: Path, cfg: TrainConfig, datasets: Sequence[str]) -> bool:
+def _same_config(path: Path, cfg: SparseTrainConfig, datasets: Sequence[str]) -> bool:
     prev = json.loads(path.read_text())
     now = json.loads(json.dumps(asdict(cfg)))
     return (all(prev.get(k) == v for k, v in now.items() if k not in INDEX_ONLY)

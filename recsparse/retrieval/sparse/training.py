@@ -37,7 +37,7 @@ TEACHERS = ("dense+bm25", "dense", "bm25")
 
 
 @dataclass
-class TrainConfig(Config):
+class SparseTrainConfig(Config):
     """``recsparse sparse run``'s training settings, typed by :mod:`recsparse.config` (YAML + ``key=value``).
 
     Default: inference-free + IDF-FLOPS on splade-tiny, 150 steps of 16 queries."""
@@ -144,7 +144,7 @@ def _minmax(x: torch.Tensor) -> torch.Tensor:
     return (x - x.min()) / (x.max() - x.min() + 1e-9)
 
 
-def build_examples(dataset: BeirDataset, cfg: TrainConfig, work_dir: str | Path, rng: random.Random) -> Examples:
+def build_examples(dataset: BeirDataset, cfg: SparseTrainConfig, work_dir: str | Path, rng: random.Random) -> Examples:
     """``dataset``'s ``cfg.split`` pairs with BM25 hard negatives (and teacher scores for kl / margin-mse)."""
     if cfg.split not in dataset.qrels:
         raise UserError(f"{dataset.folder}: no qrels/{cfg.split}.tsv: training needs judged {cfg.split!r} queries "
@@ -188,7 +188,7 @@ def build_examples(dataset: BeirDataset, cfg: TrainConfig, work_dir: str | Path,
     return ex
 
 
-def make_loss(model, cfg: TrainConfig, idf: torch.Tensor):  # noqa: ANN001, ANN201 - SpladeLoss
+def make_loss(model, cfg: SparseTrainConfig, idf: torch.Tensor):  # noqa: ANN001, ANN201 - SpladeLoss
     from sentence_transformers.sparse_encoder.losses import (FlopsLoss, SparseDistillKLDivLoss, SparseMarginMSELoss,
                                                              SparseMultipleNegativesRankingLoss, SpladeLoss)
 
@@ -237,7 +237,7 @@ class TrainResult:
     model_dir: Path
 
 
-def train(datasets: Sequence[BeirDataset], cfg: TrainConfig, out_dir: str | Path,
+def train(datasets: Sequence[BeirDataset], cfg: SparseTrainConfig, out_dir: str | Path,
           progress: bool = True) -> TrainResult:
     """Train on the ``cfg.split`` of every collection in ``datasets`` (examples pooled and shuffled); saves the model
     in sentence-transformers format at ``out_dir/model`` (``SparseEncoder(out_dir/'model')`` loads it) and the config
@@ -303,4 +303,4 @@ def train(datasets: Sequence[BeirDataset], cfg: TrainConfig, out_dir: str | Path
     return TrainResult(model, wall, int(state.global_step), len(data), out_dir / "model")
 
 
-__all__ = ["TrainConfig", "TrainResult", "train", "build_examples", "make_loss", "REGULARIZERS", "LOSSES"]
+__all__ = ["SparseTrainConfig", "TrainResult", "train", "build_examples", "make_loss", "REGULARIZERS", "LOSSES"]

@@ -10,26 +10,26 @@ import sys
 import pytest
 
 from recsparse.errors import ConfigError
-from recsparse.retrieval.sparse.training import TrainConfig
+from recsparse.retrieval.sparse.training import SparseTrainConfig
 
 
 def test_train_config_refuses_test_split_and_bad_values():
     with pytest.raises(ConfigError, match="split='test'"):
-        TrainConfig(split="test")
+        SparseTrainConfig(split="test")
     with pytest.raises(ConfigError, match="reg: must be one of"):
-        TrainConfig(reg="l1")
+        SparseTrainConfig(reg="l1")
     with pytest.raises(ConfigError, match="batch_size=0"):
-        TrainConfig(batch_size=0)
+        SparseTrainConfig(batch_size=0)
     with pytest.raises(ConfigError, match="margin-mse takes exactly one"):
-        TrainConfig(loss="margin-mse", negatives=2)
+        SparseTrainConfig(loss="margin-mse", negatives=2)
     with pytest.raises(ConfigError, match="learn_idf"):
-        TrainConfig(variant="splade", learn_idf=True)
+        SparseTrainConfig(variant="splade", learn_idf=True)
     # the typed config system shared with `recsparse train`: YAML-style strings and overrides are checked
     from recsparse.config import load
 
-    assert load(TrainConfig, None, ["lr=1e-3", "reg=flops"]).lr == 1e-3
+    assert load(SparseTrainConfig, None, ["lr=1e-3", "reg=flops"]).lr == 1e-3
     with pytest.raises(ConfigError, match="max_steps: expected an integer, got 2.5"):
-        load(TrainConfig, None, ["max_steps=2.5"])
+        load(SparseTrainConfig, None, ["max_steps=2.5"])
 
 
 SEARCH = """
@@ -149,7 +149,7 @@ def test_bm25_negatives_and_ensemble_teacher(scifact_small, tmp_path):
     from recsparse.retrieval.sparse.training import build_examples
 
     ds = load(scifact_small)
-    cfg = TrainConfig(loss="kl", teacher="dense+bm25", negatives=2, bm25_depth=10)
+    cfg = SparseTrainConfig(loss="kl", teacher="dense+bm25", negatives=2, bm25_depth=10)
     ex = build_examples(ds, cfg, tmp_path, random.Random(0))
     rel = ds.qrels_dict("train")
     text_to_id = {f"{t} {x}".strip() if t else x: i for i, t, x in zip(ds.corpus["_id"], ds.corpus["title"],
