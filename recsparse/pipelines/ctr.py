@@ -146,25 +146,14 @@ def load_ctr_config(path: str | Any, overrides: Any = ()) -> tuple[CTRRunConfig,
     """Read a ``task: ctr`` YAML file, apply ``a.b=value`` overrides, validate (see :func:`ctr_config_from_dict`)."""
     from pathlib import Path
 
-    import yaml
-
-    from recsparse.pipelines.config import apply_overrides
+    from recsparse.config import apply_overrides, load_yaml
 
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        raise ConfigError(f"{path}:{mark.line + 1 if mark else '?'}: malformed YAML") from None
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    raw, _ = load_yaml(path)  # the one YAML reader: file:line:col for malformed YAML, duplicate keys
     if not is_ctr_config(raw):
         raise ConfigError(f"{path}: not a CTR config (needs task: ctr)")
     raw.setdefault("name", path.stem)
-    try:
-        raw = apply_overrides(raw, list(overrides))
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    apply_overrides(raw, list(overrides))
     return ctr_config_from_dict(raw, str(path))
 
 

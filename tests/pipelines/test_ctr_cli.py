@@ -39,7 +39,7 @@ def test_config_types_are_checked(tmp_path):
         with pytest.raises(ConfigError, match=msg):
             load_ctr_config(p, [bad])
     (tmp_path / "bad.yaml").write_text("task: ctr\nmodel: [1,\n")
-    with pytest.raises(ConfigError, match=r"bad.yaml:\d+: malformed YAML"):
+    with pytest.raises(ConfigError, match=r"bad.yaml:\d+:\d+: malformed YAML"):
         load_ctr_config(tmp_path / "bad.yaml")
 
 
