@@ -29,7 +29,7 @@ from recsparse.io import atomic_dir, atomic_write
 from recsparse.retrieval.base import IndexMeta, Retriever
 from recsparse.retrieval.jvm import autoclass, ensure_jvm
 from recsparse.retrieval.sparse.models import (corpus_idf, document_pipeline, encode_documents,
-                                              load_model, query_table, set_query_idf, special_token_mask, text_of,
+                                              load_model, max_logits, query_table, set_query_idf, special_token_mask, text_of,
                                               tokenizer_of, variant_of, vocab_size)
 from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, fold_query_weights, to_term_dicts
 from recsparse.types import Hit, Run
@@ -120,11 +120,12 @@ def special_free_tokens(model) -> list[str | None]:  # noqa: ANN001
 
 class _FastDocumentEncoder:
     """Inference-only evaluation of ``[Transformer(BertForMaskedLM), SpladePooling(max, relu)]`` that never holds the
-    ``(B, L, V)`` logits: trunk -> MLM transform -> max over positions of the vocabulary logits, a few sequences at a
-    time, then ``log1p(relu(.))`` (monotone, so equal to SpladePooling's relu -> log1p -> max; tested equal). Padding
-    rows take the [CLS] row, whose logits are already in the max. Other document pipelines use their own forward."""
+    ``(B, L, V)`` logits: trunk -> MLM transform -> max over positions of the vocabulary logits
+    (:func:`models.max_logits`, cache-blocked), then ``log1p(relu(.))`` (monotone, so equal to SpladePooling's
+    relu -> log1p -> max; tested equal). Padding rows take the [CLS] row, whose logits are already in the max. Other
+    document pipelines use their own forward."""
 
-    def __init__(self, model, chunk: int = 4) -> None:  # noqa: ANN001
+    def __init__(self, model, chunk: int = 8) -> None:  # noqa: ANN001
         from sentence_transformers.sparse_encoder.models import SpladePooling
 
         mods = list(document_pipeline(model))
@@ -143,9 +144,7 @@ class _FastDocumentEncoder:
         z = torch.where(mask.unsqueeze(-1), z, z[:, :1])
         dec = self.mlm.cls.predictions.decoder
         bias = dec.bias if dec.bias is not None else self.mlm.cls.predictions.bias
-        out = z.new_empty(z.shape[0], dec.weight.shape[0])
-        for s in range(0, z.shape[0], self.chunk):
-            out[s:s + self.chunk] = (torch.matmul(z[s:s + self.chunk], dec.weight.T) + bias).amax(dim=1)
+        out, _ = max_logits(z, dec.weight, bias, rows=self.chunk)
         return torch.log1p(torch.relu(out))
 
 
