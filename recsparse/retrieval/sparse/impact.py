@@ -217,6 +217,7 @@ class ImpactRetriever(Retriever):
         self._jints: dict[int, object] = {}
         self._tokens = special_free_tokens(model)
         self._table: list[float] | None = None
+        self._qterms: tuple | None = None
         self.fold_idf = fold_idf
         self.folded = False  # whether the attached index holds query-weight-folded impacts
 
@@ -228,7 +229,7 @@ class ImpactRetriever(Retriever):
         table = query_table(self.model)
         if self.refit_idf and table is not None and table.frozen:
             set_query_idf(self.model, corpus_idf(tokenizer_of(self.model), texts, vocab_size(self.model))[0])
-            self._table = None
+            self._table = self._qterms = None
         t0 = time.perf_counter()
         vecs, docs_per_s = encode_corpus(self.model, texts, windows=self.windows, stride=self.stride,
                                          batch_size=self.batch_size, scale=self.scale, progress=self.progress)
@@ -309,14 +310,17 @@ class ImpactRetriever(Retriever):
 
     def _query_string(self, query: str) -> str:
         """A folded index's query: its distinct weighted word pieces, space-separated (Anserini's pretokenized
-        analysis splits on whitespace and counts each once)."""
-        table, bt, max_len = self._query_weights()
+        analysis splits on whitespace). Per query: one Rust tokenizer call and a list look-up per word piece."""
+        if self._qterms is None:  # id -> word piece if its integer query weight is > 0, else None
+            table, bt, max_len = self._query_weights()
+            self._qterms = ([t if t is not None and round(x * self.scale) > 0 else None
+                             for t, x in zip(self._tokens, table)], bt, max_len)
+        qterms, bt, max_len = self._qterms
         if bt.truncation is not None or bt.padding is not None:
             bt.no_truncation()
             bt.no_padding()
-        tokens, scale = self._tokens, self.scale
-        return " ".join(tokens[i] for i in dict.fromkeys(bt.encode(query, add_special_tokens=False).ids[:max_len])
-                        if round(table[i] * scale) > 0)
+        ids = bt.encode(query, add_special_tokens=False).ids[:max_len]
+        return " ".join(t for t in dict.fromkeys([qterms[i] for i in ids]) if t)
 
     def query_vectors(self, queries: Sequence[str]) -> list[dict[str, int]]:
         """Queries -> ``{word piece: integer weight}``: an IDF table look-up for inference-free models (the word

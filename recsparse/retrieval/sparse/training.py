@@ -54,6 +54,7 @@ class SparseTrainConfig(Config):
     split: str = "train"
     batch_size: int = 16
     negatives: int = 1
+    positives_per_query: int = 0  # cap on (query, positive) pairs per query (0: every judged pair)
     bm25_depth: int = 20
     max_steps: int = 150
     lr: float = 5e-5
@@ -79,7 +80,8 @@ class SparseTrainConfig(Config):
                      "query_max_length", "doc_windows", "teacher_temperature"):
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
-        for name in ("negatives", "weight_decay", "lr_warmup_steps", "lambda_doc", "lambda_query", "doc_stride"):
+        for name in ("negatives", "positives_per_query", "weight_decay", "lr_warmup_steps", "lambda_doc",
+                     "lambda_query", "doc_stride"):
             if not getattr(self, name) >= 0:
                 raise bad(name, "must be >= 0")
         if not 0 < self.reg_warmup_ratio <= 1:
@@ -152,7 +154,13 @@ def build_examples(dataset: BeirDataset, cfg: SparseTrainConfig, work_dir: str |
     rel = dataset.qrels_dict(cfg.split)
     doc_text = {i: text_of(t, x) for i, t, x in zip(dataset.corpus["_id"], dataset.corpus["title"],
                                                     dataset.corpus["text"])}
-    pairs = [(q, d) for q, docs in rel.items() for d, s in docs.items() if s > 0 and q in queries and d in doc_text]
+    pairs = []
+    for q, docs in rel.items():
+        judged = [(d, s) for d, s in docs.items() if s > 0 and q in queries and d in doc_text]
+        if cfg.positives_per_query:  # the most relevant first (random among equals): NFCorpus judges ~43 per query
+            rng.shuffle(judged)
+            judged = sorted(judged, key=lambda x: -x[1])[:cfg.positives_per_query]
+        pairs += [(q, d) for d, _ in judged]
     if not pairs:
         raise UserError(f"{dataset.folder}: split {cfg.split!r} has no (query, relevant document) pair")
     ex = Examples()
