@@ -1,5 +1,6 @@
 """One rank of a multi-process training run, for the 2-process tests: ``torchrun --nproc-per-node N
-tests/pipelines/dist_worker.py CONFIG.json PLAN OUT.json`` trains ``CONFIG`` (a ``TrainConfig`` dict) with
+tests/pipelines/dist_worker.py CONFIG.json PLAN OUT.json`` trains ``CONFIG`` (a ``TrainConfig`` or, with
+``task: ctr``, a ``CTRConfig`` dict) with
 :class:`~recsparse.pipelines.strategy.TorchRecStrategy` and rank 0 writes the results record (with the per-step
 training losses and the plan) to ``OUT.json``, every rank its peak RSS to ``OUT.json.rank<R>``;
 ``DIST_KILL=EPOCH,BATCH,RANK`` SIGKILLs that rank there, ``DIST_TIMEOUT`` (s) bounds every collective,
@@ -39,11 +40,12 @@ class KillRank(Callback):
 
 
 def main(cfg_path: str, plan: str, out_path: str) -> None:
-    from recsparse.pipelines.config import TrainConfig
+    from recsparse.pipelines.config import config_class
     from recsparse.pipelines.strategy import TorchRecStrategy
     from recsparse.pipelines.train import run
 
-    cfg = TrainConfig.from_dict(json.loads(open(cfg_path).read()))
+    raw = json.loads(open(cfg_path).read())
+    cfg = config_class(raw.get("task")).from_dict(raw)
     strategy = None if plan == "none" else TorchRecStrategy(plan=plan, timeout_s=float(os.environ.get("DIST_TIMEOUT", 120)))
     steps = StepLosses()
     kill = [KillRank(os.environ["DIST_KILL"])] if os.environ.get("DIST_KILL") else []
