@@ -192,6 +192,22 @@ def test_killed_rank_fails_the_job_and_resume_matches_the_uninterrupted_run(gowa
 
 
 @pytest.mark.slow
+def test_graphhash_mf_two_processes_equal_one(gowalla_small, tmp_path):
+    """GraphHash end to end under the strategy: the module is built in configure_model, rank 0 clusters, the
+    others receive its mappers; the run equals one process."""
+    def cfg(out):
+        c = _mf(gowalla_small, out)
+        c["model"]["mapper"] = "graphhash"
+        return c
+
+    one = launch(cfg(tmp_path / "one"), "none", tmp_path)
+    two = launch(cfg(tmp_path / "two"), "row_wise", tmp_path)
+    assert two["step_losses"] == pytest.approx(one["step_losses"], abs=1e-5)
+    assert two["test"] == pytest.approx(one["test"], abs=1e-6)
+    assert (two["rows"], two["bytes"]) == (one["rows"], one["bytes"]) and two["mapper"] == "graphhash"
+
+
+@pytest.mark.slow
 def test_two_tower_ml100k_two_processes_equal_one(ml100k_path, tmp_path):
     def cfg(out):
         return {"name": "tt", "data": {"dataset": "ml-100k", "split": "leave_last_out"},
