@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -176,6 +177,8 @@ def throughput(work: Path, case: str, plan: str, timing: bool, steps: int = 15) 
         rows.append({"section": "throughput", "case": f"{case}/{tag}", "plan": p if p != "none" else "-",
                      "processes": n, "batch_size": cfg["trainer"]["batch_size"], "steps": steps,
                      "train_examples_per_s": rec.get("train_examples_per_s"),
+                     "step_seconds_first": rec["step_seconds"][0],
+                     "step_seconds_median_rest": round(statistics.median(rec["step_seconds"][1:]), 4),
                      "table_bytes_per_rank": rec.get("table_bytes_per_rank", [rec["bytes"]]),
                      "max_rss_mb_per_rank": [round(r["max_rss_mb"], 1) for r in ranks],
                      "timing_clean": timing, "wall_s": round(w, 1)})

@@ -19,11 +19,22 @@ from lightning.pytorch.callbacks import Callback
 
 
 class StepLosses(Callback):
+    """The loss of every training step, and its wall time (from the previous step's end; the first from the
+    epoch's start)."""
+
     def __init__(self) -> None:
         self.losses: list[float] = []
+        self.seconds: list[float] = []
+        self._t = 0.0
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._t = time.perf_counter()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses.append(float(outputs["loss"]))
+        now = time.perf_counter()
+        self.seconds.append(now - self._t)
+        self._t = now
 
 
 class KillRank(Callback):
@@ -55,6 +66,7 @@ def main(cfg_path: str, plan: str, out_path: str) -> None:
         json.dump({"rank": rank, "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}, f)
     if rank == 0:
         rec["step_losses"] = steps.losses
+        rec["step_seconds"] = [round(x, 4) for x in steps.seconds]
         if strategy is not None:
             rec["plan"] = strategy.plan_text
             rec["table_bytes_per_rank"] = strategy.table_bytes_per_rank
