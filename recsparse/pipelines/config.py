@@ -232,6 +232,9 @@ class TrainConfig(Config):
         if self.model.dsl is not None and self.model.family not in ("mf", "lightgcn"):
             raise ValueError(f"model.dsl is for model.family 'mf' or 'lightgcn' (their user/item tables), got "
                              f"{self.model.family!r}")
+        if self.model.dsl is not None and self.trainer.strategy == "torchrec":
+            raise ValueError("model.dsl does not run under trainer.strategy=torchrec: its masks act on whole tables, "
+                             "not on TorchRec shards; train DSL on one process")
         if self.model.dsl is not None and self.model.backend == "fbgemm":
             raise ValueError("model.dsl does not run on model.backend=fbgemm: the fused backward never materialises "
                              "the gradient DSL regrows by; use model.backend=torch or torchrec")
