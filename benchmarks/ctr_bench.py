@@ -87,16 +87,18 @@ def _row(section: str, rec: dict[str, Any], t0: float, **extra: Any) -> dict[str
 # ---------------------------------------------------------------------------------------------------------- zoo
 def run_zoo(args: argparse.Namespace) -> None:
     from recsparse.data.ctr import load_ctr
-    from recsparse.pipelines.ctr import CTRRunConfig, fit_ctr, prepare
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.ctr import fit_ctr, prepare
 
     for dsn in args.datasets:
         ds = load_ctr(dsn)
-        _, fitted = prepare(CTRRunConfig(dataset=dsn), ds)
+        _, fitted = prepare(CTRConfig.from_dict({"data": {"dataset": dsn}}), ds)
         for m in args.models:
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                cfg = CTRRunConfig(dataset=dsn, model=m, max_epochs=args.epochs, patience=args.patience,
-                                   batch_size=args.batch_size, seed=seed, dim=args.dim)
+                cfg = CTRConfig.from_dict({"data": {"dataset": dsn}, "model": {"name": m, "dim": args.dim},
+                                           "trainer": {"max_epochs": args.epochs, "patience": args.patience,
+                                                       "batch_size": args.batch_size, "seed": seed}})
                 rec = fit_ctr(cfg, ds, fitted)
                 row = _row("zoo", rec, t0, library="recsparse", variant="default", max_epochs=args.epochs,
                            patience=args.patience, batch_size=args.batch_size)
@@ -175,7 +177,8 @@ def run_peer(args: argparse.Namespace, speed_only: bool = False) -> None:
     import torch
 
     from recsparse.data.ctr import load_ctr
-    from recsparse.pipelines.ctr import CTRRunConfig, fit_ctr, prepare
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.ctr import fit_ctr, prepare
 
     py = ensure_peer_venv(Path(args.peer_venv))
     version = subprocess.run([str(py), "-c", "import deepctr_torch, torch; print(deepctr_torch.__version__, "
@@ -185,13 +188,15 @@ def run_peer(args: argparse.Namespace, speed_only: bool = False) -> None:
     models = [m for m in args.models if m in PEER_MODELS]
     for dsn in args.datasets:
         ds = load_ctr(dsn)
-        _, fitted = prepare(CTRRunConfig(dataset=dsn), ds)
+        _, fitted = prepare(CTRConfig.from_dict({"data": {"dataset": dsn}}), ds)
         seed = args.seeds[0]
         for m in models:
             t0 = time.perf_counter()
             torch.set_num_threads(args.threads)
-            cfg = CTRRunConfig(dataset=dsn, model=m, max_epochs=max_epochs, patience=args.patience,
-                               batch_size=args.batch_size, seed=seed, dim=args.dim, num_threads=args.threads)
+            cfg = CTRConfig.from_dict({"data": {"dataset": dsn}, "model": {"name": m, "dim": args.dim},
+                                       "trainer": {"max_epochs": max_epochs, "patience": args.patience,
+                                                   "batch_size": args.batch_size, "seed": seed,
+                                                   "num_threads": args.threads}})
             ours = fit_ctr(cfg, ds, fitted)
             t_ours = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -213,7 +218,8 @@ def run_peer(args: argparse.Namespace, speed_only: bool = False) -> None:
 # ------------------------------------------------------------------------------------------------------ unified
 def run_unified(args: argparse.Namespace) -> None:
     from recsparse.data.ctr import load_ctr
-    from recsparse.pipelines.ctr import CTRRunConfig, budget_spec, fit_ctr
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.ctr import budget_spec, fit_ctr
 
     from dataclasses import replace
 
@@ -236,8 +242,10 @@ def run_unified(args: argparse.Namespace) -> None:
             for seed in args.seeds:
                 for (mapper, b, variant), fs in fitted.items():
                     t0 = time.perf_counter()
-                    cfg = CTRRunConfig(dataset=dsn, model=model, mapper=mapper, budget=b, max_epochs=args.epochs,
-                                       patience=args.patience, batch_size=args.batch_size, seed=seed, dim=args.dim)
+                    cfg = CTRConfig.from_dict({"data": {"dataset": dsn},
+                                               "model": {"name": model, "mapper": mapper, "budget": b, "dim": args.dim},
+                                               "trainer": {"max_epochs": args.epochs, "patience": args.patience,
+                                                           "batch_size": args.batch_size, "seed": seed}})
                     rec = fit_ctr(cfg, ds, fs)
                     row = _row("unified", rec, t0, library="recsparse", variant=variant, full_rows=full_rows,
                                chunks=fs.spec.unified_chunks if mapper == "unified" else None,
