@@ -203,8 +203,9 @@ class MappedEmbeddingBagCollection(nn.Module):
             from recsparse.kernels.tbe import FusedTBE
 
             if shared and len(self._tables) > 1:
-                raise ValueError("on backend 'fbgemm' either every feature has its own table or ALL share one "
-                                 "(unified embedding); other table sharing runs on backend 'torchrec' or 'torch'")
+                raise ValueError("shared tables (FeatureConfig.table) on backend 'fbgemm': ALL features on one "
+                                 "table (unified embedding) or none; other sharing runs on backend 'torchrec' or "
+                                 "'torch'")
             self.tbe = FusedTBE([r for r, _, _ in self._tables.values()], [d for _, d, _ in self._tables.values()],
                                 tbe_config, self.device, table_names=list(self._tables))
         else:
