@@ -54,7 +54,8 @@ def budget_spec(spec: FeatureSpec, full_rows: dict[str, int], mapper: str, budge
         else:
             feats.append(replace(f, mapper=mapper, num_rows=max(1, math.ceil(budget * full_rows[f.name]))))
     rows = max(1, math.ceil(budget * sum(full_rows.values()))) if mapper == "unified" else None
-    return FeatureSpec(feats, label=spec.label, unified_rows=rows, unified_seed=spec.unified_seed)
+    return FeatureSpec(feats, label=spec.label, unified_rows=rows, unified_seed=spec.unified_seed,
+                       unified_chunks=spec.unified_chunks)
 
 
 @dataclass
