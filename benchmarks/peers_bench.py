@@ -394,7 +394,7 @@ def summarize(res: dict[str, Any], budget_s: float, clock: str) -> dict[str, Any
 
 
 def rec_train(models: list[str], work: Path, default_budget: float, budgets: dict[str, float], clock: str,
-              eval_every: dict[str, int], threads: int, py: Path) -> list[dict[str, Any]]:
+              eval_every: dict[str, int], threads: int, py: Path, note: str = "") -> list[dict[str, Any]]:
     """Start every model's training process at once, wait for all, summarise."""
     from recsparse.results import provenance
 
@@ -425,7 +425,7 @@ def rec_train(models: list[str], work: Path, default_budget: float, budgets: dic
     from recsparse.io import write_json
 
     write_json(work / "rec_train_manifest.json", {"models": models, "budgets": {m: budgets.get(m.split(":", 1)[1],
-               default_budget) for m in models}, "clock": clock, **provenance()})
+               default_budget) for m in models}, "clock": clock, "note": note, **provenance()})
     for m, p, out in procs:
         if p.wait() != 0:
             print(f"{m} exited with {p.returncode}; see {work}/{m.replace(':', '_')}.log", file=sys.stderr)
@@ -449,6 +449,8 @@ def rec_collect(models: list[str], work: Path, wall_s: float | None = None) -> l
         row = summarize(res, float(man["budgets"].get(m, 0.0)), man["clock"])
         row["finished"] = bool(res.get("finished"))
         row["concurrent_with"] = ", ".join(x for x in man["models"] if x != m)
+        if man.get("note"):  # e.g. what ran beside it in the machine's other slot
+            row["note"] = man["note"]
         row["train_command"], row["train_commit"] = man["command"], man["git_commit"]
         rows.append(row | provenance(wall_s))
     return rows
@@ -630,6 +632,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads on every side")
     p.add_argument("--beir-datasets", nargs="+", default=["scifact", "nfcorpus"])
     p.add_argument("--beir-retrievers", nargs="+", default=["bm25", "dense"], choices=["bm25", "dense"])
+    p.add_argument("--note", default="", help="rec-train: a note kept in the manifest and every row (e.g. what "
+                   "else ran on the machine at the same time)")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--ours-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ours-eval-child", default=None, help=argparse.SUPPRESS)
@@ -661,7 +665,7 @@ def main() -> None:
             continue
         if section == "rec-train":
             budgets = {k: float(v) for k, v in (x.split("=", 1) for x in a.budgets)}
-            rows = rec_train(a.rec_models, work, a.budget_s, budgets, a.budget_clock, every, a.threads, py)
+            rows = rec_train(a.rec_models, work, a.budget_s, budgets, a.budget_clock, every, a.threads, py, a.note)
             versions = peer_versions(py)
             for r in rows:
                 if r["peer"] == "recbole":
