@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after $PYTHONPATH: a child given another package folder (--baseline-rev) imports that
 
 AREA = "peers"
 KEY = ["section", "name"]
@@ -121,11 +121,22 @@ def run_json(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> di
     return json.loads(out.read_text())
 
 
-def child_env() -> dict[str, str]:
+def child_env(src: Path = ROOT) -> dict[str, str]:
+    """The children's environment; ``src``: the folder whose ``recsparse`` package they import (default: ours)."""
     env = os.environ.copy()
     env.update(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=str(src))
     return env
+
+
+def export_package(rev: str, dest: Path) -> Path:
+    """``recsparse/`` as of git revision ``rev`` (``git archive``) under ``dest/<rev>``: a baseline to time against."""
+    out = dest / rev
+    if not (out / "recsparse").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "recsparse"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(out)], input=tar.stdout, check=True)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------- Gowalla
@@ -181,7 +192,7 @@ def ours_throughput_child(name: str, batches: int, threads: int) -> None:
 
 
 def measure(model: str, mode: str, work: Path, threads: int, py: Path, driver_args: list[str],
-            child_args: list[str]) -> dict[str, Any]:
+            child_args: list[str], src: Path = ROOT) -> dict[str, Any]:
     """One fresh-process measurement of ``side:name``: RecBole's driver in ``mode`` (peers' venv) or this script's
     ``--ours-<mode>-child`` (our venv); returns the JSON it reports."""
     side, name = model.split(":", 1)
@@ -192,7 +203,7 @@ def measure(model: str, mode: str, work: Path, threads: int, py: Path, driver_ar
                          "--data-dir", str(data_dir), "--num-items", str(counts["items"]), "--work", str(work / "recbole"),
                          "--out", str(out), "--threads", str(threads), *driver_args], out, child_env())
     r = subprocess.run([sys.executable, __file__, f"--ours-{mode}-child", name, "--threads", str(threads),
-                        *child_args], capture_output=True, text=True, env=child_env())
+                        *child_args], capture_output=True, text=True, env=child_env(src))
     if r.returncode != 0:
         raise SystemExit(f"{model} {mode} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -339,6 +350,7 @@ def ours_eval_child(name: str, checkpoint: str, threads: int, work: Path) -> Non
                       "load_s": round(load_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "threads": threads,
                       "weights": checkpoint if trained else "initial (untrained)",
                       "eval_users_per_batch": cfg.eval.chunk_size, "recall@20": m["recall@20"],
+                      "package": str(Path(sys.modules["recsparse"].__file__).parent),
                       "ndcg@20": m["ndcg@20"], "users": m["num_users"]}))
 
 
@@ -456,21 +468,37 @@ def rec_collect(models: list[str], work: Path, wall_s: float | None = None) -> l
     return rows
 
 
-def rec_eval(models: list[str], work: Path, threads: int, py: Path) -> list[dict[str, Any]]:
+def rec_eval(models: list[str], work: Path, threads: int, py: Path,
+             baseline_rev: str | None = None) -> list[dict[str, Any]]:
+    """Each model's full-ranking evaluation in a fresh process; ``baseline_rev``: our models are evaluated a second
+    time with the ``recsparse`` package of that git revision (same checkpoint: same metrics, other evaluator code)."""
     from recsparse.results import provenance
 
+    runs = [(m, ROOT, m) for m in models]
+    if baseline_rev:
+        src = export_package(baseline_rev, work / "baseline")
+        runs += [(m, src, f"{m} @{baseline_rev}") for m in models if m.startswith("ours:")]
     rows = []
-    for m in models:
+    for m, src, label in runs:
         side, name = m.split(":", 1)
         t0 = time.perf_counter()
         res = measure(m, "eval", work, threads, py, ["--state", str(work / f"recbole_{name}.pt")],
-                      ["--checkpoint", str(ours_checkpoint(work, name)), "--work", str(work)])
-        rows.append({"section": "rec-eval", "name": m, "peer": res["peer"], "model": name, "dataset": "gowalla",
+                      ["--checkpoint", str(ours_checkpoint(work, name)), "--work", str(work)], src)
+        rows.append({"section": "rec-eval", "name": label, "peer": res["peer"], "model": name, "dataset": "gowalla",
+                     "evaluator": f"recsparse @{baseline_rev}" if src != ROOT else
+                     ("recsparse (this commit)" if side == "ours" else "RecBole Trainer.evaluate"),
                      "eval_users": 29858, "eval_s": res["eval_s"], "eval_cpu_s": res["eval_cpu_s"],
                      "peak_rss_mb": res["peak_rss_mb"], "load_s": res["load_s"],
                      "users_per_batch": res["eval_users_per_batch"], "weights": res["weights"], "threads": threads,
-                     "recall@20": round(res["recall@20"], 4), "ndcg@20": round(res["ndcg@20"], 4),
+                     "recall@20": res["recall@20"], "ndcg@20": res["ndcg@20"],
+                     **({"package": res["package"]} if "package" in res else {}),
                      **provenance(time.perf_counter() - t0)})
+    peer = next((r for r in rows if r["peer"] == "recbole"), None)
+    for r in rows:  # RecBole's seconds / ours, RSS ours / RecBole
+        if peer is not None and r is not peer:
+            r["cpu_speedup_vs_recbole"] = round(peer["eval_cpu_s"] / r["eval_cpu_s"], 2)
+            r["wall_speedup_vs_recbole"] = round(peer["eval_s"] / r["eval_s"], 2)
+            r["rss_vs_recbole"] = round(r["peak_rss_mb"] / peer["peak_rss_mb"], 2)
     return rows
 
 
@@ -634,6 +662,8 @@ def main() -> None:
     p.add_argument("--beir-retrievers", nargs="+", default=["bm25", "dense"], choices=["bm25", "dense"])
     p.add_argument("--note", default="", help="rec-train: a note kept in the manifest and every row (e.g. what "
                    "else ran on the machine at the same time)")
+    p.add_argument("--baseline-rev", default=None,
+                   help="rec-eval: also evaluate our models with the recsparse package of this git revision")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--ours-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ours-eval-child", default=None, help=argparse.SUPPRESS)
@@ -680,7 +710,7 @@ def main() -> None:
                     save_results(AREA, rows, KEY)
             continue
         elif section == "rec-eval":
-            rows = rec_eval(a.rec_models, work, a.threads, py)
+            rows = rec_eval(a.rec_models, work, a.threads, py, a.baseline_rev)
         elif section == "rec-check":
             rows = rec_check(a.rec_models, work, py)
         elif section == "beir":
