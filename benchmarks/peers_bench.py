@@ -559,7 +559,7 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
 
     from recsparse.retrieval.cli import make_retriever
     from recsparse.retrieval.base import safe_name
-    from recsparse.retrieval.dense import Encoder, embed_corpus, model_path
+    from recsparse.retrieval.dense import embed_corpus, model_path
     from recsparse.retrieval.evaluation import evaluate, read_trec_run
     from recsparse.retrieval.harness import evaluate_retrievers
     from recsparse.results import provenance
@@ -573,14 +573,15 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
         out_dir = work / "beir" / name
         out_dir.mkdir(parents=True, exist_ok=True)
         # (1) our harness's runs, each scored by both evaluators
-        evaluate_retrievers(ds, {r: make_retriever(r) for r in retrievers}, k=100, out_dir=out_dir / "runs_ours",
-                            threads=threads)
+        ours_retrievers = {r: make_retriever(r) for r in retrievers}
+        evaluate_retrievers(ds, ours_retrievers, k=100, out_dir=out_dir / "runs_ours", threads=threads)
         qrels = ds.qrels_dict("test")
         run_files = {r: out_dir / "runs_ours" / "runs" / f"{safe_name(r)}.trec" for r in retrievers}
         dres = None
         if "dense" in retrievers:
             # (2) beir's DRES on the harness's cached corpus vectors (filled by the dense run above)
-            np.save(out_dir / "corpus.npy", embed_corpus(Encoder(), ds.corpus))
+            dense = ours_retrievers["dense"]  # its corpus vectors were cached by the run above: no second encoding
+            np.save(out_dir / "corpus.npy", embed_corpus(dense.encoder, ds.corpus, dense.cache_dir))
             (out_dir / "corpus_ids.json").write_text(json.dumps(ds.corpus["_id"].to_list()))
             beir_out = out_dir / "beir_dense.json"
             run_files["beir_dres"] = out_dir / "beir_dres.trec"
