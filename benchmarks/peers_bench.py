@@ -17,7 +17,7 @@ Sections (``--sections``, comma-separated):
 * ``rec-train`` — train every ``--rec-models`` entry CONCURRENTLY (same machine, same moment: neither side gets a
   quieter machine), each for at most ``--budget-s`` seconds of training (evaluation excluded), evaluating the test
   set every ``--eval-every`` epochs to trace Recall@20 (÷ |test|, the paper protocol) against training seconds.
-  Records: seconds/epoch, examples/s, seconds to Recall@20 ≥ .15 / ≥ .17 (or "not reached within budget"), best
+  Records: seconds/epoch, examples/s, seconds to Recall@20 ≥ .15 / ≥ .17 (or "not reached in X s (best R at Y s)"), best
   Recall@20 / NDCG@20 within the budget, set-up seconds, peak RSS.
 * ``rec-collect`` — the ``rec-train`` rows again from the JSON the training processes wrote (for runs stopped
   early: their curves so far, ``finished=False``).
@@ -385,8 +385,9 @@ def summarize(res: dict[str, Any], budget_s: float, clock: str) -> dict[str, Any
             s = time_to(curve, t, key)
             if s is not None:
                 row[f"{label}_to_r20_{t:.2f}"] = round(s, 1)
-            elif spent >= budget_s:
-                row[f"{label}_to_r20_{t:.2f}"] = f"not reached in {budget_s:.0f} {clock} s"
+            elif spent >= budget_s:  # the whole run on this clock, and where its best point was
+                row[f"{label}_to_r20_{t:.2f}"] = (f"not reached in {res[key]:.0f} s (best {best['recall@20']:.4f} at "
+                                                  f"{best[key]:.0f} s)" if best else f"not reached in {res[key]:.0f} s")
             elif curve:
                 row[f"{label}_to_r20_{t:.2f}"] = f"not reached at {evaluated:.0f} {clock} s (stopped early)"
             else:

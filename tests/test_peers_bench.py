@@ -61,7 +61,8 @@ def test_summary_times_to_threshold_and_reports_not_reached(bench):
                      {"epoch": 3, "train_s": 30.0, "train_cpu_s": 12.0, "recall@20": 0.155, "ndcg@20": 0.14}]}
     row = bench.summarize(res, 12.0, "cpu")
     assert row["cpu_s_to_r20_0.15"] == 8.0 and row["wall_s_to_r20_0.15"] == 20.0
-    assert row["cpu_s_to_r20_0.17"] == "not reached in 12 cpu s"
+    assert row["cpu_s_to_r20_0.17"] == "not reached in 12 s (best 0.1600 at 8 s)"
+    assert row["wall_s_to_r20_0.17"] == "not reached in 30 s (best 0.1600 at 20 s)"
     assert row["best_recall@20"] == 0.16 and row["best_epoch"] == 2 and row["final_recall@20"] == 0.155
     assert row["examples_per_cpu_s"] == 25.0 and row["examples_per_wall_s"] == 10.0
     assert row["cpu_s_per_epoch"] == 4.0
