@@ -148,6 +148,7 @@ class DynamicSparsity:
         self.end_step = max(1, int(config.end * self.total_steps))  # mask frozen from here on
         # gradient summed since the last update (the regrowth score): allocated lazily, only while updates remain
         self.grad_sum: dict[str, torch.Tensor] = {}
+        self.fresh: dict[str, torch.Tensor] = {}  # flat bool: regrown at the last update (diagnostics only)
         if config.interval > total_steps and config.density < 1.0:
             warnings.warn(f"DSL: interval={config.interval} exceeds the run's {total_steps} optimizer steps, so the "
                           "mask never changes (static sparse training); lower model.dsl.interval", stacklevel=2)
@@ -212,14 +213,16 @@ class DynamicSparsity:
         """Prune the smallest-|w| active weights and regrow as many inactive ones with the largest gradient summed
         since the last update (:meth:`accumulate`), per table. Returns the history entry."""
         ratio = self.ratio_at(self.step)
-        entry: dict[str, Any] = {"step": self.step, "ratio": ratio, "pruned": {}, "grown": {}}
+        # pruned_fresh: how many of the pruned weights were regrown at the previous update (they had one interval to
+        # grow from 0; a high share means the interval is too short for them to ever survive)
+        entry: dict[str, Any] = {"step": self.step, "ratio": ratio, "pruned": {}, "grown": {}, "pruned_fresh": {}}
         for name, w in self.params.items():
             mask = self.masks[name].view(-1)
             active = int(mask.sum())
             n = min(int(round(ratio * active)), mask.numel() - active)  # can only regrow into free slots
             acc = self.grad_sum.get(name)
             if n <= 0 or acc is None:
-                entry["pruned"][name] = entry["grown"][name] = 0
+                entry["pruned"][name] = entry["grown"][name] = entry["pruned_fresh"][name] = 0
                 continue
             flat_w = w.detach().view(-1)
             score = flat_w.abs().masked_fill(~mask, float("inf"))
@@ -232,6 +235,10 @@ class DynamicSparsity:
             tiny = 0.5 * float(pos[pos > 0].min()) if bool((pos > 0).any()) else 1.0
             gscore = gscore + torch.rand(gscore.shape, device=gscore.device) * tiny
             grow = torch.topk(gscore.masked_fill(~candidates, -1.0), n, sorted=False).indices
+            fresh = self.fresh.get(name)
+            entry["pruned_fresh"][name] = 0 if fresh is None else int(fresh[drop].sum())
+            self.fresh[name] = torch.zeros_like(mask)
+            self.fresh[name][grow] = True
             mask[drop] = False
             mask[grow] = True
             flat_w[drop] = 0.0
@@ -253,7 +260,7 @@ class DynamicSparsity:
                 entry = self.update()
                 self.mask_optimizer_state(optimizer)
         elif self.grad_sum:
-            self.grad_sum = {}  # no update left: free the score buffers
+            self.grad_sum, self.fresh = {}, {}  # no update left: free the score buffers
         self.mask_gradients()
         return entry
 

@@ -110,6 +110,7 @@ def test_prune_grow_counts_and_criteria(gowalla):
     assert dsl.end_step == 9
     opt = torch.optim.SGD(t.parameters(), lr=0.5)
     gsum = {n: torch.zeros_like(w) for n, w in dsl.params.items()}
+    last_grown: dict[str, torch.Tensor] = {}
     updates = 0
     for step, (users, items) in enumerate(_batches(gowalla, total, size=512), start=1):
         opt.zero_grad()
@@ -138,6 +139,10 @@ def test_prune_grow_counts_and_criteria(gowalla):
                 cand = ~old & ~new
                 assert gsum[n][grown].abs().min() >= gsum[n][cand].abs().max()
                 assert torch.count_nonzero(dsl.params[n].detach()[grown]) == 0
+                # pruned_fresh: pruned weights that the previous update had regrown
+                fresh = int((pruned & last_grown[n]).sum()) if n in last_grown else 0
+                assert entry["pruned_fresh"][n] == fresh
+                last_grown[n] = grown
                 gsum[n].zero_()
         opt.step()
     assert updates == len(dsl.history) == 4 and not dsl.grad_sum  # frozen after step 9, score buffers freed
