@@ -149,6 +149,7 @@ class DynamicSparsity:
         # gradient summed since the last update (the regrowth score): allocated lazily, only while updates remain
         self.grad_sum: dict[str, torch.Tensor] = {}
         self.fresh: dict[str, torch.Tensor] = {}  # flat bool: regrown at the last update (diagnostics only)
+        self._factors: dict[str, torch.Tensor] = {}  # masks as float multipliers (see _factor)
         if config.interval > total_steps and config.density < 1.0:
             warnings.warn(f"DSL: interval={config.interval} exceeds the run's {total_steps} optimizer steps, so the "
                           "mask never changes (static sparse training); lower model.dsl.interval", stacklevel=2)
@@ -159,7 +160,7 @@ class DynamicSparsity:
     def apply(self) -> None:
         """Zero every masked weight."""
         for n, w in self.params.items():
-            w.mul_(self.masks[n])
+            w.mul_(self._factor(n))
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
@@ -172,7 +173,7 @@ class DynamicSparsity:
                 keep = self.masks[n][g.indices()[0]]
                 w.grad = torch.sparse_coo_tensor(g.indices(), g.values() * keep, g.shape)
             else:
-                g.mul_(self.masks[n])
+                g.mul_(self._factor(n))
 
     @torch.no_grad()
     def mask_optimizer_state(self, optimizer: torch.optim.Optimizer | None) -> None:
@@ -182,7 +183,15 @@ class DynamicSparsity:
         for n, w in self.params.items():
             for v in optimizer.state.get(w, {}).values():
                 if isinstance(v, torch.Tensor) and v.shape == w.shape:
-                    v.mul_(self.masks[n])
+                    v.mul_(self._factor(n))
+
+    def _factor(self, name: str) -> torch.Tensor:
+        """The mask of table ``name`` in the weight's dtype: multiplying by a same-dtype tensor is ~4x faster than by
+        the bool mask (every step masks the whole dense gradient). Rebuilt when the mask changes."""
+        f = self._factors.get(name)
+        if f is None:
+            f = self._factors[name] = self.masks[name].to(self.params[name].dtype)
+        return f
 
     def densities(self) -> dict[str, float]:
         return {n: float(m.float().mean()) for n, m in self.masks.items()}
@@ -241,6 +250,7 @@ class DynamicSparsity:
             self.fresh[name][grow] = True
             mask[drop] = False
             mask[grow] = True
+            self._factors.pop(name, None)
             flat_w[drop] = 0.0
             flat_w[grow] = 0.0  # regrown weights start at zero (RigL)
             entry["pruned"][name] = entry["grown"][name] = n
@@ -279,6 +289,7 @@ class DynamicSparsity:
                 raise ConfigError(f"DSL state mask of table {n!r} is {m.dtype} {tuple(m.shape)}, expected bool "
                                   f"{tuple(self.masks[n].shape)}")
             self.masks[n] = m.to(self.masks[n].device).clone()
+        self._factors = {}
         self.step, self.history = int(state["step"]), list(state.get("history", []))
         self.grad_sum = {n: a.clone() for n, a in state.get("grad_sum", {}).items() if n in self.masks}
         self.apply()
