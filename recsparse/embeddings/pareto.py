@@ -103,7 +103,8 @@ class ParetoStudy:
 
     def __init__(self, config: Path, dataset: str, model: str, epochs: int, runs_dir: Path,
                  results_dir: Path | None = None, overrides: Sequence[str] = (), dsl_interval: int = 50,
-                 dsl_ratio: float = 0.5, dsl_ratio_final: float = 0.005, dsl_end: float = 0.75, seed: int = 0,
+                 dsl_ratio: float = 0.5, dsl_ratio_final: float = 0.005, dsl_end: float = 0.75,
+                 dsl_scope: str = "table", seed: int = 0,
                  log: Callable[[str], None] = print) -> None:
         from recsparse.pipelines.config import load_config
         from recsparse.results import RESULTS_DIR
@@ -114,8 +115,11 @@ class ParetoStudy:
         self.base = load_config(self.config_path, self.overrides)  # validates early
         self.runs_dir, self.results_dir = Path(runs_dir), Path(results_dir or RESULTS_DIR)
         self.dsl: dict[str, Any] = dict(interval=dsl_interval, ratio=dsl_ratio, ratio_final=dsl_ratio_final, seed=seed)
-        if dsl_end != 0.75:  # recorded only when not the default, so rows recorded before the option still match
+        # recorded only when not the default, so rows recorded before these options existed still match
+        if dsl_end != 0.75:
             self.dsl["end"] = dsl_end
+        if dsl_scope != "table":
+            self.dsl["scope"] = dsl_scope
         self.seed, self.log = seed, log
         self._split: Any = None
 
