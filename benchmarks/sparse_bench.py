@@ -169,7 +169,8 @@ def fold(index: Path = typer.Argument(..., help="An inference-free impact index 
 
 
 def means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean nDCG@10 / Recall@100 over the datasets each retriever was evaluated on (rows with measure="mean")."""
+    """Mean nDCG@10 / Recall@100 over the datasets each retriever was evaluated on (rows with measure="mean"); a mean
+    of superseded rows says so."""
     by: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if r["measure"] == "quality":
@@ -179,9 +180,12 @@ def means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         dss = sorted(r["dataset"] for r in rs)
         if len(dss) < 2:
             continue
-        out.append({"dataset": "mean(" + "+".join(dss) + ")", "retriever": name, "measure": "mean",
-                    "ndcg@10": round(statistics.fmean(r["ndcg@10"] for r in rs), 4),
-                    "recall@100": round(statistics.fmean(r["recall@100"] for r in rs), 4)})
+        row = {"dataset": "mean(" + "+".join(dss) + ")", "retriever": name, "measure": "mean",
+               "ndcg@10": round(statistics.fmean(r["ndcg@10"] for r in rs), 4),
+               "recall@100": round(statistics.fmean(r["recall@100"] for r in rs), 4)}
+        if all(r.get("superseded") for r in rs):
+            row["superseded"] = rs[0]["superseded"]
+        out.append(row)
     return out
 
 
@@ -273,13 +277,29 @@ def baseline(out: Path = typer.Option(Path("runs/sparse-bench")), datasets: list
 
 @app.command("means")
 def means_command() -> None:
-    """Recompute the mean rows of every retriever in sparse.json from its recorded quality rows."""
-    from recsparse.results import RESULTS_DIR
+    """Recompute every retriever's mean row from its recorded quality rows (a mean over fewer datasets that a newer
+    row set extends is replaced, not kept beside it)."""
+    from recsparse.results import RESULTS_DIR, write_results
 
     recs = json.loads((RESULTS_DIR / "sparse.json").read_text())
     rows = means([r for r in recs if r.get("measure") == "quality"])
-    _save(rows)
+    prov = {k: v for k, v in provenance().items() if k != "wall_s"}
+    for r in rows:
+        r.update(prov)
+    write_results("sparse", [r for r in recs if r.get("measure") != "mean"] + rows)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100"])
+
+
+@app.command()
+def fuse(folder: Path = typer.Argument(..., help="An evaluation folder with BM25 and NAME runs (metrics.json)."),
+         dataset: str = typer.Option(...), name: str = typer.Option(..., help="The sparse retriever's name.")) -> None:
+    """RRF(BM25 + NAME) from an evaluation folder's saved runs (no re-encoding): the hybrid row."""
+    row = fusion_row(folder, dataset, name)
+    if row is None:
+        raise typer.BadParameter(f"{folder}: metrics.json lacks bm25 or {name}")
+    row["run_dir"] = str(folder)
+    _save([row])
+    print_table([row], columns=["dataset", "retriever", "ndcg@10", "recall@100"])
 
 
 @app.command()
