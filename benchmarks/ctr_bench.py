@@ -16,8 +16,8 @@ Sections (``--sections``, comma-separated):
 * ``throughput`` — Criteo-like shape (26 sparse features with the Criteo Kaggle cardinalities capped at 10M, dim
   16, batch 4096, Zipf(1.1) ids; synthetic ids, timing only): forward + backward + SGD update examples/s of the
   embedding layer + a linear head, for per-feature tables (FBGEMM TBE, fused SGD), TorchRec
-  ``FusedEmbeddingBagCollection``, and unified embedding at ``--tp-ue-fractions`` of the rows (``UnifiedEmbedding``,
-  dense gradient; and the same salted shared table as a sparse-gradient ``MappedEmbeddingBagCollection``).
+  ``FusedEmbeddingBagCollection``, and ``UnifiedEmbedding`` at ``--tp-ue-fractions`` of the rows with its FBGEMM
+  fused update and with a sparse gradient (``--tp-dense-ue``: also the dense gradient).
   Run under the timing lock.
 * ``transform`` — rows/s of the feature pipeline on the full ml-100k-CTR frame (100k rows): Polars encode + map
   (``rows_frame``), Polars encode + torch mappers, the KJT batch stream, and a per-row Python loop.
@@ -349,6 +349,8 @@ def run_throughput(args: argparse.Namespace) -> None:
             step(kjt)
         dt = time.perf_counter() - t
         sparse_grad = name.endswith("sparse_grad")
+        if name.startswith("unified"):
+            assert any(p.grad.is_sparse for p in emb.parameters() if p.grad is not None) == sparse_grad
         rec = {"section": "throughput", "dataset": "synthetic-criteo-shape", "model": "embeddings+linear",
                "mapper": name, "budget": round(rows / total_rows, 4), "seed": 0, "library": "recsparse",
                "variant": name, "examples_per_s": round(args.tp_steps * B / dt, 1), "batch_size": B, "dim": D,
@@ -381,23 +383,23 @@ def run_throughput(args: argparse.Namespace) -> None:
     except Exception as e:  # noqa: BLE001 - record why TorchRec's fused EBC could not run here
         print(f"torchrec FusedEmbeddingBagCollection unavailable: {e}", flush=True)
     gc.collect()
-    from recsparse.embeddings.mappers import UniversalHashMapper
-    from recsparse.embeddings.unified import feature_salt
-
     for frac in args.tp_ue_fractions:
         rows = max(1, math.ceil(frac * total_rows))
-        ue = UnifiedEmbedding(feats(), rows, D, backend="torch")
-        timed(f"unified_{int(frac * 100)}pct_torch", ue, False, rows)
+        pct = int(round(frac * 100))
+        # the three update paths of UnifiedEmbedding's shared table (same salted hashes, same rows)
+        ue = UnifiedEmbedding(feats(), rows, D, backend="fbgemm", tbe_config=TBEConfig(learning_rate=lr))
+        timed(f"unified_{pct}pct_fbgemm_fused", ue, True, rows)
         del ue
         gc.collect()
-        # the same unified table (same salted hashes) as one shared table of MappedEmbeddingBagCollection with
-        # sparse gradients: SGD then touches only the rows a batch used
-        shared = MappedEmbeddingBagCollection(
-            [FeatureConfig(n, c, D, mapper=UniversalHashMapper(rows, 1, feature_salt(n, 0)), table="unified")
-             for n, c in zip(names, cards)], backend="torch", sparse=True)
-        timed(f"unified_{int(frac * 100)}pct_torch_sparse_grad", shared, False, rows)
-        del shared
+        ue = UnifiedEmbedding(feats(), rows, D, backend="torch", sparse=True)
+        timed(f"unified_{pct}pct_torch_sparse_grad", ue, False, rows)
+        del ue
         gc.collect()
+        if args.tp_dense_ue:
+            ue = UnifiedEmbedding(feats(), rows, D, backend="torch")
+            timed(f"unified_{pct}pct_torch", ue, False, rows)
+            del ue
+            gc.collect()
 
 
 # ---------------------------------------------------------------------------------------------------- transform
@@ -496,6 +498,8 @@ def main() -> None:
     p.add_argument("--tp-steps", type=int, default=8)
     p.add_argument("--tp-cap", type=int, default=10_000_000, help="rows cap per table of the Criteo shape")
     p.add_argument("--tp-ue-fractions", nargs="+", type=float, default=[0.25])
+    p.add_argument("--tp-dense-ue", action="store_true",
+                   help="also time UnifiedEmbedding with a dense gradient (every row, every step: slow)")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

@@ -188,6 +188,8 @@ class MappedEmbeddingBagCollection(nn.Module):
                                  f"{r0} x {d0}, {f.name!r} has {r} x {d}")
             names_.append(f.name)
         shared = len(self._tables) < len(self.features)
+        # fbgemm, one table for all F features: TBE sees the F·B bags as one batch of its single table
+        self._folded = shared and self.backend == "fbgemm"
         if self.device.type == "meta" and self.backend == "fbgemm":
             raise ValueError("device='meta' builds tables without storage for sharding (backend='torchrec'); "
                              "backend='fbgemm' allocates its kernel buffers at once")
@@ -201,8 +203,10 @@ class MappedEmbeddingBagCollection(nn.Module):
         elif self.backend == "fbgemm":
             from recsparse.kernels.tbe import FusedTBE
 
-            if shared:
-                raise ValueError("shared tables (FeatureConfig.table) run on backend 'torchrec' or 'torch'")
+            if shared and len(self._tables) > 1:
+                raise ValueError("shared tables (FeatureConfig.table) on backend 'fbgemm': ALL features on one "
+                                 "table (unified embedding) or none; other sharing runs on backend 'torchrec' or "
+                                 "'torch'")
             # every index comes from a mapper, whose rows are in [0, num_rows) by construction (and whose state is
             # validated on load): the kernel's per-call bounds check would only re-check that
             cfg = dataclasses.replace(tbe_config or TBEConfig(), bounds_check=False)
@@ -226,7 +230,7 @@ class MappedEmbeddingBagCollection(nn.Module):
         if self.backend == "torchrec":
             return self.ebc.embedding_bags[f.table_name].weight
         if self.backend == "fbgemm":
-            return self.tbe.weights(self._index[feature])  # no shared tables: table t = feature t
+            return self.tbe.weights(0 if self._folded else self._index[feature])  # else table t = feature t
         return self.bags[f.table_name].weight
 
     def feature(self, name: str) -> FeatureConfig:
@@ -283,6 +287,9 @@ class MappedEmbeddingBagCollection(nn.Module):
                 [out[n] for n in self.feature_names], dim=1)
         elif self.backend == "fbgemm":
             pooled = self.tbe(mapped.values(), mapped.offsets())
+            if self._folded:  # [F·B, d] (feature-major bags) -> [B, F·d]
+                pooled = pooled.view(len(self.features), mapped.stride(), -1).transpose(0, 1).reshape(
+                    mapped.stride(), -1)
         else:
             B = mapped.stride()
             off = mapped.offsets()
@@ -305,10 +312,11 @@ class MappedEmbeddingBagCollection(nn.Module):
             rows = rows.to(self.device)
         if self.backend == "fbgemm":
             if torch.is_grad_enabled():
-                return self._embed_tbe(t, rows)  # backward = the fused optimizer update
+                # backward = the fused optimizer update
+                return self._embed_tbe(0 if self._folded else t, rows)
             # inference: a plain gather from the kernel's storage (no TBE launch: its per-call set-up costs more than
             # a pooling-1 lookup of a few thousand rows)
-            w = self.tbe.weights(t)
+            w = self.tbe.weights(0 if self._folded else t)
             return w.index_select(0, rows.view(-1)) if rows.shape[1] == 1 else F.embedding(rows, w).sum(dim=1)
         if self.backend == "torchrec" and self.is_sharded:
             return self._embed_sharded(feature, rows)
@@ -342,13 +350,13 @@ class MappedEmbeddingBagCollection(nn.Module):
     def _embed_tbe(self, t: int, rows: torch.Tensor) -> torch.Tensor:
         # one bag per id for table t, empty bags for the other tables (TBE computes all tables in one call)
         N, k = rows.shape
-        T = len(self.features)
+        T = self.tbe.num_tables
         off = torch.zeros(T * N + 1, dtype=torch.long, device=rows.device)
         off[t * N + 1:(t + 1) * N + 1] = torch.arange(1, N + 1, device=rows.device) * k
         off[(t + 1) * N + 1:] = N * k
         out = self.tbe(rows.reshape(-1), off)
         d0 = self.tbe.d_offsets[t]
-        return out[:, d0:d0 + self.features[t].embedding_dim]
+        return out[:, d0:d0 + self.tbe.dims[t]]
 
     # ---- mapper state inside state_dict --------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
