@@ -254,11 +254,12 @@ class DynamicSparsity:
 
     @staticmethod
     def _tie_break(gscore: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
-        """``gscore`` plus uniform noise below its smallest positive candidate value: a random choice among equal
-        (mostly zero: rows no batch touched) gradients that never reorders two different ones."""
+        """``gscore`` (``≥ 0``) with its zeros (no gradient: rows no batch touched) replaced by uniform noise below
+        the smallest positive candidate value: a random choice among them, ranked below every real gradient. Positive
+        values are left as they are (noise added to them could swap two that differ by less than it)."""
         pos = gscore[candidates]
         tiny = 0.5 * float(pos[pos > 0].min()) if bool((pos > 0).any()) else 1.0
-        return gscore + torch.rand(gscore.shape, device=gscore.device) * tiny
+        return torch.where(gscore > 0, gscore, torch.rand(gscore.shape, device=gscore.device) * tiny)
 
     def _update_table(self, name: str, w: torch.Tensor, acc: torch.Tensor, ratio: float) -> int:
         """Table scope: ``round(ratio · active)`` smallest ``|w|`` of the table out, as many largest ``|g|`` in."""
