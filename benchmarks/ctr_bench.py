@@ -8,14 +8,16 @@ Sections (``--sections``, comma-separated):
   ``torch==2.13.0`` first, then ``deepctr-torch`` + ``requests``), on the identical encoded rows, dim, batch,
   epochs and early stopping, side by side with recsparse in one run.
 * ``peer_speed`` — one training epoch per model in each library (throughput only); run under the timing lock.
-* ``unified`` — unified embedding at ``--budgets`` of the summed full-vocabulary rows vs per-feature modulo /
-  universal hashing at the same rows vs full tables, ``--ue-models`` × ``--seeds`` on ``--ue-datasets``; then
-  ``unified_mean`` rows (mean ± std over seeds).
+* ``unified`` — unified embedding at ``--budgets`` of the summed full-vocabulary rows (rows of the model's dim:
+  equal parameters) vs per-feature modulo / universal hashing at the same rows vs full tables, ``--ue-models`` ×
+  ``--seeds`` on ``--ue-datasets``; unified once per ``--ue-chunks`` c (c salted lookups of dim/c per feature,
+  concatenated: Coleman et al.'s multi-probe layout). Then ``unified_mean`` rows (mean ± std over seeds), with
+  ``variant=val_selected_chunks``: per run the c with the best validation AUC.
 * ``throughput`` — Criteo-like shape (26 sparse features with the Criteo Kaggle cardinalities capped at 10M, dim
   16, batch 4096, Zipf(1.1) ids; synthetic ids, timing only): forward + backward + SGD update examples/s of the
   embedding layer + a linear head, for per-feature tables (FBGEMM TBE, fused SGD), TorchRec
-  ``FusedEmbeddingBagCollection``, and unified embedding at ``--tp-ue-fractions`` of the rows (``UnifiedEmbedding``,
-  dense gradient; and the same salted shared table as a sparse-gradient ``MappedEmbeddingBagCollection``).
+  ``FusedEmbeddingBagCollection``, and ``UnifiedEmbedding`` at ``--tp-ue-fractions`` of the rows with its FBGEMM
+  fused update and with a sparse gradient (``--tp-dense-ue``: also the dense gradient).
   Run under the timing lock.
 * ``transform`` — rows/s of the feature pipeline on the full ml-100k-CTR frame (100k rows): Polars encode + map
   (``rows_frame``), Polars encode + torch mappers, the KJT batch stream, and a per-row Python loop.
@@ -85,16 +87,18 @@ def _row(section: str, rec: dict[str, Any], t0: float, **extra: Any) -> dict[str
 # ---------------------------------------------------------------------------------------------------------- zoo
 def run_zoo(args: argparse.Namespace) -> None:
     from recsparse.data.ctr import load_ctr
-    from recsparse.pipelines.ctr import CTRRunConfig, fit_ctr, prepare
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.ctr import fit_ctr, prepare
 
     for dsn in args.datasets:
         ds = load_ctr(dsn)
-        _, fitted = prepare(CTRRunConfig(dataset=dsn), ds)
+        _, fitted = prepare(CTRConfig.from_dict({"data": {"dataset": dsn}}), ds)
         for m in args.models:
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                cfg = CTRRunConfig(dataset=dsn, model=m, max_epochs=args.epochs, patience=args.patience,
-                                   batch_size=args.batch_size, seed=seed, dim=args.dim)
+                cfg = CTRConfig.from_dict({"data": {"dataset": dsn}, "model": {"name": m, "dim": args.dim},
+                                           "trainer": {"max_epochs": args.epochs, "patience": args.patience,
+                                                       "batch_size": args.batch_size, "seed": seed}})
                 rec = fit_ctr(cfg, ds, fitted)
                 row = _row("zoo", rec, t0, library="recsparse", variant="default", max_epochs=args.epochs,
                            patience=args.patience, batch_size=args.batch_size)
@@ -173,7 +177,8 @@ def run_peer(args: argparse.Namespace, speed_only: bool = False) -> None:
     import torch
 
     from recsparse.data.ctr import load_ctr
-    from recsparse.pipelines.ctr import CTRRunConfig, fit_ctr, prepare
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.ctr import fit_ctr, prepare
 
     py = ensure_peer_venv(Path(args.peer_venv))
     version = subprocess.run([str(py), "-c", "import deepctr_torch, torch; print(deepctr_torch.__version__, "
@@ -183,13 +188,15 @@ def run_peer(args: argparse.Namespace, speed_only: bool = False) -> None:
     models = [m for m in args.models if m in PEER_MODELS]
     for dsn in args.datasets:
         ds = load_ctr(dsn)
-        _, fitted = prepare(CTRRunConfig(dataset=dsn), ds)
+        _, fitted = prepare(CTRConfig.from_dict({"data": {"dataset": dsn}}), ds)
         seed = args.seeds[0]
         for m in models:
             t0 = time.perf_counter()
             torch.set_num_threads(args.threads)
-            cfg = CTRRunConfig(dataset=dsn, model=m, max_epochs=max_epochs, patience=args.patience,
-                               batch_size=args.batch_size, seed=seed, dim=args.dim, num_threads=args.threads)
+            cfg = CTRConfig.from_dict({"data": {"dataset": dsn}, "model": {"name": m, "dim": args.dim},
+                                       "trainer": {"max_epochs": max_epochs, "patience": args.patience,
+                                                   "batch_size": args.batch_size, "seed": seed,
+                                                   "num_threads": args.threads}})
             ours = fit_ctr(cfg, ds, fitted)
             t_ours = time.perf_counter() - t0
             t1 = time.perf_counter()
@@ -211,26 +218,40 @@ def run_peer(args: argparse.Namespace, speed_only: bool = False) -> None:
 # ------------------------------------------------------------------------------------------------------ unified
 def run_unified(args: argparse.Namespace) -> None:
     from recsparse.data.ctr import load_ctr
-    from recsparse.pipelines.ctr import CTRRunConfig, budget_spec, fit_ctr
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.ctr import budget_spec, fit_ctr
+
+    from dataclasses import replace
 
     for dsn in args.ue_datasets:
         ds = load_ctr(dsn)
         full = ds.spec.fit(ds.train)
-        fitted = {("full", 1.0): full} if "full" in args.ue_mappers else {}
+        full_rows = int(sum(full.table_rows().values()))
+        # (mapper, budget, variant) -> fitted spec; unified once per --ue-chunks value c (c salted lookups of
+        # dim/c per feature from a table of c·budget·rows rows: the same parameters for every c)
+        fitted: dict[tuple[str, float, str], Any] = {("full", 1.0, "default"): full} if "full" in args.ue_mappers else {}
         for b in args.budgets:  # budget by budget, so a cut-short study still has every mapper at the first budgets
             for mapper in [m for m in args.ue_mappers if m != "full"]:
-                fitted[(mapper, b)] = budget_spec(ds.spec, full.table_rows(), mapper, b).fit(ds.train)
+                spec = budget_spec(ds.spec, full.table_rows(), mapper, b)
+                if mapper != "unified":
+                    fitted[(mapper, b, "default")] = spec.fit(ds.train)
+                    continue
+                for c in args.ue_chunks:
+                    fitted[(mapper, b, f"c{c}")] = replace(spec, unified_chunks=c).fit(ds.train)
         for model in args.ue_models:
             for seed in args.seeds:
-                for (mapper, b), fs in fitted.items():
+                for (mapper, b, variant), fs in fitted.items():
                     t0 = time.perf_counter()
-                    cfg = CTRRunConfig(dataset=dsn, model=model, mapper=mapper, budget=b, max_epochs=args.epochs,
-                                       patience=args.patience, batch_size=args.batch_size, seed=seed, dim=args.dim)
+                    cfg = CTRConfig.from_dict({"data": {"dataset": dsn},
+                                               "model": {"name": model, "mapper": mapper, "budget": b, "dim": args.dim},
+                                               "trainer": {"max_epochs": args.epochs, "patience": args.patience,
+                                                           "batch_size": args.batch_size, "seed": seed}})
                     rec = fit_ctr(cfg, ds, fs)
-                    row = _row("unified", rec, t0, library="recsparse", variant="default",
-                               full_rows=int(sum(full.table_rows().values())))
-                    print(json.dumps({k: row[k] for k in ("model", "mapper", "budget", "seed", "test_auc",
-                                                          "table_rows", "epochs")}), flush=True)
+                    row = _row("unified", rec, t0, library="recsparse", variant=variant, full_rows=full_rows,
+                               chunks=fs.spec.unified_chunks if mapper == "unified" else None,
+                               max_epochs=args.epochs, patience=args.patience)
+                    print(json.dumps({k: row[k] for k in ("model", "mapper", "variant", "budget", "seed", "test_auc",
+                                                          "val_auc", "table_bytes", "epochs")}), flush=True)
                     _save([row], args.no_save)
     summarise_unified(args.no_save)
 
@@ -245,22 +266,34 @@ def summarise_unified(no_save: bool) -> None:
     rows = [r for r in json.loads(path.read_text()) if r.get("section") == "unified"]
     groups: dict[tuple, list[dict[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["dataset"], r["model"], r["mapper"], r["budget"]), []).append(r)
-    full = {(d, m): statistics.mean(x["test_auc"] for x in g) for (d, m, mp, b), g in groups.items() if mp == "full"}
+        groups.setdefault((r["dataset"], r["model"], r["mapper"], r["budget"], r["variant"]), []).append(r)
+    # "unified" proper: per (dataset, model, budget, seed) the chunk count c with the best VALIDATION AUC
+    picked: dict[tuple, dict[str, Any]] = {}
+    for r in rows:
+        if r["mapper"] == "unified" and r["variant"].startswith("c"):
+            k = (r["dataset"], r["model"], r["budget"], r["seed"])
+            if k not in picked or r["val_auc"] > picked[k]["val_auc"]:
+                picked[k] = r
+    for (d, m, b, _), r in picked.items():
+        groups.setdefault((d, m, "unified", b, "val_selected_chunks"), []).append(r)
+    full = {(d, m): statistics.mean(x["test_auc"] for x in g) for (d, m, mp, b, _), g in groups.items()
+            if mp == "full"}
     out = []
-    for (d, m, mp, b), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][3], kv[0][2])):
+    for (d, m, mp, b, v), g in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], -kv[0][3], kv[0][2],
+                                                                      kv[0][4])):
         aucs = [x["test_auc"] for x in g]
         mean = statistics.mean(aucs)
         out.append({"section": "unified_mean", "dataset": d, "model": m, "mapper": mp, "budget": b, "seed": None,
-                    "library": "recsparse", "variant": "default", "seeds": len(g),
+                    "library": "recsparse", "variant": v, "seeds": len(g),
+                    "chunks": sorted({x.get("chunks") for x in g if x.get("chunks") is not None}) or None,
                     "test_auc_mean": round(mean, 5), "test_auc_std": round(statistics.pstdev(aucs), 5),
                     "test_logloss_mean": round(statistics.mean(x["test_logloss"] for x in g), 5),
                     "auc_minus_full": round(mean - full[(d, m)], 5) if (d, m) in full else None,
                     "table_rows": g[0]["table_rows"], "table_bytes": g[0]["table_bytes"],
                     "epochs_mean": round(statistics.mean(x["epochs"] for x in g), 2),
                     **provenance(None)})
-        print(json.dumps({k: out[-1][k] for k in ("model", "mapper", "budget", "seeds", "test_auc_mean",
-                                                  "test_auc_std", "auc_minus_full")}), flush=True)
+        print(json.dumps({k: out[-1][k] for k in ("dataset", "model", "mapper", "variant", "budget", "seeds",
+                                                  "test_auc_mean", "test_auc_std", "auc_minus_full")}), flush=True)
     _save(out, no_save)
 
 
@@ -316,6 +349,8 @@ def run_throughput(args: argparse.Namespace) -> None:
             step(kjt)
         dt = time.perf_counter() - t
         sparse_grad = name.endswith("sparse_grad")
+        if name.startswith("unified"):
+            assert any(p.grad.is_sparse for p in emb.parameters() if p.grad is not None) == sparse_grad
         rec = {"section": "throughput", "dataset": "synthetic-criteo-shape", "model": "embeddings+linear",
                "mapper": name, "budget": round(rows / total_rows, 4), "seed": 0, "library": "recsparse",
                "variant": name, "examples_per_s": round(args.tp_steps * B / dt, 1), "batch_size": B, "dim": D,
@@ -348,23 +383,23 @@ def run_throughput(args: argparse.Namespace) -> None:
     except Exception as e:  # noqa: BLE001 - record why TorchRec's fused EBC could not run here
         print(f"torchrec FusedEmbeddingBagCollection unavailable: {e}", flush=True)
     gc.collect()
-    from recsparse.embeddings.mappers import UniversalHashMapper
-    from recsparse.embeddings.unified import feature_salt
-
     for frac in args.tp_ue_fractions:
         rows = max(1, math.ceil(frac * total_rows))
-        ue = UnifiedEmbedding(feats(), rows, D, backend="torch")
-        timed(f"unified_{int(frac * 100)}pct_torch", ue, False, rows)
+        pct = int(round(frac * 100))
+        # the three update paths of UnifiedEmbedding's shared table (same salted hashes, same rows)
+        ue = UnifiedEmbedding(feats(), rows, D, backend="fbgemm", tbe_config=TBEConfig(learning_rate=lr))
+        timed(f"unified_{pct}pct_fbgemm_fused", ue, True, rows)
         del ue
         gc.collect()
-        # the same unified table (same salted hashes) as one shared table of MappedEmbeddingBagCollection with
-        # sparse gradients: SGD then touches only the rows a batch used
-        shared = MappedEmbeddingBagCollection(
-            [FeatureConfig(n, c, D, mapper=UniversalHashMapper(rows, 1, feature_salt(n, 0)), table="unified")
-             for n, c in zip(names, cards)], backend="torch", sparse=True)
-        timed(f"unified_{int(frac * 100)}pct_torch_sparse_grad", shared, False, rows)
-        del shared
+        ue = UnifiedEmbedding(feats(), rows, D, backend="torch", sparse=True)
+        timed(f"unified_{pct}pct_torch_sparse_grad", ue, False, rows)
+        del ue
         gc.collect()
+        if args.tp_dense_ue:
+            ue = UnifiedEmbedding(feats(), rows, D, backend="torch")
+            timed(f"unified_{pct}pct_torch", ue, False, rows)
+            del ue
+            gc.collect()
 
 
 # ---------------------------------------------------------------------------------------------------- transform
@@ -454,13 +489,17 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--budgets", nargs="+", type=float, default=[1.0, 0.5, 0.25, 0.1])
     p.add_argument("--ue-models", nargs="+", default=["dcn_v2", "deepfm"])
-    p.add_argument("--ue-datasets", nargs="+", default=["ml-100k-ctr"])
+    p.add_argument("--ue-datasets", nargs="+", default=["ml-100k-ctr", "adult"])
+    p.add_argument("--ue-chunks", nargs="+", type=int, default=[2, 4],
+                   help="unified: salted lookups per feature (each a variant; the summary picks c by validation AUC)")
     p.add_argument("--ue-mappers", nargs="+", default=["full", "unified", "modulo", "universal"])
     p.add_argument("--peer-venv", default="/work/venvs/deepctr")
     p.add_argument("--tp-batch", type=int, default=4096)
     p.add_argument("--tp-steps", type=int, default=8)
     p.add_argument("--tp-cap", type=int, default=10_000_000, help="rows cap per table of the Criteo shape")
     p.add_argument("--tp-ue-fractions", nargs="+", type=float, default=[0.25])
+    p.add_argument("--tp-dense-ue", action="store_true",
+                   help="also time UnifiedEmbedding with a dense gradient (every row, every step: slow)")
     p.add_argument("--no-save", action="store_true")
     args = p.parse_args()
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]

@@ -2,19 +2,21 @@
 
 Sections (rows in ``benchmarks/results/dist.json``):
 
-* ``equality`` — per case (Gowalla MF full tables, Gowalla MF GraphHash, ML-100K two-tower): 1 process × batch B vs
+* ``equality`` — per case (Gowalla MF full tables, Gowalla MF GraphHash, ML-100K two-tower, DCN-V2 on adult through
+  the CTR task of the same pipeline): 1 process × batch B vs
   2 processes × B/2 (``torchrun``, same seed, same global batches): max |Δ loss| over the first steps, max |Δ| over
   the test metrics, examples/s of each, the plan, table bytes and peak RSS per rank (``table_bytes_1proc``: the
   tables plus the id-mappers' state, as ``metrics.json`` counts it; ``table_bytes_per_rank``: table shards only).
 * ``plans`` — Gowalla MF full tables under table-wise / row-wise / column-wise: table bytes and peak RSS per rank.
 * ``throughput`` — training examples/s of Gowalla MF on the plain 1-process path and with TorchRecStrategy on 1 and
-  2 processes (``--timing``: each job holds the shared timing lock; other jobs on the box still load it).
+  2 processes (``--timing`` records ``timing_clean``: run the whole script under ``/work/bin/heavy --timing``, which
+  holds both compute slots, so nothing else heavy runs beside it).
 * ``resume`` — 2 processes, one rank SIGKILLed mid-epoch: seconds until the job exits (non-zero) and then a resume
   from the last checkpoint against the uninterrupted run (loss of every step after the resume point, test metrics).
 
 Runs are SHORT (fixed step budgets, stated per row: ``epochs``, ``steps_per_epoch``, ``batch_size``) — the point is
 equality and memory, not quality; this box has 2 cores shared with other jobs, so examples/s are indicative only
-(``timing_clean`` says whether the run held the timing lock). ``python benchmarks/dist_bench.py [--cases ...]``.
+(``timing_clean`` says whether the run held both slots). ``python benchmarks/dist_bench.py [--cases ...]``.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import json
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -61,9 +64,17 @@ def _ml100k_two_tower(out: str) -> dict[str, Any]:
             "eval": {"ks": [20, 50], "monitor": "recall@50"}}
 
 
+def _adult_dcn_v2(out: str) -> dict[str, Any]:
+    return {"name": "adult-dcn-v2", "task": "ctr", "data": {"dataset": "adult"},
+            "model": {"name": "dcn_v2", "dim": 16, "backend": "torchrec"},
+            "trainer": {"max_epochs": 2, "batch_size": 1024, "lr": 0.05, "optimizer": "adagrad", "output_dir": out,
+                        "limit_train_batches": 10, "seed": 0}}
+
+
 CASES = {"gowalla_mf_full": lambda out: _gowalla_mf("full", out),
          "gowalla_mf_graphhash": lambda out: _gowalla_mf("graphhash", out),
-         "ml100k_two_tower": _ml100k_two_tower}
+         "ml100k_two_tower": _ml100k_two_tower,
+         "adult_dcn_v2": _adult_dcn_v2}
 
 
 def _port() -> int:
@@ -72,8 +83,8 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def launch(cfg: dict[str, Any], plan: str, work: Path, tag: str, nproc: int = 2, env: dict[str, str] | None = None,
-           timing: bool = False) -> tuple[int, float, dict[str, Any] | None, list[dict[str, Any]]]:
+def launch(cfg: dict[str, Any], plan: str, work: Path, tag: str, nproc: int = 2, env: dict[str, str] | None = None
+           ) -> tuple[int, float, dict[str, Any] | None, list[dict[str, Any]]]:
     """Run one job (``plan='none'``: one plain process, else torchrun × nproc). -> (exit code, wall s, rank-0
     record or None, per-rank RSS records)."""
     work.mkdir(parents=True, exist_ok=True)
@@ -87,8 +98,6 @@ def launch(cfg: dict[str, Any], plan: str, work: Path, tag: str, nproc: int = 2,
     base = [sys.executable, str(WORKER), str(cfg_path), plan, str(out)]
     cmd = base if plan == "none" else [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}",
                                        f"--master-port={_port()}", *base[1:]]
-    if timing:  # one timed job at a time on the shared box (COORD: the timing lock)
-        cmd = ["flock", "/tmp/recsparse-timing.lock", *cmd]
     t0 = time.perf_counter()
     with open(work / f"{tag}.log", "w") as log:
         rc = subprocess.run(cmd, env=e, stdout=log, stderr=subprocess.STDOUT, timeout=3600).returncode
@@ -114,26 +123,25 @@ def _steps(cfg: dict[str, Any]) -> int | str:
 
 def equality(case: str, work: Path, plan: str, timing: bool) -> dict[str, Any]:
     one_cfg, two_cfg = CASES[case](str(work / f"{case}-1")), CASES[case](str(work / f"{case}-2"))
-    rc1, w1, one, r1 = launch(one_cfg, "none", work, f"{case}-1", timing=timing)
-    rc2, w2, two, r2 = launch(two_cfg, plan, work, f"{case}-2", timing=timing)
+    rc1, w1, one, r1 = launch(one_cfg, "none", work, f"{case}-1")
+    rc2, w2, two, r2 = launch(two_cfg, plan, work, f"{case}-2")
     if rc1 or rc2 or one is None or two is None:
         raise RuntimeError(f"{case}: a run failed (exit {rc1}, {rc2}); see {work}/{case}-*.log")
     t = one_cfg["trainer"]
-    monitor = one_cfg["eval"].get("ks", [20])
+    metric = "auc" if one_cfg.get("task") == "ctr" else f"recall@{one_cfg['eval'].get('ks', [20])[0]}"
     return {"section": "equality", "case": case, "plan": plan, "dataset": one["dataset"], "model": one["model"],
             "mapper": one["mapper"], "batch_size": t["batch_size"], "epochs": t["max_epochs"],
             "steps_per_epoch": _steps(one_cfg), "optimizer": t["optimizer"],
             "loss_steps_compared": min(STEPS_COMPARED, len(one["step_losses"])),
             "max_abs_loss_diff": _loss_gap(one["step_losses"], two["step_losses"]),
             "max_abs_metric_diff": _metric_gap(one["test"], two["test"]),
-            f"recall@{monitor[0]}_1proc": one["test"][f"recall@{monitor[0]}"],
-            f"recall@{monitor[0]}_2proc": two["test"][f"recall@{monitor[0]}"],
+            f"{metric}_1proc": one["test"][metric], f"{metric}_2proc": two["test"][metric],
             "examples_per_s_1proc": one.get("train_examples_per_s"),
             "examples_per_s_2proc": two.get("train_examples_per_s"),
             "table_bytes_1proc": one["bytes"], "table_bytes_per_rank": two["table_bytes_per_rank"],
             "max_rss_mb_1proc": round(r1[0]["max_rss_mb"], 1),
             "max_rss_mb_per_rank": [round(r["max_rss_mb"], 1) for r in r2],
-            "plan_text": two["plan"], "timing_clean": timing, "wall_s_1proc": round(w1, 1),
+            "plan_text": two["plan"].replace("\n", "; "), "timing_clean": timing, "wall_s_1proc": round(w1, 1),
             "wall_s_2proc": round(w2, 1)}
 
 
@@ -148,25 +156,30 @@ def plans(work: Path) -> list[dict[str, Any]]:
         rows.append({"section": "plans", "case": "gowalla_mf_full", "plan": plan,
                      "table_bytes_total": sum(rec["table_bytes_per_rank"]),
                      "table_bytes_per_rank": rec["table_bytes_per_rank"],
-                     "max_rss_mb_per_rank": [round(r["max_rss_mb"], 1) for r in ranks], "plan_text": rec["plan"],
+                     "max_rss_mb_per_rank": [round(r["max_rss_mb"], 1) for r in ranks],
+                     "plan_text": rec["plan"].replace("\n", "; "),
                      "steps": 5, "wall_s": round(w, 1)})
     return rows
 
 
-def throughput(work: Path, plan: str, timing: bool, steps: int = 15) -> list[dict[str, Any]]:
-    """Training examples/s of Gowalla MF (full tables, fixed step budget, no evaluation), each job holding the shared
-    timing lock with ``--timing``: the plain 1-process path (unsharded TorchRec tables: dense gradients + torch Adagrad over the whole
-    tables), and TorchRecStrategy on 1 and on 2 processes (fused sparse Adagrad in the TBE backward)."""
+def throughput(work: Path, case: str, plan: str, timing: bool, steps: int = 15) -> list[dict[str, Any]]:
+    """Training examples/s of ``case`` (fixed step budget, no evaluation): the plain 1-process path (unsharded TorchRec
+    tables: dense gradients + the trainer's torch optimizer over the whole tables), and TorchRecStrategy on 1 and on
+    2 processes (fused sparse Adagrad in the TBE backward). Timed from each epoch's start to its last training batch
+    (``Throughput``), rank 0's figure; every job's peak RSS per rank."""
     rows = []
     for tag, p, n in (("plain-1proc", "none", 1), ("torchrec-1proc", plan, 1), ("torchrec-2proc", plan, 2)):
-        cfg = _gowalla_mf("full", str(work / f"thr-{tag}"))
-        cfg["trainer"]["limit_train_batches"] = steps
-        rc, w, rec, ranks = launch(cfg, p, work, f"thr-{tag}", nproc=n, env={"DIST_NO_TEST": "1"}, timing=timing)
+        cfg = CASES[case](str(work / f"thr-{case}-{tag}"))
+        cfg["trainer"].update(limit_train_batches=steps, max_epochs=1)
+        rc, w, rec, ranks = launch(cfg, p, work, f"thr-{case}-{tag}", nproc=n, env={"DIST_NO_TEST": "1"})
         if rc or rec is None:
-            raise RuntimeError(f"throughput {tag} failed (exit {rc}); see {work}/thr-{tag}.log")
-        rows.append({"section": "throughput", "case": f"gowalla_mf_full/{tag}", "plan": p if p != "none" else "-",
+            raise RuntimeError(f"throughput {case} {tag} failed (exit {rc}); see {work}/thr-{case}-{tag}.log")
+        rows.append({"section": "throughput", "case": f"{case}/{tag}", "plan": p if p != "none" else "-",
                      "processes": n, "batch_size": cfg["trainer"]["batch_size"], "steps": steps,
                      "train_examples_per_s": rec.get("train_examples_per_s"),
+                     "step_seconds_first": rec["step_seconds"][0],
+                     "step_seconds_median_rest": round(statistics.median(rec["step_seconds"][1:]), 4),
+                     "table_bytes_per_rank": rec.get("table_bytes_per_rank", [rec["bytes"]]),
                      "max_rss_mb_per_rank": [round(r["max_rss_mb"], 1) for r in ranks],
                      "timing_clean": timing, "wall_s": round(w, 1)})
     return rows
@@ -204,8 +217,11 @@ def main() -> None:
     ap.add_argument("--cases", nargs="*", default=list(CASES), choices=list(CASES))
     ap.add_argument("--sections", nargs="*", default=["equality", "plans", "resume", "throughput"],
                     choices=["equality", "plans", "resume", "throughput"])
+    ap.add_argument("--throughput-cases", nargs="*", default=["gowalla_mf_full", "adult_dcn_v2"], choices=list(CASES))
+    ap.add_argument("--steps", type=int, default=15, help="training steps of each throughput job")
     ap.add_argument("--plan", default="row_wise", help="plan of the equality and resume runs")
-    ap.add_argument("--timing", action="store_true", help="hold the shared timing lock during each timed job")
+    ap.add_argument("--timing", action="store_true",
+                    help="the script runs under /work/bin/heavy --timing (both slots held): rows say timing_clean")
     ap.add_argument("--work", default="/tmp/recsparse-dist-bench")
     ap.add_argument("--results-dir", default=None)
     a = ap.parse_args()
@@ -231,7 +247,9 @@ def main() -> None:
         save([resume(work, a.plan)], t0)
     if "throughput" in a.sections:
         t0 = time.perf_counter()
-        save(throughput(work, a.plan, a.timing), t0)
+        for case in a.throughput_cases:
+            save(throughput(work, case, a.plan, a.timing, a.steps), t0)
+            t0 = time.perf_counter()
 
 
 if __name__ == "__main__":

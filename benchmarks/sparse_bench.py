@@ -169,7 +169,8 @@ def fold(index: Path = typer.Argument(..., help="An inference-free impact index 
 
 
 def means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean nDCG@10 / Recall@100 over the datasets each retriever was evaluated on (rows with measure="mean")."""
+    """Mean nDCG@10 / Recall@100 over the datasets each retriever was evaluated on (rows with measure="mean"); a mean
+    of superseded rows says so."""
     by: dict[str, list[dict[str, Any]]] = {}
     for r in records:
         if r["measure"] == "quality":
@@ -179,9 +180,12 @@ def means(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         dss = sorted(r["dataset"] for r in rs)
         if len(dss) < 2:
             continue
-        out.append({"dataset": "mean(" + "+".join(dss) + ")", "retriever": name, "measure": "mean",
-                    "ndcg@10": round(statistics.fmean(r["ndcg@10"] for r in rs), 4),
-                    "recall@100": round(statistics.fmean(r["recall@100"] for r in rs), 4)})
+        row = {"dataset": "mean(" + "+".join(dss) + ")", "retriever": name, "measure": "mean",
+               "ndcg@10": round(statistics.fmean(r["ndcg@10"] for r in rs), 4),
+               "recall@100": round(statistics.fmean(r["recall@100"] for r in rs), 4)}
+        if all(r.get("superseded") for r in rs):
+            row["superseded"] = rs[0]["superseded"]
+        out.append(row)
     return out
 
 
@@ -195,8 +199,12 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 @app.command()
 def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Option(..., help="Impact index(es)."),
             bm25_index: Path = typer.Option(..., help="A BM25 index of the same corpus (harness indexes/bm25)."),
-            k: int = typer.Option(10), repeats: int = typer.Option(3)) -> None:
-    """Per-query single-thread latency of impact search vs BM25 over the same test queries (run under flock)."""
+            k: int = typer.Option(10), repeats: int = typer.Option(3),
+            clock: str = typer.Option("wall", help="wall: elapsed time (run under /work/bin/heavy --timing); "
+                                                   "thread-cpu: CPU time of the searching thread (Python and the "
+                                                   "in-process JVM call run on it), which a loaded machine does not "
+                                                   "inflate; rows get measure 'latency-cpu'.")) -> None:
+    """Per-query single-thread latency of impact search vs BM25 over the same test queries."""
     import torch
 
     from recsparse.retrieval.lucene import BM25Retriever
@@ -222,17 +230,21 @@ def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Op
             f(q)
     times: dict[str, list[float]] = {n: [] for n in systems}
     # interleaved: each query runs on every system back to back, so load on the shared machine hits all alike
+    if clock not in ("wall", "thread-cpu"):
+        raise typer.BadParameter(f"--clock must be wall or thread-cpu, got {clock!r}")
+    now = time.perf_counter if clock == "wall" else time.thread_time
+    measure = "latency" if clock == "wall" else "latency-cpu"
     for _ in range(repeats):
         for q in queries:
             for n, f in systems.items():
-                s = time.perf_counter()
+                s = now()
                 f(q)
-                times[n].append(time.perf_counter() - s)
+                times[n].append(now() - s)
     base = _percentiles(times["bm25"])
-    rows = [{"dataset": ds.name, "retriever": "bm25", "measure": "latency", **base}]
+    rows = [{"dataset": ds.name, "retriever": "bm25", "measure": measure, **base}]
     for n in nnz:
         full, lucene = _percentiles(times[n]), _percentiles(times[n + "|lucene-only"])
-        rows.append({"dataset": ds.name, "retriever": n, "measure": "latency", **full,
+        rows.append({"dataset": ds.name, "retriever": n, "measure": measure, **full,
                      "p50_vs_bm25": round(full["p50_ms"] / base["p50_ms"], 3),
                      "p99_vs_bm25": round(full["p99_ms"] / base["p99_ms"], 3),
                      "lucene_only_p50_ms": lucene["p50_ms"], "lucene_only_p99_ms": lucene["p99_ms"],
@@ -243,7 +255,7 @@ def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Op
         r.close()
     prov = provenance(time.perf_counter() - t0)
     for row in rows:
-        row.update(k=k, threads=1, queries=len(queries), repeats=repeats, **prov)
+        row.update(k=k, threads=1, queries=len(queries), repeats=repeats, clock=clock, **prov)
     save_results("sparse", rows, KEY)
     print_table(rows, columns=["dataset", "retriever", "p50_ms", "p99_ms", "p50_vs_bm25", "p99_vs_bm25",
                                "lucene_only_p50_ms", "lucene_only_p50_vs_bm25", "avg_query_nnz"])
@@ -273,13 +285,29 @@ def baseline(out: Path = typer.Option(Path("runs/sparse-bench")), datasets: list
 
 @app.command("means")
 def means_command() -> None:
-    """Recompute the mean rows of every retriever in sparse.json from its recorded quality rows."""
-    from recsparse.results import RESULTS_DIR
+    """Recompute every retriever's mean row from its recorded quality rows (a mean over fewer datasets that a newer
+    row set extends is replaced, not kept beside it)."""
+    from recsparse.results import RESULTS_DIR, write_results
 
     recs = json.loads((RESULTS_DIR / "sparse.json").read_text())
     rows = means([r for r in recs if r.get("measure") == "quality"])
-    _save(rows)
+    prov = {k: v for k, v in provenance().items() if k != "wall_s"}
+    for r in rows:
+        r.update(prov)
+    write_results("sparse", [r for r in recs if r.get("measure") != "mean"] + rows)
     print_table(rows, columns=["dataset", "retriever", "ndcg@10", "recall@100"])
+
+
+@app.command()
+def fuse(folder: Path = typer.Argument(..., help="An evaluation folder with BM25 and NAME runs (metrics.json)."),
+         dataset: str = typer.Option(...), name: str = typer.Option(..., help="The sparse retriever's name.")) -> None:
+    """RRF(BM25 + NAME) from an evaluation folder's saved runs (no re-encoding): the hybrid row."""
+    row = fusion_row(folder, dataset, name)
+    if row is None:
+        raise typer.BadParameter(f"{folder}: metrics.json lacks bm25 or {name}")
+    row["run_dir"] = str(folder)
+    _save([row])
+    print_table([row], columns=["dataset", "retriever", "ndcg@10", "recall@100"])
 
 
 @app.command()

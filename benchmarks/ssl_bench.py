@@ -187,31 +187,33 @@ def mean_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def ctr_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """DCN-V2 / DeepFM with and without the SSL term (``EmbeddingLayerSSL`` as ``CTRModule``'s aux loss)."""
-    from dataclasses import replace
-
     from recsparse.models.ssl import ctr_ssl
-    from recsparse.pipelines.ctr import CTRRunConfig, fit_ctr, prepare
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.ctr import fit_ctr, prepare
     from recsparse.results import provenance
 
     rows = []
     for dataset in args.ctr_datasets:
-        base = CTRRunConfig(dataset=dataset, max_epochs=args.ctr_epochs, patience=args.ctr_patience,
-                            num_threads=args.threads)
-        ds, fitted = prepare(base)  # the full-vocabulary spec: the same for every model, seed and variant
+        def ctr_cfg(model: str = "deepfm", seed: int = 0) -> CTRConfig:
+            return CTRConfig.from_dict({"data": {"dataset": dataset}, "model": {"name": model},
+                                        "trainer": {"max_epochs": args.ctr_epochs, "patience": args.ctr_patience,
+                                                    "num_threads": args.threads, "seed": seed}})
+
+        ds, fitted = prepare(ctr_cfg())  # the full-vocabulary spec: the same for every model, seed and variant
         for model in args.ctr_models:
             for variant in args.variants:
                 for seed in args.seeds:
-                    cfg = replace(base, model=model, seed=seed)
+                    cfg = ctr_cfg(model, seed)
                     ssl = variant_ssl(variant)
-                    aux = None if ssl is None else ctr_ssl(ssl, fitted, ds.train, cfg.dim, seed)
+                    aux = None if ssl is None else ctr_ssl(ssl, fitted, ds.train, cfg.model.dim, seed)
                     t0 = time.perf_counter()
                     rec = fit_ctr(cfg, ds, fitted, aux_loss=aux)
                     row = {"section": "ctr", "study": args.study, "dataset": rec["dataset"], "model": model,
                            "variant": variant, "seed": seed, "test_auc": rec["test_auc"],
                            "test_logloss": rec["test_logloss"], "val_auc": rec["val_auc"], "epochs": rec["epochs"],
                            "train_examples_per_s": rec["train_examples_per_s"],
-                           "ssl": None if ssl is None else str(ssl), "max_epochs": cfg.max_epochs,
-                           "patience": cfg.patience}
+                           "ssl": None if ssl is None else str(ssl), "max_epochs": cfg.trainer.max_epochs,
+                           "patience": cfg.trainer.patience}
                     row.update(provenance(time.perf_counter() - t0))
                     print({k: v for k, v in row.items() if k not in ("command", "machine")}, flush=True)
                     rows.append(row)

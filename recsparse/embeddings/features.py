@@ -180,14 +180,18 @@ def _col(f: Feature) -> str:
 
 @dataclass
 class FeatureSpec:
-    """Features + the label column. ``unified_rows``/``unified_seed``: the shared table of ``mapper='unified'``
-    features. Build it in code or from a dict/YAML: ``{"label": "label", "features": [{"name": "user_id",
+    """Features + the label column. ``unified_rows``/``unified_seed``/``unified_chunks``: the shared table of
+    ``mapper='unified'`` features. ``unified_rows`` is the table's size in rows of the MODEL's embedding dim d: with
+    ``unified_chunks = c`` (multi-probe: each feature looks up c independently salted rows of width d/c and
+    concatenates them, Coleman et al. 2023) the table is stored as ``c · unified_rows`` rows of d/c — the same
+    parameters. Build it in code or from a dict/YAML: ``{"label": "label", "features": [{"name": "user_id",
     "kind": "categorical", "mapper": "full"}, ...]}``."""
 
     features: list[Feature]
     label: str | None = "label"
     unified_rows: int | None = None
     unified_seed: int = 0
+    unified_chunks: int = 1
 
     def __post_init__(self) -> None:
         if not self.features:
@@ -201,6 +205,8 @@ class FeatureSpec:
                 raise FeatureSpecError(f"feature {f.name!r}: graph_pair {f.graph_pair!r} is not a feature")
         if any(f.mapper == "unified" for f in self.sparse) and (self.unified_rows is None or self.unified_rows < 1):
             raise FeatureSpecError("mapper='unified' features need FeatureSpec.unified_rows (the shared table's rows)")
+        if not isinstance(self.unified_chunks, int) or self.unified_chunks < 1:
+            raise FeatureSpecError(f"unified_chunks must be an integer >= 1, got {self.unified_chunks!r}")
 
     @property
     def sparse(self) -> list[Categorical | Bucketized]:
@@ -212,7 +218,7 @@ class FeatureSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "unified_rows": self.unified_rows, "unified_seed": self.unified_seed,
-                "features": [asdict(f) for f in self.features]}
+                "unified_chunks": self.unified_chunks, "features": [asdict(f) for f in self.features]}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "FeatureSpec":
@@ -227,7 +233,7 @@ class FeatureSpec:
             except TypeError as e:
                 raise FeatureSpecError(f"features[{i}] ({kind}): {e}") from None
         return cls(feats, label=d.get("label", "label"), unified_rows=d.get("unified_rows"),
-                   unified_seed=int(d.get("unified_seed", 0)))
+                   unified_seed=int(d.get("unified_seed", 0)), unified_chunks=int(d.get("unified_chunks", 1)))
 
     def fit(self, frame: pl.DataFrame | pl.LazyFrame) -> "FittedFeatureSpec":
         """Learn vocabularies, mapper state, normalisation and bucket boundaries from the TRAINING frame."""
@@ -378,8 +384,8 @@ def _fit_mapper(spec: FeatureSpec, f: Categorical | Bucketized, enc: pl.LazyFram
 
         # the Polars view of the shared table (UnifiedEmbedding builds the same mapper from the name and seed)
         assert spec.unified_rows is not None
-        return UniversalHashMapper(spec.unified_rows, int(f.mapper_kwargs.get("chunks", 1)),
-                                   feature_salt(f.name, spec.unified_seed))
+        c = spec.unified_chunks
+        return UniversalHashMapper(spec.unified_rows * c, c, feature_salt(f.name, spec.unified_seed))
     if isinstance(f, Categorical) and f.mapper == "graphhash":
         assert f.graph_pair is not None
         # distinct edges are enough: GraphHash merges duplicate edges to weight 1

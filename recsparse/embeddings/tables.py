@@ -24,6 +24,7 @@ Mapper state travels inside ``state_dict()`` (``_extra_state``: plain ints/strin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -187,6 +188,8 @@ class MappedEmbeddingBagCollection(nn.Module):
                                  f"{r0} x {d0}, {f.name!r} has {r} x {d}")
             names_.append(f.name)
         shared = len(self._tables) < len(self.features)
+        # fbgemm, one table for all F features: TBE sees the F·B bags as one batch of its single table
+        self._folded = shared and self.backend == "fbgemm"
         if self.device.type == "meta" and self.backend == "fbgemm":
             raise ValueError("device='meta' builds tables without storage for sharding (backend='torchrec'); "
                              "backend='fbgemm' allocates its kernel buffers at once")
@@ -200,10 +203,15 @@ class MappedEmbeddingBagCollection(nn.Module):
         elif self.backend == "fbgemm":
             from recsparse.kernels.tbe import FusedTBE
 
-            if shared:
-                raise ValueError("shared tables (FeatureConfig.table) run on backend 'torchrec' or 'torch'")
+            if shared and len(self._tables) > 1:
+                raise ValueError("shared tables (FeatureConfig.table) on backend 'fbgemm': ALL features on one "
+                                 "table (unified embedding) or none; other sharing runs on backend 'torchrec' or "
+                                 "'torch'")
+            # every index comes from a mapper, whose rows are in [0, num_rows) by construction (and whose state is
+            # validated on load): the kernel's per-call bounds check would only re-check that
+            cfg = dataclasses.replace(tbe_config or TBEConfig(), bounds_check=False)
             self.tbe = FusedTBE([r for r, _, _ in self._tables.values()], [d for _, d, _ in self._tables.values()],
-                                tbe_config, self.device, table_names=list(self._tables))
+                                cfg, self.device, table_names=list(self._tables))
         else:
             self.bags = nn.ModuleDict({t: nn.EmbeddingBag(r, d, mode="sum", sparse=sparse, device=self.device)
                                        for t, (r, d, _) in self._tables.items()})
@@ -222,7 +230,7 @@ class MappedEmbeddingBagCollection(nn.Module):
         if self.backend == "torchrec":
             return self.ebc.embedding_bags[f.table_name].weight
         if self.backend == "fbgemm":
-            return self.tbe.weights(self._index[feature])  # no shared tables: table t = feature t
+            return self.tbe.weights(0 if self._folded else self._index[feature])  # else table t = feature t
         return self.bags[f.table_name].weight
 
     def feature(self, name: str) -> FeatureConfig:
@@ -279,6 +287,9 @@ class MappedEmbeddingBagCollection(nn.Module):
                 [out[n] for n in self.feature_names], dim=1)
         elif self.backend == "fbgemm":
             pooled = self.tbe(mapped.values(), mapped.offsets())
+            if self._folded:  # [F·B, d] (feature-major bags) -> [B, F·d]
+                pooled = pooled.view(len(self.features), mapped.stride(), -1).transpose(0, 1).reshape(
+                    mapped.stride(), -1)
         else:
             B = mapped.stride()
             off = mapped.offsets()
@@ -293,13 +304,20 @@ class MappedEmbeddingBagCollection(nn.Module):
 
     def embed(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
         """``ids [N]`` (raw) -> ``[N, dim]``: each id's mapper rows summed. Differentiable w.r.t. the table."""
-        f = self.feature(feature)
-        rows = f.mapper.transform(ids.reshape(-1)).to(self.device)  # [N, k]
+        if feature not in self._index:
+            self.feature(feature)  # raises the KeyError naming the features
+        t = self._index[feature]
+        rows = self.features[t].mapper.transform(ids.reshape(-1))  # [N, k]
+        if rows.device != self.device:
+            rows = rows.to(self.device)
         if self.backend == "fbgemm":
             if torch.is_grad_enabled():
-                return self._embed_tbe(self._index[feature], rows)  # backward = the fused optimizer update
-            w = self.table_weight(feature)  # inference: a plain gather from the kernel's storage (no TBE launch)
-            return F.embedding(rows[:, 0], w) if rows.shape[1] == 1 else F.embedding(rows, w).sum(dim=1)
+                # backward = the fused optimizer update
+                return self._embed_tbe(0 if self._folded else t, rows)
+            # inference: a plain gather from the kernel's storage (no TBE launch: its per-call set-up costs more than
+            # a pooling-1 lookup of a few thousand rows)
+            w = self.tbe.weights(0 if self._folded else t)
+            return w.index_select(0, rows.view(-1)) if rows.shape[1] == 1 else F.embedding(rows, w).sum(dim=1)
         if self.backend == "torchrec" and self.is_sharded:
             return self._embed_sharded(feature, rows)
         w = self.table_weight(feature)
@@ -332,13 +350,13 @@ class MappedEmbeddingBagCollection(nn.Module):
     def _embed_tbe(self, t: int, rows: torch.Tensor) -> torch.Tensor:
         # one bag per id for table t, empty bags for the other tables (TBE computes all tables in one call)
         N, k = rows.shape
-        T = len(self.features)
+        T = self.tbe.num_tables
         off = torch.zeros(T * N + 1, dtype=torch.long, device=rows.device)
         off[t * N + 1:(t + 1) * N + 1] = torch.arange(1, N + 1, device=rows.device) * k
         off[(t + 1) * N + 1:] = N * k
         out = self.tbe(rows.reshape(-1), off)
         d0 = self.tbe.d_offsets[t]
-        return out[:, d0:d0 + self.features[t].embedding_dim]
+        return out[:, d0:d0 + self.tbe.dims[t]]
 
     # ---- mapper state inside state_dict --------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:

@@ -36,7 +36,12 @@ def feature_salt(name: str, seed: int = 0) -> int:
 class UnifiedEmbedding(nn.Module):
     """One shared table ``[num_rows, chunk_dim]`` for all ``features``; feature f uses ``dim_f / chunk_dim`` salted
     chunks (``UniversalHashMapper(num_rows, num_hashes=c, seed=salt(f))``; ``FeatureConfig.mapper`` is ignored).
-    ``backend``: ``"torchrec"`` | ``"torch"`` | ``"auto"``.
+    ``backend``: ``"torchrec"`` | ``"torch"`` | ``"fbgemm"`` | ``"auto"``.
+
+    Update paths of the shared table (at web scale it is large and a batch touches few rows): ``"torch"`` with
+    ``sparse=True`` gives it a sparse gradient (only the looked-up rows; use ``torch.optim.SGD``/``SparseAdam``);
+    ``"fbgemm"`` runs it in one FBGEMM TBE kernel with the optimizer (``tbe_config``) fused into ``backward`` — leave
+    its weights out of the model's optimizer. The default dense gradient touches every row every step.
 
     The table is a :class:`~recsparse.embeddings.tables.MappedEmbeddingBagCollection` (``self.tables``) whose
     features are the chunks ``<name>#<j>``, all on the shared table ``"unified"``, chunk j mapped by hash j of the
@@ -44,7 +49,8 @@ class UnifiedEmbedding(nn.Module):
     module's."""
 
     def __init__(self, features: Sequence[FeatureConfig], num_rows: int, chunk_dim: int, backend: str = "auto",
-                 seed: int = 0, init_std: float | None = None, device: str | torch.device = "cpu") -> None:
+                 seed: int = 0, init_std: float | None = None, device: str | torch.device = "cpu",
+                 sparse: bool = False, tbe_config: Any = None) -> None:
         super().__init__()
         check_positive("num_rows", num_rows)
         check_positive("chunk_dim", chunk_dim)
@@ -57,8 +63,9 @@ class UnifiedEmbedding(nn.Module):
         names = [f.name for f in features]
         if len(set(names)) != len(names):
             raise ValueError(f"feature names must be unique, got {names}")
-        if resolve_backend(backend) == "fbgemm":
-            raise ValueError("UnifiedEmbedding runs on backend 'torchrec' (TBE when sharded) or 'torch'")
+        if sparse and resolve_backend(backend) != "torch":
+            raise ValueError("sparse=True (sparse gradients) is a backend='torch' option; backend='fbgemm' fuses the "
+                             "update into backward instead")
         self.features, self.num_rows_total, self.chunk_dim, self.seed = list(features), int(num_rows), chunk_dim, seed
         self.mappers = {f.name: UniversalHashMapper(num_rows, f.embedding_dim // chunk_dim, feature_salt(f.name, seed))
                         for f in self.features}
@@ -67,7 +74,7 @@ class UnifiedEmbedding(nn.Module):
                   for f in self.features for j in range(self.chunks(f.name))]
         self.virtual = [c.name for c in chunks]
         self.tables = MappedEmbeddingBagCollection(chunks, backend=backend, init_std=init_std, seed=seed,
-                                                   device=device)
+                                                   device=device, sparse=sparse, tbe_config=tbe_config)
         self.backend, self.device = self.tables.backend, self.tables.device
 
     @property

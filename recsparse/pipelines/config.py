@@ -1,6 +1,14 @@
 """Training configuration: the schema of ``recsparse train`` as typed dataclasses (:mod:`recsparse.config`).
 
-A config has five sections (``data``, ``model``, ``loss``, ``trainer``, ``eval``) plus a ``name``. Every value is
+Two tasks share the one training pipeline (:func:`recsparse.pipelines.train.run`) and its :class:`TrainerConfig`:
+
+* ``task: ranking`` (the default; :class:`TrainConfig`): MF, LightGCN, two-tower with full-ranking evaluation. Five
+  sections (``data``, ``model``, ``loss``, ``trainer``, ``eval``) plus a ``name``.
+* ``task: ctr`` (:class:`CTRConfig`): a CTR model of the zoo (:mod:`recsparse.models.ctr`) on a CTR dataset, BCE
+  loss, validation AUC as the monitor. Sections ``data`` (:class:`CTRDataConfig`), ``model``
+  (:class:`CTRModelConfig`), ``trainer`` (:class:`CTRTrainerConfig`: the same trainer with CTR defaults).
+
+:func:`load_config` reads ``task`` and builds the matching class. Every value is
 checked against its field's annotation and ``validate()`` rules on construction; unknown keys, wrong types and
 out-of-range values raise :class:`~recsparse.errors.ConfigError` naming the dotted field and the file/line or
 override (``trainer.batch_size must be > 0, got 0 (c.yaml:7)``). Overrides are YAML values: ``trainer.max_epochs=3``,
@@ -14,13 +22,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping, Sequence
 
-from recsparse.config import Config, apply_overrides, build, check_name, load
+from recsparse.config import Config, apply_overrides, build, check_name, load_yaml
+from recsparse.errors import ConfigError
 from recsparse.embeddings.dsl import DSLConfig
 from recsparse.models.ssl import SSLConfig
 from recsparse.types import check_choice, check_positive
 
-__all__ = ["DataConfig", "ModelConfig", "LossConfig", "TrainerConfig", "EvalConfig", "TrainConfig", "load_config",
-           "apply_overrides"]
+__all__ = ["DataConfig", "ModelConfig", "LossConfig", "TrainerConfig", "EvalConfig", "TrainConfig", "CTRDataConfig",
+           "CTRModelConfig", "CTRTrainerConfig", "CTRConfig", "RunConfig", "load_config", "apply_overrides"]
 
 
 def _pos(section: str, name: str, value: float) -> None:
@@ -207,6 +216,7 @@ class EvalConfig(Config):
 @dataclass
 class TrainConfig(Config):
     name: str = "run"
+    task: Literal["ranking"] = "ranking"
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
@@ -222,6 +232,9 @@ class TrainConfig(Config):
         if self.model.dsl is not None and self.model.family not in ("mf", "lightgcn"):
             raise ValueError(f"model.dsl is for model.family 'mf' or 'lightgcn' (their user/item tables), got "
                              f"{self.model.family!r}")
+        if self.model.dsl is not None and self.trainer.strategy == "torchrec":
+            raise ValueError("model.dsl does not run under trainer.strategy=torchrec: its masks act on whole tables, "
+                             "not on TorchRec shards; train DSL on one process")
         if self.model.dsl is not None and self.model.backend == "fbgemm":
             raise ValueError("model.dsl does not run on model.backend=fbgemm: the fused backward never materialises "
                              "the gradient DSL regrows by; use model.backend=torch or torchrec")
@@ -236,12 +249,115 @@ class TrainConfig(Config):
     def output_dir(self) -> Path:
         return Path(self.trainer.output_dir.format(name=self.name))
 
+    @property
+    def monitor(self) -> str:
+        """The validation metric of early stopping and the best checkpoint (logged as ``val/<monitor>``)."""
+        return self.eval.monitor
+
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
         """Nested mappings -> a validated config (:func:`recsparse.config.build`)."""
         return build(cls, d)
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Read a YAML config, apply ``overrides``, validate. ``name`` defaults to the file's stem."""
-    return load(TrainConfig, path, overrides, defaults={"name": Path(path).stem})
+# ---- task: ctr ---------------------------------------------------------------------------------------------------
+@dataclass
+class CTRDataConfig(Config):
+    """``dataset``: a registered in-memory CTR dataset (``recsparse.data.ctr``: ``ml-100k-ctr``, ``adult``); its
+    default feature spec and split rule come with it."""
+
+    dataset: str = "ml-100k-ctr"
+
+    def validate(self) -> None:
+        from recsparse.data.ctr import CTR_DATASETS
+
+        check_choice("data.dataset", self.dataset, sorted(CTR_DATASETS))
+
+
+@dataclass
+class CTRModelConfig(Config):
+    """``name``: a model of :data:`recsparse.models.ctr.CTR_MODELS`; ``kwargs`` go to its constructor
+    (``{cross_layers: 3, hidden: [256, 128]}``). ``mapper``: ``full`` (vocabulary + OOV per feature),
+    ``modulo``/``universal`` (per-feature hashing, ``ceil(budget · rows_full(f))`` rows each) or ``unified`` (ONE
+    table of ``ceil(budget · Σ rows_full)`` rows). ``budget``: that fraction of the summed full-vocabulary rows.
+    ``backend``: the tables' backend (``torchrec`` for ``trainer.strategy=torchrec``)."""
+
+    name: str = "deepfm"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    dim: int = 16
+    mapper: Literal["full", "modulo", "universal", "unified"] = "full"
+    budget: float = 1.0
+    backend: str = "torch"
+
+    def validate(self) -> None:
+        from recsparse.embeddings import BACKENDS
+        from recsparse.models.ctr import CTR_MODELS
+
+        check_choice("model.name", self.name, sorted(CTR_MODELS))
+        check_choice("model.backend", self.backend, BACKENDS)
+        _pos("model", "dim", self.dim)
+        if self.backend == "fbgemm":  # the zoo builds its tables without the trainer's TBE optimizer settings
+            raise ValueError("model.backend=fbgemm is not wired for CTR models (their fused tables would not follow "
+                             "the trainer's optimizer): use torch, or torchrec (needed by trainer.strategy=torchrec)")
+        if not 0 < self.budget <= 1:
+            raise ValueError(f"model.budget must be in (0, 1], got {self.budget!r}")
+
+
+@dataclass
+class CTRTrainerConfig(TrainerConfig):
+    """:class:`TrainerConfig` with the CTR defaults (batch 1024, patience 2, one thread, no progress bar)."""
+
+    batch_size: int = 1024
+    patience: int = 2
+    num_threads: int = 1
+    progress_bar: bool = False
+
+
+@dataclass
+class CTRConfig(Config):
+    """``task: ctr``: one CTR run through :func:`recsparse.pipelines.train.run` (early stopping on validation AUC,
+    test AUC / logloss of the best-validation checkpoint)."""
+
+    name: str = "run"
+    task: Literal["ctr"] = "ctr"
+    data: CTRDataConfig = field(default_factory=CTRDataConfig)
+    model: CTRModelConfig = field(default_factory=CTRModelConfig)
+    trainer: CTRTrainerConfig = field(default_factory=CTRTrainerConfig)
+
+    def validate(self) -> None:
+        check_name("name", self.name)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.trainer.output_dir.format(name=self.name))
+
+    @property
+    def monitor(self) -> str:
+        return "auc"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "CTRConfig":
+        return build(cls, d)
+
+
+RunConfig = TrainConfig | CTRConfig
+TASKS: dict[str, type[TrainConfig] | type[CTRConfig]] = {"ranking": TrainConfig, "ctr": CTRConfig}
+
+
+def config_class(task: Any, where: str = "config") -> type[TrainConfig] | type[CTRConfig]:
+    """The config class of ``task`` (``None`` -> ranking); an unknown task is a :class:`ConfigError`."""
+    if task is None:
+        return TrainConfig
+    if task not in TASKS:
+        raise ConfigError(f"task: must be one of {', '.join(repr(t) for t in TASKS)}; got {task!r} ({where})")
+    return TASKS[task]
+
+
+def load_config(path: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config, apply ``overrides``, validate against the class of its ``task`` (:class:`TrainConfig` or
+    :class:`CTRConfig`). ``name`` defaults to the file's stem."""
+    data, where = load_yaml(path)
+    data.setdefault("name", Path(path).stem)
+    apply_overrides(data, overrides, where)
+    cls = config_class(data.get("task"), where.get("task", str(path)))
+    return build(cls, data, where=where)

@@ -1,73 +1,39 @@
-"""CTR training with Lightning: the feature spec fitted on train, a CTR model from the zoo, BCE loss, early stopping
-on validation AUC, test AUC / logloss of the best-validation checkpoint.
+"""The CTR task of the training pipeline (``task: ctr``, :class:`~recsparse.pipelines.config.CTRConfig`): the feature
+spec fitted on train, a CTR model from the zoo, BCE loss, early stopping on validation AUC, test AUC / logloss of the
+best-validation checkpoint. :func:`recsparse.pipelines.train.run` trains it like every other task: the same run
+folder, checkpoints, resume/overwrite rules, ``metrics.json`` and ``trainer.strategy=torchrec trainer.devices=N``.
 
-* :class:`CTRRunConfig` — dataset, model (+ kwargs), embedding dim, mapper (``full`` | hashing | ``unified``),
-  row budget, optimiser, epochs, patience, batch size, seed.
-* :class:`CTRDataModule` — fits the spec on the training frame once and serves :class:`~recsparse.embeddings.
-  features.Batch` es: a fresh permutation per epoch (a pure function of ``(seed, epoch)``), validation/test in order.
-* :class:`CTRModule` — the LightningModule beside the ranking modules of :mod:`recsparse.pipelines.modules`:
-  ``val/auc``, ``val/logloss``, ``test/auc``, ``test/logloss`` from torchmetrics (``BinaryAUROC`` exact, logloss as
-  the ``MeanMetric`` of per-example binary cross-entropy).
-* :func:`fit_ctr` — fit + test one config, returning the results record (AUC, logloss, parameters, table bytes,
-  training examples/s, epochs).
+* :func:`prepare` — load the dataset and fit its spec for ``model.mapper``/``model.budget`` -> :class:`CTRData`.
+* :class:`CTRDataModule` — encodes the three frames once and serves
+  :class:`~recsparse.embeddings.features.Batch` es: a fresh permutation per epoch (a pure function of ``(seed,
+  epoch)``; the epoch count is checkpoint state, so a resumed run sees the same batches), validation/test in order.
+* :class:`CTRModule` — the LightningModule (a :class:`~recsparse.pipelines.modules.TaskModule`): ``val/auc``,
+  ``val/logloss``, ``test/auc``, ``test/logloss`` from torchmetrics (``BinaryAUROC`` exact, logloss as the
+  ``MeanMetric`` of per-example binary cross-entropy). On several processes every rank reads the global batch and
+  keeps its slice (:func:`local_ctr_batch`), so N processes × B/N train as 1 × B.
+* :func:`fit_ctr` — :func:`~recsparse.pipelines.train.run` in a temporary run folder, returning the flat record the
+  benchmarks tabulate (AUC, logloss, parameters, table bytes, training examples/s, epochs).
 """
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
 import lightning.pytorch as L
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
-from lightning.pytorch.callbacks import Callback, EarlyStopping, ModelCheckpoint
 from torch.utils.data import DataLoader, Dataset
 
 from recsparse.embeddings.features import Batch, EncodedFrame, FeatureSpec, FittedFeatureSpec
-from recsparse.config import check_name, check_value
-from recsparse.errors import ConfigError
+from recsparse.pipelines.config import CTRConfig
 from recsparse.pipelines.data import EpochBatchSampler
-from recsparse.types import check_choice
-
-HASH_MAPPERS = ("modulo", "universal")
-
-
-@dataclass
-class CTRRunConfig:
-    """One CTR run. ``mapper``: ``full`` (vocabulary + OOV per feature), ``modulo``/``universal`` (per-feature
-    hashing; each feature gets ``ceil(budget · rows_full(f))`` rows) or ``unified`` (ONE table of
-    ``ceil(budget · Σ rows_full)`` rows). ``budget`` is that fraction of the summed full-vocabulary rows."""
-
-    dataset: str = "ml-100k-ctr"
-    model: str = "deepfm"
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    dim: int = 16
-    mapper: str = "full"
-    budget: float = 1.0
-    max_epochs: int = 10
-    patience: int = 2
-    batch_size: int = 1024
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    seed: int = 0
-    backend: str = "torch"
-    num_threads: int = 1
-
-    def __post_init__(self) -> None:
-        from recsparse.models.ctr import CTR_MODELS
-
-        try:
-            check_choice("model", self.model, sorted(CTR_MODELS))
-            check_choice("mapper", self.mapper, ("full", *HASH_MAPPERS, "unified"))
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
-        for n in ("dim", "max_epochs", "patience", "batch_size", "lr", "num_threads"):
-            if not getattr(self, n) > 0:
-                raise ConfigError(f"{n} must be > 0, got {getattr(self, n)!r}")
-        if not 0 < self.budget <= 1:
-            raise ConfigError(f"budget must be in (0, 1], got {self.budget!r}")
+from recsparse.pipelines.modules import TaskModule
+from recsparse.pipelines.strategy import local_range, slice_kjt
 
 
 def budget_spec(spec: FeatureSpec, full_rows: dict[str, int], mapper: str, budget: float) -> FeatureSpec:
@@ -88,102 +54,17 @@ def budget_spec(spec: FeatureSpec, full_rows: dict[str, int], mapper: str, budge
         else:
             feats.append(replace(f, mapper=mapper, num_rows=max(1, math.ceil(budget * full_rows[f.name]))))
     rows = max(1, math.ceil(budget * sum(full_rows.values()))) if mapper == "unified" else None
-    return FeatureSpec(feats, label=spec.label, unified_rows=rows, unified_seed=spec.unified_seed)
+    return FeatureSpec(feats, label=spec.label, unified_rows=rows, unified_seed=spec.unified_seed,
+                       unified_chunks=spec.unified_chunks)
 
 
-# YAML layout of a CTR config (``task: ctr``): section.key -> CTRRunConfig field
-CONFIG_FIELDS = {"data.dataset": "dataset", "model.name": "model", "model.kwargs": "model_kwargs", "model.dim": "dim",
-                 "model.mapper": "mapper", "model.budget": "budget", "model.backend": "backend",
-                 "trainer.max_epochs": "max_epochs", "trainer.patience": "patience",
-                 "trainer.batch_size": "batch_size", "trainer.lr": "lr", "trainer.weight_decay": "weight_decay",
-                 "trainer.seed": "seed", "trainer.num_threads": "num_threads"}
-RUN_FIELDS = ("trainer.output_dir", "trainer.overwrite", "trainer.progress_bar")
+@dataclass
+class CTRData:
+    """A loaded CTR dataset (:class:`~recsparse.data.ctr.CTRDataset`) and the feature spec fitted on its training
+    frame for the run's mapper and budget."""
 
-
-def is_ctr_config(raw: Any) -> bool:
-    return isinstance(raw, dict) and raw.get("task") == "ctr"
-
-
-def ctr_config_from_dict(raw: dict[str, Any], source: str = "config") -> tuple[CTRRunConfig, dict[str, Any]]:
-    """A ``task: ctr`` YAML mapping -> (:class:`CTRRunConfig`, run options ``name``/``output_dir``/``overwrite``/
-    ``progress_bar``). Every value is type-checked against the field it fills; errors name ``source`` and the
-    dotted key (``trainer.lr``)."""
-    import dataclasses
-    import typing
-
-    hints = typing.get_type_hints(CTRRunConfig)
-    kw: dict[str, Any] = {}
-    run = {"name": raw.get("name", "run"), "output_dir": "runs/{name}", "overwrite": False, "progress_bar": False}
-    for sec, body in raw.items():
-        if sec in ("name", "task"):
-            continue
-        if sec not in ("data", "model", "trainer") or not isinstance(body, dict):
-            raise ConfigError(f"{source}: unknown or malformed section {sec!r} (a CTR config has name, task, data, "
-                              "model, trainer)")
-        for k, v in body.items():
-            key = f"{sec}.{k}"
-            if key in RUN_FIELDS:
-                run[k] = check_value(str if k == "output_dir" else bool, v, key, source)
-                continue
-            if key not in CONFIG_FIELDS:
-                raise ConfigError(f"{source}: unknown key {key}; known: {', '.join(sorted([*CONFIG_FIELDS, *RUN_FIELDS]))}")
-            field_name = CONFIG_FIELDS[key]
-            kw[field_name] = check_value(hints[field_name], v, key, source)
-    name = check_value(str, run["name"], "name", source)
-    try:
-        check_name("name", name)
-    except ValueError as e:
-        raise ConfigError(f"{source}: {e}") from None
-    known = {f.name for f in dataclasses.fields(CTRRunConfig)}
-    assert set(kw) <= known
-    try:
-        return CTRRunConfig(**kw), run
-    except ConfigError as e:
-        raise ConfigError(f"{source}: {e}") from None
-
-
-def load_ctr_config(path: str | Any, overrides: Any = ()) -> tuple[CTRRunConfig, dict[str, Any]]:
-    """Read a ``task: ctr`` YAML file, apply ``a.b=value`` overrides, validate (see :func:`ctr_config_from_dict`)."""
-    from pathlib import Path
-
-    from recsparse.config import apply_overrides, load_yaml
-
-    path = Path(path)
-    raw, _ = load_yaml(path)  # the one YAML reader: file:line:col for malformed YAML, duplicate keys
-    if not is_ctr_config(raw):
-        raise ConfigError(f"{path}: not a CTR config (needs task: ctr)")
-    raw.setdefault("name", path.stem)
-    apply_overrides(raw, list(overrides))
-    return ctr_config_from_dict(raw, str(path))
-
-
-def run_ctr(cfg: CTRRunConfig, name: str, output_dir: str = "runs/{name}", overwrite: bool = False,
-            progress_bar: bool = False) -> dict[str, Any]:
-    """``recsparse train`` for a CTR config: fit + test, then write into the run folder ``metrics.json``, the fitted
-    feature spec (``feature_spec/``: JSON + safetensors) and the best-validation weights (``model.safetensors``).
-    An existing run folder is an error unless ``overwrite`` (then it is cleared first)."""
-    import shutil
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-    from recsparse.io import write_json
-
-    out = Path(output_dir.format(name=name))
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"run folder {out} exists; choose another name or set trainer.overwrite=true")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    ds, fitted = prepare(cfg)
-    holder: dict[str, Any] = {}
-    rec = fit_ctr(cfg, ds, fitted, progress=progress_bar, keep=holder)
-    fitted.save(out / "feature_spec")
-    save_file({k: v.contiguous() for k, v in holder["model"].state_dict().items()
-               if isinstance(v, torch.Tensor)}, str(out / "model.safetensors"))
-    rec["name"] = name
-    write_json(out / "metrics.json", rec)
-    return rec
+    dataset: Any
+    fitted: FittedFeatureSpec
 
 
 class _EpochBatches(Dataset):
@@ -220,51 +101,85 @@ def _collate(b: Batch) -> Batch:
 
 
 class CTRDataModule(L.LightningDataModule):
-    """Fits ``spec`` on ``train`` (once) and encodes the three frames to tensors."""
+    """Encodes the train/validation/test frames of ``data`` with its fitted spec (once) and serves global batches of
+    ``trainer.batch_size`` (validation/test: 4×); every rank reads the same global batch."""
 
-    def __init__(self, fitted: FittedFeatureSpec, train: Any, valid: Any, test: Any, batch_size: int = 1024,
-                 seed: int = 0) -> None:
+    def __init__(self, cfg: CTRConfig, data: CTRData) -> None:
         super().__init__()
-        self.fitted = fitted
-        self.train_data = fitted.encode(train)
-        self.valid_data = fitted.encode(valid)
-        self.test_data = fitted.encode(test)
-        self.batch_size, self.seed = batch_size, seed
+        self.cfg, self.data = cfg, data
+        ds = data.dataset
+        self.train_data = data.fitted.encode(ds.train)
+        self.valid_data = data.fitted.encode(ds.valid)
+        self.test_data = data.fitted.encode(ds.test)
         self._sampler: EpochBatchSampler | None = None
+        self._epochs_started = 0
+
+    def state_dict(self) -> dict[str, Any]:  # the epoch count seeds the permutation: a resumed run continues it
+        return {"epochs_started": self._sampler.epoch if self._sampler is not None else self._epochs_started}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._epochs_started = int(state["epochs_started"])
+        if self._sampler is not None:
+            self._sampler.epoch = self._epochs_started
 
     def train_dataloader(self) -> DataLoader:
-        ds = _EpochBatches(self.train_data, self.batch_size, self.seed)
-        self._sampler = EpochBatchSampler(len(ds), self._sampler.epoch if self._sampler is not None else 0)
+        t = self.cfg.trainer
+        ds = _EpochBatches(self.train_data, t.batch_size, t.seed)
+        self._sampler = EpochBatchSampler(len(ds), self._sampler.epoch if self._sampler is not None
+                                          else self._epochs_started)
         return DataLoader(ds, sampler=self._sampler, batch_size=None, collate_fn=_collate)
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Ordered(self.valid_data, 4 * self.batch_size), batch_size=None, collate_fn=_collate)
+        return DataLoader(_Ordered(self.valid_data, 4 * self.cfg.trainer.batch_size), batch_size=None,
+                          collate_fn=_collate)
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Ordered(self.test_data, 4 * self.batch_size), batch_size=None, collate_fn=_collate)
+        return DataLoader(_Ordered(self.test_data, 4 * self.cfg.trainer.batch_size), batch_size=None,
+                          collate_fn=_collate)
 
 
-class CTRModule(L.LightningModule):
+def local_ctr_batch(batch: Batch, rank: int, world: int) -> Batch:
+    """Rank ``rank``'s contiguous slice of a global batch (:func:`~recsparse.pipelines.strategy.local_range`)."""
+    if world == 1:
+        return batch
+    start, end = local_range(len(batch), rank, world)
+    return Batch(slice_kjt(batch.sparse, start, end), batch.dense[start:end],
+                 None if batch.label is None else batch.label[start:end])
+
+
+class CTRModule(TaskModule):
     """BCE-with-logits training of a :class:`~recsparse.models.ctr.CTRModel`; AUC/logloss on validation and test.
 
-    ``aux_loss`` (optional): ``callable(module, batch) -> scalar`` added to the training loss (e.g. an SSL term
-    over ``model.embed``)."""
+    ``cfg``: the run's :class:`CTRConfig` (its trainer section: optimiser, lr, weight decay; default
+    ``CTRConfig()``). ``aux_loss`` (optional): ``callable(module, batch) -> scalar`` added to the training loss (e.g.
+    an SSL term over ``model.embed``; it sees this rank's slice of the batch)."""
 
-    def __init__(self, model: torch.nn.Module, lr: float = 1e-3, weight_decay: float = 0.0,
-                 aux_loss: Any = None) -> None:
-        super().__init__()
+    def __init__(self, model: torch.nn.Module, cfg: CTRConfig | None = None, aux_loss: Any = None,
+                 data: CTRData | None = None) -> None:
+        super().__init__(cfg if cfg is not None else CTRConfig())
         from torchmetrics import MeanMetric
         from torchmetrics.classification import BinaryAUROC
 
         self.model = model
-        self.lr, self.weight_decay, self.aux_loss = lr, weight_decay, aux_loss
+        self.aux_loss = aux_loss
+        self.data = data
+        # every rank evaluates its slice of each batch; the metrics gather all slices at compute()
         self.metrics = torch.nn.ModuleDict({s: torch.nn.ModuleDict({"auc": BinaryAUROC(), "logloss": MeanMetric()})
                                             for s in ("val", "test")})
-        self.last_metrics: dict[str, dict[str, float]] = {}
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        # fused: one multi-tensor kernel per step instead of a Python loop over parameters (CPU and CUDA)
-        return torch.optim.Adam(self.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True)
+    def num_examples(self, batch: Batch) -> int:
+        return len(batch)
+
+    def table_stats(self) -> dict[str, int]:
+        return {"rows": self.model.table_rows(), "bytes": self.model.table_bytes()}
+
+    def describe(self) -> dict[str, Any]:
+        m = self.cfg.model
+        out = {"dataset": self.cfg.data.dataset, "model": m.name, "mapper": m.mapper, "budget": m.budget,
+               "dim": m.dim, "params": self.model.num_parameters()}
+        if self.data is not None:
+            out["split"] = self.data.dataset.split_rule
+        return out
 
     def transfer_batch_to_device(self, batch: Batch, device: torch.device, dataloader_idx: int) -> Batch:
         if device.type == "cpu":
@@ -272,21 +187,36 @@ class CTRModule(L.LightningModule):
         return Batch(batch.sparse.to(device), batch.dense.to(device),
                      None if batch.label is None else batch.label.to(device))
 
+    def _local(self, batch: Batch) -> Batch:
+        return local_ctr_batch(batch, self.global_rank, self.trainer.world_size)
+
     def training_step(self, batch: Batch, batch_idx: int) -> torch.Tensor:
         assert batch.label is not None
-        logits = self.model(batch.sparse, batch.dense)
-        loss = F.binary_cross_entropy_with_logits(logits, batch.label)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=len(batch))
+        B, world = len(batch), self.trainer.world_size
+        local = self._local(batch)
+        assert local.label is not None
+        bce_sum = F.binary_cross_entropy_with_logits(self.model(local.sparse, local.dense), local.label,
+                                                     reduction="sum")
+        # world × (this slice's share of the global mean): DDP and TorchRec average the ranks' gradients, so the
+        # update is that of the mean BCE over the whole global batch, as on one process
+        loss = bce_sum * (world / B)
+        if world > 1:
+            total = bce_sum.detach().clone()
+            dist.all_reduce(total)
+            mean = total / B
+            loss = loss + (mean - loss.detach())  # the value is the global mean (logged, returned); grads as above
+        self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=B)
         if self.aux_loss is not None:
-            loss = loss + self.aux_loss(self, batch)
+            loss = loss + self.aux_loss(self, local)
         return loss
 
     def _eval(self, stage: str, batch: Batch) -> None:
-        assert batch.label is not None
-        logits = self.model(batch.sparse, batch.dense)
+        local = self._local(batch) if self._trainer is not None else batch
+        assert local.label is not None
+        logits = self.model(local.sparse, local.dense)
         m = self.metrics[stage]
-        m["auc"].update(torch.sigmoid(logits), batch.label.long())
-        m["logloss"].update(F.binary_cross_entropy_with_logits(logits, batch.label, reduction="none"))
+        m["auc"].update(torch.sigmoid(logits), local.label.long())
+        m["logloss"].update(F.binary_cross_entropy_with_logits(logits, local.label, reduction="none"))
 
     def _eval_end(self, stage: str) -> None:
         m = self.metrics[stage]
@@ -309,72 +239,54 @@ class CTRModule(L.LightningModule):
         self._eval_end("test")
 
 
-class CTRThroughput(Callback):
-    """Training examples/s of each epoch (the training batches' wall time; no validation)."""
-
-    def __init__(self) -> None:
-        self.seconds, self.examples = 0.0, 0
-        self._t = 0.0
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._t = time.perf_counter()
-
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Batch,
-                           batch_idx: int) -> None:
-        self.examples += len(batch)
-
-    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.seconds += time.perf_counter() - self._t
-
-    @property
-    def examples_per_s(self) -> float:
-        return self.examples / self.seconds if self.seconds > 0 else 0.0
-
-
-def prepare(cfg: CTRRunConfig, ds: Any = None) -> tuple[Any, FittedFeatureSpec]:
-    """Load the dataset and fit its spec for ``cfg.mapper``/``cfg.budget`` (budgets are fractions of the FULL spec's
-    rows, so the full spec is fitted first)."""
+def prepare(cfg: CTRConfig, ds: Any = None) -> tuple[Any, FittedFeatureSpec]:
+    """Load the dataset (unless given) and fit its spec for ``model.mapper``/``model.budget`` (budgets are fractions
+    of the FULL spec's rows, so the full spec is fitted first) -> ``(dataset, fitted spec)``."""
     from recsparse.data.ctr import load_ctr
 
-    ds = ds if ds is not None else load_ctr(cfg.dataset)
+    ds = ds if ds is not None else load_ctr(cfg.data.dataset)
     full = ds.spec.fit(ds.train)
-    if cfg.mapper == "full":
+    if cfg.model.mapper == "full":
         return ds, full
-    spec = budget_spec(ds.spec, full.table_rows(), cfg.mapper, cfg.budget)
+    spec = budget_spec(ds.spec, full.table_rows(), cfg.model.mapper, cfg.model.budget)
     return ds, spec.fit(ds.train)
 
 
-def fit_ctr(cfg: CTRRunConfig, ds: Any = None, fitted: FittedFeatureSpec | None = None,
-            progress: bool = False, aux_loss: Any = None, keep: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fit with early stopping on validation AUC, test the best-validation weights; returns the record.
-    ``keep`` (a dict) receives the trained ``model`` (best-validation weights) and ``fitted`` spec."""
+def build_ctr(cfg: CTRConfig, data: CTRData | None = None, aux_loss: Any = None
+              ) -> tuple[CTRDataModule, CTRModule]:
+    """The data module and LightningModule of a CTR run (:func:`recsparse.pipelines.train.run` calls this)."""
     from recsparse.models.ctr import build_ctr_model
 
+    if data is None:
+        data = CTRData(*prepare(cfg))
+    m = cfg.model
+    model = build_ctr_model(m.name, data.fitted, m.dim, m.backend, cfg.trainer.seed, **m.kwargs)
+    return CTRDataModule(cfg, data), CTRModule(model, cfg, aux_loss, data)
+
+
+def fit_ctr(cfg: CTRConfig, ds: Any = None, fitted: FittedFeatureSpec | None = None, aux_loss: Any = None,
+            keep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One CTR run through :func:`~recsparse.pipelines.train.run` in a temporary run folder (benchmarks: many runs,
+    no folders kept); returns the flat record (``test_auc``, ``test_logloss``, ``val_auc``, ``epochs``, ``params``,
+    ``table_rows``, ``table_bytes``, ``train_examples_per_s``, ``fit_s``, ``split``, ``config``). ``keep`` (a dict)
+    receives the trained ``model`` (best-validation weights) and the ``fitted`` spec."""
+    from recsparse.pipelines.train import run
+
     t0 = time.perf_counter()
-    torch.set_num_threads(cfg.num_threads)
     if fitted is None:
         ds, fitted = prepare(cfg, ds)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    model = build_ctr_model(cfg.model, fitted, cfg.dim, cfg.backend, cfg.seed, **cfg.model_kwargs)
-    module = CTRModule(model, cfg.lr, cfg.weight_decay, aux_loss)
-    dm = CTRDataModule(fitted, ds.train, ds.valid, ds.test, cfg.batch_size, cfg.seed)
-    thr = CTRThroughput()
+    data = CTRData(ds, fitted)
     with tempfile.TemporaryDirectory(prefix="recsparse-ctr-") as tmp:
-        best = ModelCheckpoint(dirpath=tmp, filename="best", monitor="val/auc", mode="max", save_top_k=1,
-                               auto_insert_metric_name=False, enable_version_counter=False)
-        trainer = L.Trainer(max_epochs=cfg.max_epochs, accelerator="cpu", devices=1, logger=False,
-                            callbacks=[thr, best, EarlyStopping("val/auc", mode="max", patience=cfg.patience)],
-                            enable_progress_bar=progress, enable_model_summary=False, num_sanity_val_steps=0,
-                            deterministic=True, default_root_dir=tmp)
-        trainer.fit(module, datamodule=dm)
-        best_val = float(best.best_model_score) if best.best_model_score is not None else float("nan")
-        trainer.test(module, datamodule=dm, ckpt_path=best.best_model_path, weights_only=True, verbose=False)
-    test = module.last_metrics["test"]
+        cfg = replace(cfg, trainer=replace(cfg.trainer, output_dir=tmp, overwrite=True, resume=None))
+        held: dict[str, Any] = {}
+        rec = run(cfg, data, aux_loss=aux_loss, keep=held)
     if keep is not None:
-        keep.update(model=model, fitted=fitted)
-    return {"dataset": ds.name, "model": cfg.model, "mapper": cfg.mapper, "budget": cfg.budget, "seed": cfg.seed,
-            "dim": cfg.dim, "test_auc": round(test["auc"], 5), "test_logloss": round(test["logloss"], 5),
-            "val_auc": round(best_val, 5), "epochs": trainer.current_epoch, "params": model.num_parameters(),
-            "table_rows": model.table_rows(), "table_bytes": model.table_bytes(),
-            "train_examples_per_s": round(thr.examples_per_s, 1), "fit_s": round(time.perf_counter() - t0, 2),
-            "split": ds.split_rule, "config": asdict(cfg)}
+        keep.update(model=held["module"].model, fitted=fitted)
+    best = rec.get("best_val", {}).get("value", float("nan"))
+    out = {k: rec[k] for k in ("dataset", "model", "mapper", "budget", "dim", "params", "split")}
+    out.update(seed=cfg.trainer.seed, test_auc=round(rec["test"]["auc"], 5),
+               test_logloss=round(rec["test"]["logloss"], 5), val_auc=round(best, 5), epochs=rec["epochs"],
+               table_rows=rec["rows"], table_bytes=rec["bytes"],
+               train_examples_per_s=rec.get("train_examples_per_s", 0.0), fit_s=round(time.perf_counter() - t0, 2),
+               config=rec["config"])
+    return out

@@ -23,23 +23,37 @@ from recsparse.pipelines.config import TrainConfig
 from recsparse.pipelines.data import RecSplit
 from recsparse.pipelines.evaluation import Interactions, full_ranking_metrics, head_tail_metrics, popularity_head
 from recsparse.pipelines.optim import dense_parameters, lr_at_epoch, set_fused_learning_rate, tbe_config
-from recsparse.pipelines.strategy import gather_rows, local_batch
+from recsparse.pipelines.strategy import fit_once, gather_rows, local_batch
 
 
-class RankingModule(L.LightningModule):
-    """Shared: optimiser, logQ counter, evaluation. Subclasses set ``self.model`` and implement ``batch_vectors``
-    (training vectors) and ``eval_vectors`` (user-vector function, all item vectors)."""
+class TaskModule(L.LightningModule):
+    """The contract :func:`recsparse.pipelines.train.run` trains through, shared by every task (ranking: MF, LightGCN,
+    two-tower; CTR: :class:`recsparse.pipelines.ctr.CTRModule`): ``cfg`` (its ``trainer`` section drives the
+    optimiser, the fused TBE tables and the strategy), the trainer's optimiser over the dense parameters, the fused
+    tables' lr schedule, ``last_metrics[stage]`` after validation/test, and three methods the pipeline reads."""
 
-    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
+    def __init__(self, cfg: Any) -> None:
         super().__init__()
         self.cfg = cfg
-        self.split = split
         self.save_hyperparameters({"config": cfg.to_dict()})
-        self.item_freq = ItemFrequency(split.num_items)
-        self._train_inter: Interactions | None = None
         self.last_metrics: dict[str, dict[str, float]] = {}
 
-    # ---- training -----------------------------------------------------------------------------------------
+    def num_examples(self, batch: Any) -> int:  # pragma: no cover - abstract
+        """Examples in a (global) training batch, for examples/s."""
+        raise NotImplementedError
+
+    def table_stats(self) -> dict[str, int]:  # pragma: no cover - abstract
+        """``rows`` and ``bytes`` of the whole embedding tables (all shards)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:  # pragma: no cover - abstract
+        """The task's fields of the results record (dataset, model, mapper ...)."""
+        raise NotImplementedError
+
+    def has_validation(self) -> bool:
+        """Whether there is a validation set (early stopping and the best checkpoint follow ``val/<monitor>``)."""
+        return True
+
     def fused_tbe_config(self) -> Any:
         """TBE optimizer of ``model.backend=fbgemm`` tables: the trainer's rule and lr (ConfigError if impossible)."""
         return tbe_config(self.cfg.trainer) if self.cfg.model.backend == "fbgemm" else None
@@ -65,6 +79,27 @@ class RankingModule(L.LightningModule):
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, t.max_epochs - 1),
                                                            eta_min=t.lr * t.lr_final_ratio)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class RankingModule(TaskModule):
+    """Shared: optimiser, logQ counter, evaluation. Subclasses set ``self.model`` and implement ``batch_vectors``
+    (training vectors) and ``eval_vectors`` (user-vector function, all item vectors)."""
+
+    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
+        super().__init__(cfg)
+        self.split = split
+        self.item_freq = ItemFrequency(split.num_items)
+        self._train_inter: Interactions | None = None
+
+    def num_examples(self, batch: dict[str, torch.Tensor]) -> int:
+        return int(batch["user"].numel())
+
+    def has_validation(self) -> bool:
+        return self.split.val is not None
+
+    def describe(self) -> dict[str, Any]:
+        return {"dataset": self.split.name, "model": self.cfg.model.family, "mapper": self.cfg.model.mapper,
+                "loss": self.cfg.loss.name}
 
     def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:  # pragma: no cover
         """-> ``user [B, d]``, ``item [B, d]``, optional ``neg [B, d]``, ``uniform [M, d]``, ``reg`` (scalar)."""
@@ -148,9 +183,19 @@ class RankingModule(L.LightningModule):
 class _CFModule(RankingModule):
     """MF / LightGCN: user and item tables from the embedding core, optional learned item bias."""
 
-    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
+    def __init__(self, cfg: TrainConfig, split: RecSplit, defer: bool = False) -> None:
         super().__init__(cfg, split)
         self.item_bias = ItemBias(split.num_items) if cfg.model.item_bias else None
+        # defer (several processes): the model is built in configure_model, once the process group exists, so the
+        # id-mappers (GraphHash's clustering ...) are fitted on rank 0 only and broadcast
+        self.model: Any = None if defer else self.build_model()
+
+    def build_model(self) -> Any:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model = self.build_model()
 
     def _bias_user_constant(self) -> float:
         # softmax divides the whole inner product by the temperature: a user constant of τ leaves b_j unscaled
@@ -175,8 +220,9 @@ class _CFModule(RankingModule):
 
     def _tables(self) -> Any:
         s, m = self.split, self.cfg.model
-        um, im = build_cf_mappers(m.mapper, s.train, s.num_users, s.num_items, m.user_rows, m.item_rows,
-                                  m.budget_resolution, self.cfg.trainer.seed, m.mapper_kwargs)
+        um, im = fit_once(lambda: build_cf_mappers(m.mapper, s.train, s.num_users, s.num_items, m.user_rows,
+                                                   m.item_rows, m.budget_resolution, self.cfg.trainer.seed,
+                                                   m.mapper_kwargs))
         return cf_tables(um, im, s.num_users, s.num_items, m.dim, m.backend, m.init_std, self.cfg.trainer.seed,
                          tbe_config=self.fused_tbe_config())
 
@@ -193,9 +239,9 @@ class _CFModule(RankingModule):
 
 
 class MFModule(_CFModule):
-    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
-        super().__init__(cfg, split)
-        self.model = MatrixFactorization(self._tables(), split.num_users, split.num_items, cfg.model.normalize)
+    def build_model(self) -> MatrixFactorization:
+        s = self.split
+        return MatrixFactorization(self._tables(), s.num_users, s.num_items, self.cfg.model.normalize)
 
     def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         mf = self.model
@@ -215,10 +261,9 @@ class MFModule(_CFModule):
 
 
 class LightGCNModule(_CFModule):
-    def __init__(self, cfg: TrainConfig, split: RecSplit) -> None:
-        super().__init__(cfg, split)
-        self.model = LightGCN.from_frame(self._tables(), split.train, split.num_users, split.num_items,
-                                         cfg.model.num_layers)
+    def build_model(self) -> LightGCN:
+        s = self.split
+        return LightGCN.from_frame(self._tables(), s.train, s.num_users, s.num_items, self.cfg.model.num_layers)
 
     def batch_vectors(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         g = self.model
@@ -332,5 +377,9 @@ def item_tower_ssl(cfg: SSLConfig, tower: Any, store: Any) -> SSLLoss | None:
 MODULES = {"mf": MFModule, "lightgcn": LightGCNModule, "two_tower": TwoTowerModule}
 
 
-def build_module(cfg: TrainConfig, split: RecSplit) -> RankingModule:
+def build_module(cfg: TrainConfig, split: RecSplit, defer: bool = False) -> RankingModule:
+    """The module of ``model.family``. ``defer`` (MF, LightGCN): build the model in ``configure_model`` (after the
+    process group exists: the id-mappers are then fitted on rank 0 only and broadcast)."""
+    if defer and cfg.model.family in ("mf", "lightgcn"):
+        return MODULES[cfg.model.family](cfg, split, defer=True)  # type: ignore[call-arg]
     return MODULES[cfg.model.family](cfg, split)

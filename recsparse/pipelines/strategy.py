@@ -8,11 +8,16 @@ FBGEMM TBE shards updated by a fused optimizer that follows the trainer's settin
 Everything else is Lightning's: the launcher (``devices=N`` spawns N processes, or one process per rank under
 ``torchrun``), the loops, the callbacks, the loggers.
 
-One global batch, split: every rank reads the same global batch of ``trainer.batch_size`` examples and keeps the
-``rank``-th contiguous slice (:func:`local_batch`; the shared uniform negatives stay whole); the loss gathers the
-slices' vectors back (:func:`gather_rows`, gradient-carrying), so N processes × B/N compute the loss of one process
-× B, in-batch negatives and logQ included, and the averaged gradients equal the single-process ones up to float
-summation order.
+Every task of the pipeline trains this way (ranking: MF, LightGCN, two-tower; CTR: the zoo). One global batch,
+split: every rank reads the same global batch of ``trainer.batch_size`` examples and keeps the ``rank``-th contiguous
+slice (:func:`local_batch`; the shared uniform negatives stay whole; CTR batches: :func:`local_range` +
+:func:`slice_kjt`). Ranking losses gather the slices' vectors back (:func:`gather_rows`, gradient-carrying), so N
+processes × B/N compute the loss of one process × B, in-batch negatives and logQ included; the CTR loss (pointwise
+BCE) sums each slice and scales it so that the ranks' averaged gradients are those of the global mean. Either way the
+update equals the single-process one up to float summation order.
+
+Id-mappers fitted on data (GraphHash's clustering) are fitted ONCE: the ranking module is built after the process
+group exists (Lightning's ``configure_model``), rank 0 fits and broadcasts the fitted mappers (:func:`fit_once`).
 
 Plans (``plan=``): ``table_wise``, ``row_wise``, ``column_wise`` (every table that way) or ``auto``: TorchRec's
 ``EmbeddingShardingPlanner`` over the real topology (world size, device, memory per rank) and table sizes. The plan
@@ -31,7 +36,7 @@ import os
 import shutil
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import lightning.pytorch as L
 import torch
@@ -44,6 +49,7 @@ from recsparse.embeddings.sharding import (PLANS, load_full_weights, local_table
                                            share_mapper_state)
 from recsparse.errors import ConfigError
 
+T = TypeVar("T")
 STRATEGY_PLANS = ("auto",) + tuple(p for p in PLANS if p != "data_parallel")
 META = "meta.pt"
 
@@ -66,6 +72,46 @@ def local_batch(batch: Mapping[str, torch.Tensor], rank: int, world: int,
         n = v.shape[0] // world
         out[k] = v[rank * n:(rank + 1) * n]
     return out
+
+
+def local_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """Rank ``rank``'s contiguous rows ``[start, end)`` of ``n`` (``torch.tensor_split`` sizes: they differ by at most
+    one, so a last partial batch splits too)."""
+    q, r = divmod(n, world)
+    start = rank * q + min(rank, r)
+    return start, start + q + (rank < r)
+
+
+def slice_kjt(kjt: Any, start: int, end: int) -> Any:
+    """Rows ``[start, end)`` of a ``KeyedJaggedTensor`` (stride ``B``, every key ``B`` lengths) as a KJT of stride
+    ``end - start``, same keys."""
+    from torchrec import KeyedJaggedTensor
+
+    B, keys = kjt.stride(), kjt.keys()
+    lengths = kjt.lengths().view(len(keys), B)
+    ends = lengths.cumsum(1)
+    key_start = torch.cat([ends.new_zeros(1), ends[:, -1].cumsum(0)[:-1]])  # where each key's values begin
+    lo = key_start + (ends[:, start - 1] if start > 0 else 0)
+    hi = key_start + (ends[:, end - 1] if end > 0 else 0)
+    values = kjt.values()
+    parts = [values[int(a):int(b)] for a, b in zip(lo, hi)]
+    weights = kjt.weights_or_none()
+    return KeyedJaggedTensor(keys=keys, values=torch.cat(parts) if parts else values[:0],
+                             lengths=lengths[:, start:end].reshape(-1),
+                             weights=None if weights is None else torch.cat([weights[int(a):int(b)]
+                                                                            for a, b in zip(lo, hi)]),
+                             stride=end - start)
+
+
+def fit_once(fit: Callable[[], T]) -> T:
+    """``fit()`` on rank 0 only, its result (pickled) broadcast to every other rank: an expensive, data-dependent fit
+    (GraphHash's clustering of the interaction graph) runs once per job, and every rank holds the same result.
+    Without a process group (one process) it is just ``fit()``."""
+    if not dist.is_available() or not dist.is_initialized() or dist.get_world_size() == 1:
+        return fit()
+    box = [fit() if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]  # type: ignore[return-value]
 
 
 class _GatherRows(torch.autograd.Function):

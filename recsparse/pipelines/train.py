@@ -1,5 +1,11 @@
 """Fit + test one config with Lightning: loggers, checkpoints (resume, ``weights_only``), early stopping, metrics.
 
+The one training entry point of every task: ``task: ranking`` (:class:`~recsparse.pipelines.config.TrainConfig`:
+MF, LightGCN, two-tower) and ``task: ctr`` (:class:`~recsparse.pipelines.config.CTRConfig`: the CTR zoo). A task
+contributes a data module and a :class:`~recsparse.pipelines.modules.TaskModule` (:func:`build_task`); the run
+folder, checkpoints, resume/overwrite rules, strategy (``trainer.strategy=torchrec trainer.devices=N``) and
+``metrics.json`` are the same for all.
+
 ``run(cfg)`` writes under ``cfg.output_dir``: ``checkpoints/`` (``last.ckpt`` every epoch, ``best.ckpt`` by the
 validation monitor), ``csv/version_N/`` (CSVLogger), ``tb/version_N/`` (TensorBoard; one version per (re)start), and ``metrics.json`` (test metrics, best
 validation metrics, epochs, wall time, training throughput, table rows/bytes, the resolved config).
@@ -23,9 +29,9 @@ from lightning.pytorch.strategies import Strategy
 
 from recsparse.errors import ConfigError
 from recsparse.io import write_json
-from recsparse.pipelines.config import TrainConfig
+from recsparse.pipelines.config import CTRConfig, RunConfig, TrainConfig
 from recsparse.pipelines.data import RecDataModule, RecSplit
-from recsparse.pipelines.modules import RankingModule, build_module
+from recsparse.pipelines.modules import TaskModule, build_module
 from recsparse.pipelines.strategy import strategy_devices, strategy_from_config
 
 
@@ -45,7 +51,7 @@ class Throughput(Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        self._n += int(batch["user"].numel())
+        self._n += pl_module.num_examples(batch)
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor):
             self._loss_sum += float(loss.detach())
@@ -75,6 +81,8 @@ class EpochLog(Callback):
         self._t0 = time.perf_counter()
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero:  # several processes: one log, not one per rank
+            return
         e = self.thr.epochs[-1]
         val = trainer.callback_metrics.get(f"val/{self.monitor}")
         parts = [f"epoch {trainer.current_epoch + 1}/{self.max_epochs}", f"loss {e['loss']:.4f}",
@@ -91,7 +99,7 @@ def _hms(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}"
 
 
-def show_progress_bar(cfg: TrainConfig) -> bool:
+def show_progress_bar(cfg: RunConfig) -> bool:
     """A bar only when asked for and stderr is a terminal: in a log file a bar is noise and hides progress."""
     return cfg.trainer.progress_bar and sys.stderr.isatty()
 
@@ -100,13 +108,13 @@ def show_progress_bar(cfg: TrainConfig) -> bool:
 RUN_MARKERS = ("checkpoints", "metrics.json", "csv", "tb")
 
 
-def _launch_rank() -> int:
+def launch_rank() -> int:
     """This process's rank as set by the launcher (torchrun: ``RANK``; Lightning's script launcher: ``LOCAL_RANK``
     in the children it starts); 0 for a single process."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
-def prepare_run_folder(cfg: TrainConfig) -> str | None:
+def prepare_run_folder(cfg: RunConfig) -> str | None:
     """Check the run folder against ``trainer.resume`` / ``trainer.overwrite``; returns the checkpoint to resume.
 
     * folder missing or empty: a fresh run (``resume=last`` with nothing to resume starts fresh too);
@@ -117,7 +125,7 @@ def prepare_run_folder(cfg: TrainConfig) -> str | None:
     """
     out, t = cfg.output_dir, cfg.trainer
     last = out / "checkpoints" / "last.ckpt"  # a file, or a folder for sharded (DCP) checkpoints
-    if _launch_rank() != 0:  # rank 0 has checked (and cleared) the folder; the others only follow it
+    if launch_rank() != 0:  # rank 0 has checked (and cleared) the folder; the others only follow it
         return t.resume if t.resume not in (None, "last") else (str(last) if t.resume and last.exists() else None)
     used = out.is_dir() and any(out.iterdir())
     if out.exists() and not out.is_dir():
@@ -144,10 +152,10 @@ def prepare_run_folder(cfg: TrainConfig) -> str | None:
     return None
 
 
-def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callback] | None = None,
+def build_trainer(cfg: RunConfig, has_val: bool, extra_callbacks: list[Callback] | None = None,
                   strategy: Strategy | None = None) -> tuple[L.Trainer, ModelCheckpoint | None, Throughput]:
     out = cfg.output_dir
-    monitor = f"val/{cfg.eval.monitor}"
+    monitor = f"val/{cfg.monitor}"
     thr = Throughput()
     callbacks: list[Callback] = [thr]
     best = None
@@ -164,8 +172,8 @@ def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callbac
     if bar:
         callbacks.append(TQDMProgressBar(refresh_rate=10))
     else:
-        callbacks.append(EpochLog(thr, cfg.eval.monitor if has_val else "", cfg.trainer.max_epochs))
-    if cfg.model.dsl is not None:  # dynamic sparse learning of the tables (masks saved in the checkpoints)
+        callbacks.append(EpochLog(thr, cfg.monitor if has_val else "", cfg.trainer.max_epochs))
+    if isinstance(cfg, TrainConfig) and cfg.model.dsl is not None:  # dynamic sparse learning of the tables (masks saved in the checkpoints)
         from recsparse.embeddings.dsl import dsl_callback
 
         callbacks.append(dsl_callback(cfg.model.dsl))
@@ -185,32 +193,49 @@ def build_trainer(cfg: TrainConfig, has_val: bool, extra_callbacks: list[Callbac
     return trainer, best, thr
 
 
-def run(cfg: TrainConfig, split: RecSplit | None = None, extra_callbacks: list[Callback] | None = None,
-        test: bool = True, strategy: Strategy | None = None) -> dict[str, Any]:
+def build_task(cfg: RunConfig, data: Any = None, aux_loss: Any = None, defer: bool = False
+               ) -> tuple[L.LightningDataModule, TaskModule]:
+    """The data module and LightningModule of ``cfg``'s task. ``data``: a prepared
+    :class:`~recsparse.pipelines.data.RecSplit` (ranking) or :class:`~recsparse.pipelines.ctr.CTRData` (CTR), else
+    loaded from the config. ``aux_loss``: CTR only (an extra term, e.g. SSL). ``defer``: build the ranking model once
+    the process group exists (id-mappers fitted on rank 0 only)."""
+    if isinstance(cfg, CTRConfig):
+        from recsparse.pipelines.ctr import build_ctr
+
+        return build_ctr(cfg, data, aux_loss)
+    if aux_loss is not None:
+        raise ValueError("aux_loss is for task: ctr; ranking tasks take their auxiliary term from loss.ssl")
+    dm = RecDataModule(cfg, data)
+    dm.setup()
+    assert dm.split is not None
+    return dm, build_module(cfg, dm.split, defer=defer)
+
+
+def run(cfg: RunConfig, data: Any = None, extra_callbacks: list[Callback] | None = None, test: bool = True,
+        strategy: Strategy | None = None, aux_loss: Any = None, keep: dict[str, Any] | None = None
+        ) -> dict[str, Any]:
     """Fit (resuming if asked) and test; returns (and writes ``metrics.json``) the results record.
-    ``strategy``: a :class:`~recsparse.pipelines.strategy.TorchRecStrategy` trains on several processes."""
+    ``data``: see :func:`build_task`. ``strategy``: a :class:`~recsparse.pipelines.strategy.TorchRecStrategy` trains
+    on several processes (default: from ``trainer.strategy``). ``keep`` (a dict) receives the trained ``module``
+    (best-validation weights when tested) and the ``trainer``."""
     t0 = time.perf_counter()
     strategy = strategy or strategy_from_config(cfg)  # a bad trainer.strategy/devices/plan fails before any work
     ckpt = prepare_run_folder(cfg)  # before anything writes into it
     torch.set_num_threads(cfg.trainer.num_threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    dm = RecDataModule(cfg, split)
-    dm.setup()
-    assert dm.split is not None
-    module: RankingModule = build_module(cfg, dm.split)
-    has_val = dm.split.val is not None
+    dm, module = build_task(cfg, data, aux_loss, defer=strategy is not None)
+    has_val = module.has_validation()
     trainer, best, thr = build_trainer(cfg, has_val, extra_callbacks, strategy)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)
     fit_s = time.perf_counter() - t0
-    rec: dict[str, Any] = {"name": cfg.name, "dataset": dm.split.name, "model": cfg.model.family,
-                           "mapper": cfg.model.mapper, "loss": cfg.loss.name, "epochs": trainer.current_epoch,
+    rec: dict[str, Any] = {"name": cfg.name, "task": cfg.task, **module.describe(), "epochs": trainer.current_epoch,
                            "resumed_from": ckpt, "fit_s": round(fit_s, 2)}
     rec.update(module.table_stats())
     if thr.epochs:
         rec["train_examples_per_s"] = round(sum(e["examples"] for e in thr.epochs)
                                             / sum(e["seconds"] for e in thr.epochs), 1)
     if has_val and best is not None and best.best_model_score is not None:
-        rec["best_val"] = {"metric": cfg.eval.monitor, "value": float(best.best_model_score),
+        rec["best_val"] = {"metric": cfg.monitor, "value": float(best.best_model_score),
                            "checkpoint": best.best_model_path}
     if test:
         t1 = time.perf_counter()
@@ -221,7 +246,14 @@ def run(cfg: TrainConfig, split: RecSplit | None = None, extra_callbacks: list[C
         rec["test"] = module.last_metrics["test"]
     rec["wall_s"] = round(time.perf_counter() - t0, 2)
     rec["config"] = cfg.to_dict()
+    if isinstance(cfg, CTRConfig) and trainer.global_rank == 0:  # serving needs the fitted feature spec
+        from recsparse.pipelines.ctr import CTRModule
+
+        assert isinstance(module, CTRModule) and module.data is not None
+        module.data.fitted.save(cfg.output_dir / "feature_spec")
     write_json(cfg.output_dir / "metrics.json", rec)
+    if keep is not None:
+        keep.update(module=module, trainer=trainer)
     return rec
 
 

@@ -88,3 +88,42 @@ def test_unified_is_one_mapped_collection(gowalla):
     state["_extra_state"]["item"]["m"] = -5
     with pytest.raises(MapperStateError, match="universal mapper state: m"):
         m.load_state_dict(state)
+
+
+def test_sparse_and_fused_update_paths_equal_dense_sgd(gowalla):
+    """The shared table's three update paths give the SAME SGD step: dense gradient (torch), sparse gradient
+    (torch, sparse=True: only looked-up rows), and FBGEMM TBE with SGD fused into backward (all features folded
+    onto the one table) — forward values and updated weights match."""
+    from recsparse.kernels.tbe import TBEConfig, fbgemm_available
+
+    if not fbgemm_available():
+        pytest.skip("fbgemm-gpu-cpu not installed")
+    lr = 0.5
+    dense = UnifiedEmbedding(_features(), 1000, 8, backend="torch", seed=4)
+    sparse = UnifiedEmbedding(_features(), 1000, 8, backend="torch", seed=4, sparse=True)
+    fused = UnifiedEmbedding(_features(), 1000, 8, backend="fbgemm", seed=4,
+                             tbe_config=TBEConfig(optimizer="sgd", learning_rate=lr))
+    w0 = dense.weight.detach().clone()
+    with torch.no_grad():
+        fused.weight.copy_(w0)
+    kjt = _kjt(gowalla)
+    target = torch.randn(3, 32, generator=torch.Generator().manual_seed(0))
+    outs = []
+    for m in (dense, sparse, fused):
+        out = m(kjt).values()
+        outs.append(out.detach().clone())
+        ((out - target) ** 2).sum().backward()
+        if m is not fused:
+            torch.optim.SGD(m.parameters(), lr=lr).step()
+    torch.testing.assert_close(outs[1], outs[0])
+    torch.testing.assert_close(outs[2], outs[0])
+    assert sparse.weight.grad.is_sparse
+    assert not torch.equal(dense.weight.detach(), w0)  # the step changed something
+    torch.testing.assert_close(sparse.weight.detach(), dense.weight.detach())
+    torch.testing.assert_close(fused.weight.detach(), dense.weight.detach())
+    # embed on the fused table = the feature's c chunks concatenated (inference gather)
+    ids = kjt["item"].values()
+    with torch.no_grad():
+        torch.testing.assert_close(fused.embed("item", ids), dense.embed("item", ids))
+    with pytest.raises(ValueError, match="sparse=True"):
+        UnifiedEmbedding(_features(), 1000, 8, backend="torchrec", sparse=True)

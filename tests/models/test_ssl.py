@@ -279,10 +279,11 @@ def test_ctr_ssl_on_real_ml100k_ctr_batch_trains_tables_and_head():
 
     from recsparse.models.ctr import build_ctr_model
     from recsparse.models.ssl import ctr_ssl, first_rows
-    from recsparse.pipelines.ctr import CTRModule, CTRRunConfig, prepare
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.ctr import CTRModule, prepare
 
     dataset_path("ml-100k")
-    ds, fitted = prepare(CTRRunConfig(dataset="ml-100k-ctr", model="dcn_v2"))
+    ds, fitted = prepare(CTRConfig.from_dict({"data": {"dataset": "ml-100k-ctr"}, "model": {"name": "dcn_v2"}}))
     train = ds.train.head(3000)
     aux = ctr_ssl(SSLConfig(augment="cfm", weight=0.5, dropout=0.2, batch_size=64), fitted, train, dim=8)
     names = fitted.sparse_names

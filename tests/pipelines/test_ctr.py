@@ -1,4 +1,5 @@
-"""CTR Lightning pipeline: trains on real adult, AUC/logloss from torchmetrics equal sklearn's, budgets."""
+"""The CTR task of the training pipeline: trains on real adult through ``run()``, AUC/logloss from torchmetrics equal
+sklearn's, budgets, batch slicing over ranks, typed config sections."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import pytest
 import torch
 
 from recsparse.errors import ConfigError
-from recsparse.pipelines.ctr import CTRModule, CTRRunConfig, budget_spec, fit_ctr
+from recsparse.config import build
+from recsparse.pipelines.config import CTRConfig
+from recsparse.pipelines.ctr import CTRModule, budget_spec, fit_ctr, local_ctr_batch
 from tests.conftest import dataset_path
 
 
@@ -23,8 +26,13 @@ def adult():
     return replace(ds, train=ds.train.head(6000), valid=ds.valid.head(2000), test=ds.test.head(4000))
 
 
+def ctr_config(**sections) -> CTRConfig:
+    return build(CTRConfig, sections)
+
+
 def test_fit_ctr_learns_adult_and_reports_the_record(adult):
-    rec = fit_ctr(CTRRunConfig(dataset="adult", model="dcn_v2", max_epochs=2, batch_size=512), adult)
+    rec = fit_ctr(ctr_config(data={"dataset": "adult"}, model={"name": "dcn_v2"},
+                             trainer={"max_epochs": 2, "batch_size": 512}), adult)
     assert rec["test_auc"] > 0.85  # income is predictable from these fields (full data: ~.90)
     assert 0 < rec["test_logloss"] < 0.5
     assert rec["epochs"] == 2 and rec["train_examples_per_s"] > 0 and rec["table_bytes"] > 0
@@ -64,7 +72,29 @@ def test_budget_spec_sizes_tables(adult):
 
 
 def test_config_errors_name_the_field():
-    with pytest.raises(ConfigError, match="budget must be in"):
-        CTRRunConfig(budget=0)
-    with pytest.raises(ValueError, match="model must be one of"):
-        CTRRunConfig(model="nope")
+    with pytest.raises(ConfigError, match="model.budget must be in"):
+        ctr_config(model={"budget": 0})
+    with pytest.raises(ConfigError, match="model.name must be one of"):
+        ctr_config(model={"name": "nope"})
+    with pytest.raises(ConfigError, match="data.dataset must be one of"):
+        ctr_config(data={"dataset": "criteo-nope"})
+    with pytest.raises(ConfigError, match="model.backend=fbgemm is not wired"):
+        ctr_config(model={"backend": "fbgemm"})
+    # the CTR trainer is the pipeline's trainer section, with CTR defaults
+    t = ctr_config().trainer
+    assert (t.batch_size, t.patience, t.num_threads, t.strategy, t.devices) == (1024, 2, 1, "auto", 1)
+
+
+def test_local_ctr_batch_slices_rows_of_a_real_batch(adult):
+    fitted = adult.spec.fit(adult.train)
+    batch = fitted.encode(adult.train).batch(torch.arange(7))  # odd: the slices differ by one row
+    parts = [local_ctr_batch(batch, r, 2) for r in range(2)]
+    assert [len(p) for p in parts] == [4, 3]
+    assert torch.equal(torch.cat([p.dense for p in parts]), batch.dense)
+    assert torch.equal(torch.cat([p.label for p in parts]), batch.label)
+    full = batch.sparse.to_dict()
+    for key in batch.sparse.keys():
+        got = [p.sparse.to_dict()[key] for p in parts]
+        assert torch.equal(torch.cat([g.lengths() for g in got]), full[key].lengths())
+        assert torch.equal(torch.cat([g.values() for g in got]), full[key].values())
+    assert local_ctr_batch(batch, 0, 1) is batch

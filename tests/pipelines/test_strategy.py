@@ -82,6 +82,80 @@ def test_two_processes_row_wise_equal_one_process_and_checkpoint_loads_into_one(
     assert module.evaluate("test") == pytest.approx(two["test"], abs=1e-6)
 
 
+def _dcn_adult(out, **trainer) -> dict:
+    return {"name": "dcn", "task": "ctr", "data": {"dataset": "adult"},
+            "model": {"name": "dcn_v2", "dim": 8, "backend": "torchrec", "kwargs": {"hidden": [32], "cross_layers": 2}},
+            "trainer": {"max_epochs": 2, "batch_size": 512, "lr": 0.05, "optimizer": "adagrad", "output_dir": str(out),
+                        "limit_train_batches": 4, **trainer}}
+
+
+def test_ctr_dcn_v2_adult_two_processes_equal_one_and_checkpoint_loads_into_one(tmp_path):
+    """The CTR task through the same pipeline and strategy: 2 processes x 256 == 1 x 512 on real adult."""
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.strategy import load_sharded_checkpoint
+    from recsparse.pipelines.train import build_task
+    from tests.conftest import dataset_path
+
+    dataset_path("adult")
+    one = launch(_dcn_adult(tmp_path / "one"), "none", tmp_path)
+    two = launch(_dcn_adult(tmp_path / "two"), "row_wise", tmp_path)
+    assert len(two["step_losses"]) == len(one["step_losses"]) == 8
+    assert two["step_losses"] == pytest.approx(one["step_losses"], abs=1e-5)
+    assert two["test"] == pytest.approx(one["test"], abs=1e-5) and two["test"]["auc"] > 0.8
+    assert two["best_val"]["value"] == pytest.approx(one["best_val"]["value"], abs=1e-5)
+    assert "t_education: row_wise" in two["plan"] and (two["rows"], two["bytes"]) == (one["rows"], one["bytes"])
+    # the best sharded checkpoint (folder) loads into a 1-process model with the same test metrics
+    ck = Path(two["best_val"]["checkpoint"])
+    assert ck.is_dir() and (ck / "meta.pt").is_file() and (tmp_path / "two" / "feature_spec").is_dir()
+    dm, module = build_task(CTRConfig.from_dict(_dcn_adult(tmp_path / "eval")))
+    load_sharded_checkpoint(module, ck)
+    module.eval()
+    with torch.no_grad():
+        for b in dm.test_dataloader():
+            module._eval("test", b)
+    module.log = lambda *a, **k: None  # outside a Trainer
+    module._eval_end("test")
+    assert module.last_metrics["test"] == pytest.approx(two["test"], abs=1e-5)
+
+
+def _fit_once_rank(rank: int, world: int, init_file: str, folder: str, out: str) -> None:
+    """One rank of the GraphHash fit-once test: ranks other than 0 cannot fit (build_cf_mappers raises there)."""
+    import torch.distributed as dist
+
+    from recsparse.pipelines import modules
+    from recsparse.pipelines.data import build_split
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        if rank != 0:
+            def no_fit(*a, **k):
+                raise AssertionError(f"rank {rank} fitted the id-mappers")
+            modules.build_cf_mappers = no_fit
+        cfg = TrainConfig.from_dict({**_mf(folder, out), "model": {"family": "mf", "dim": 8, "backend": "torchrec",
+                                                                   "mapper": "graphhash"}})
+        split = build_split(cfg)
+        module = modules.build_module(cfg, split, defer=True)
+        assert module.model is None  # nothing fitted before the process group exists
+        module.configure_model()
+        t = module.model.tables
+        torch.save({"rows": t.num_rows(), "user": t.mapper("user")(torch.arange(split.num_users)),
+                    "item": t.mapper("item")(torch.arange(split.num_items))}, f"{out}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_graphhash_is_fitted_on_rank_zero_only_and_broadcast(gowalla_small, tmp_path):
+    """Deferred build (trainer.strategy=torchrec): GraphHash clusters the graph on rank 0 only; every rank ends
+    with rank 0's mapping (a rank that tried to fit would raise)."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_fit_once_rank, args=(2, str(tmp_path / "init"), str(gowalla_small), str(tmp_path)), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
+    assert r0["rows"] == r1["rows"] and r0["rows"]["user"] < 150  # clusters: fewer rows than users
+    assert torch.equal(r0["user"], r1["user"]) and torch.equal(r0["item"], r1["item"])
+
+
 def test_local_batch_slices_examples_and_keeps_shared_negatives():
     b = {"user": torch.arange(8), "item": torch.arange(8) + 100, "uniform": torch.arange(5)}
     parts = [local_batch(b, r, 2) for r in range(2)]
@@ -115,6 +189,22 @@ def test_killed_rank_fails_the_job_and_resume_matches_the_uninterrupted_run(gowa
     assert Path(res["resumed_from"]).name == "last.ckpt" and len(res["step_losses"]) == 6  # epochs 1 and 2 again
     assert res["step_losses"] == pytest.approx(full["step_losses"][3:], abs=1e-6)
     assert res["test"] == pytest.approx(full["test"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_graphhash_mf_two_processes_equal_one(gowalla_small, tmp_path):
+    """GraphHash end to end under the strategy: the module is built in configure_model, rank 0 clusters, the
+    others receive its mappers; the run equals one process."""
+    def cfg(out):
+        c = _mf(gowalla_small, out)
+        c["model"]["mapper"] = "graphhash"
+        return c
+
+    one = launch(cfg(tmp_path / "one"), "none", tmp_path)
+    two = launch(cfg(tmp_path / "two"), "row_wise", tmp_path)
+    assert two["step_losses"] == pytest.approx(one["step_losses"], abs=1e-5)
+    assert two["test"] == pytest.approx(one["test"], abs=1e-6)
+    assert (two["rows"], two["bytes"]) == (one["rows"], one["bytes"]) and two["mapper"] == "graphhash"
 
 
 @pytest.mark.slow

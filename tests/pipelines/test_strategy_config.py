@@ -46,3 +46,22 @@ def test_cli_too_many_devices_is_one_line(gowalla_small, tmp_path):
                        env=dict(os.environ, PYTHONPATH=str(Path(__file__).parents[2])))
     assert p.returncode == 2, p.stderr[-2000:]
     assert p.stderr.strip().splitlines()[-1].startswith("recsparse: error: trainer.devices=4096 exceeds")
+
+
+def test_strategy_rejects_ctr_settings_and_dsl(gowalla_small, tmp_path):
+    """The CTR task takes the same trainer.strategy checks; DSL (whole-table masks) is refused under sharding."""
+    from recsparse.pipelines.config import CTRConfig
+    from recsparse.pipelines.strategy import strategy_from_config
+
+    ctr = {"task": "ctr", "data": {"dataset": "adult"}, "model": {"name": "dcn_v2", "backend": "torchrec"},
+           "trainer": {"strategy": "torchrec", "devices": 2, "optimizer": "adam"}}
+    with pytest.raises(ConfigError, match="trainer.optimizer=adam"):
+        strategy_from_config(CTRConfig.from_dict(ctr))
+    ctr["model"]["backend"] = "torch"
+    ctr["trainer"]["optimizer"] = "adagrad"
+    with pytest.raises(ConfigError, match="set model.backend=torchrec"):
+        strategy_from_config(CTRConfig.from_dict(ctr))
+    d = _mf(gowalla_small, tmp_path, strategy="torchrec", devices=2)
+    d["model"]["dsl"] = {"density": 0.5}
+    with pytest.raises(ConfigError, match="model.dsl does not run under trainer.strategy=torchrec"):
+        TrainConfig.from_dict(d)

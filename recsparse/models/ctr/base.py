@@ -45,8 +45,9 @@ def dnn(in_dim: int, hidden: Sequence[int], dropout: float = 0.0) -> tuple[nn.Mo
 class FeatureEmbeddings(nn.Module):
     """Sparse KJT (keys = the spec's sparse features) -> ``[B, F, dim]`` in spec order.
 
-    Features with ``mapper='unified'`` go to one :class:`UnifiedEmbedding` of ``spec.unified_rows`` rows (``chunks``
-    salted chunks of ``dim / chunks``); the others to one :class:`MappedEmbeddingBagCollection`."""
+    Features with ``mapper='unified'`` go to one :class:`UnifiedEmbedding` of ``c · spec.unified_rows`` rows of
+    ``dim / c`` (``c = spec.unified_chunks`` salted chunks per feature, concatenated); the others to one
+    :class:`MappedEmbeddingBagCollection`."""
 
     def __init__(self, fitted: FittedFeatureSpec, dim: int, backend: str = "torch", seed: int = 0,
                  init_std: float | None = None) -> None:
@@ -62,12 +63,14 @@ class FeatureEmbeddings(nn.Module):
                        if mapped else None)
         self.unified: UnifiedEmbedding | None = None
         if unified:
-            chunks = {int(getattr(f, "mapper_kwargs", {}).get("chunks", 1)) for f in fitted.spec.sparse
-                      if f.name in uni}
-            if len(chunks) != 1 or dim % next(iter(chunks)):
-                raise ValueError(f"unified features need one 'chunks' value dividing dim={dim}, got {sorted(chunks)}")
+            c = fitted.spec.unified_chunks
+            if dim > 1 and dim % c:
+                raise ValueError(f"FeatureSpec.unified_chunks={c} must divide the embedding dim {dim}")
+            # a dim-1 table (the first-order weights of LinearTerms) cannot be split: one salted lookup per feature
+            c = c if dim > 1 else 1
             assert fitted.spec.unified_rows is not None
-            self.unified = UnifiedEmbedding(unified, fitted.spec.unified_rows, dim // next(iter(chunks)),
+            # unified_rows counts rows of width dim: c chunks of dim/c keep the parameters (c·rows × dim/c)
+            self.unified = UnifiedEmbedding(unified, fitted.spec.unified_rows * c, dim // c,
                                             backend="torch" if backend == "fbgemm" else backend,
                                             seed=fitted.spec.unified_seed, init_std=init_std)
         self._order: list[tuple[int, int]] = []  # (source 0=mapped/1=unified, position)

@@ -89,6 +89,8 @@ def run_command(
     max_steps: int = typer.Option(150, help="Optimiser steps."),
     batch_size: int = typer.Option(16, help="Queries per step (each with 1 positive + --negatives BM25 negatives)."),
     negatives: int = typer.Option(1, help="BM25 hard negatives per query."),
+    positives_per_query: int = typer.Option(0, help="Cap on judged positives per training query (0 = all; NFCorpus "
+                                                    "judges ~43 per query and would otherwise drown SciFact)."),
     max_length: int = typer.Option(128, help="Document word pieces (per window)."),
     doc_windows: int = typer.Option(1, help="Index up to this many max_length windows per document (max-pooled)."),
     lambda_doc: float = typer.Option(5e-3, help="Document regulariser weight (after the ramp)."),
@@ -111,6 +113,7 @@ def run_command(
 
     options = dict(variant=variant, reg=reg, loss=loss, teacher=teacher, backbone=backbone, max_length=max_length,
                    doc_windows=doc_windows, max_steps=max_steps, batch_size=batch_size, negatives=negatives,
+                   positives_per_query=positives_per_query,
                    lambda_doc=lambda_doc, lambda_query=lambda_query, reg_schedule=reg_schedule,
                    reg_warmup_ratio=reg_warmup_ratio, lr=lr, learn_idf=learn_idf, seed=seed)
     cfg = load(SparseTrainConfig, config, overrides or (), defaults=options)  # typed: one ConfigError line per bad value

@@ -29,7 +29,7 @@ from recsparse.io import atomic_dir, atomic_write
 from recsparse.retrieval.base import IndexMeta, Retriever
 from recsparse.retrieval.jvm import autoclass, ensure_jvm
 from recsparse.retrieval.sparse.models import (corpus_idf, document_pipeline, encode_documents,
-                                              load_model, query_table, set_query_idf, special_token_mask, text_of,
+                                              load_model, max_logits, query_table, set_query_idf, special_token_mask, text_of,
                                               tokenizer_of, variant_of, vocab_size)
 from recsparse.retrieval.sparse.quantize import DEFAULT_SCALE, fold_query_weights, to_term_dicts
 from recsparse.types import Hit, Run
@@ -120,11 +120,12 @@ def special_free_tokens(model) -> list[str | None]:  # noqa: ANN001
 
 class _FastDocumentEncoder:
     """Inference-only evaluation of ``[Transformer(BertForMaskedLM), SpladePooling(max, relu)]`` that never holds the
-    ``(B, L, V)`` logits: trunk -> MLM transform -> max over positions of the vocabulary logits, a few sequences at a
-    time, then ``log1p(relu(.))`` (monotone, so equal to SpladePooling's relu -> log1p -> max; tested equal). Padding
-    rows take the [CLS] row, whose logits are already in the max. Other document pipelines use their own forward."""
+    ``(B, L, V)`` logits: trunk -> MLM transform -> max over positions of the vocabulary logits
+    (:func:`models.max_logits`, cache-blocked), then ``log1p(relu(.))`` (monotone, so equal to SpladePooling's
+    relu -> log1p -> max; tested equal). Padding rows take the [CLS] row, whose logits are already in the max. Other
+    document pipelines use their own forward."""
 
-    def __init__(self, model, chunk: int = 4) -> None:  # noqa: ANN001
+    def __init__(self, model, chunk: int = 8) -> None:  # noqa: ANN001
         from sentence_transformers.sparse_encoder.models import SpladePooling
 
         mods = list(document_pipeline(model))
@@ -143,9 +144,7 @@ class _FastDocumentEncoder:
         z = torch.where(mask.unsqueeze(-1), z, z[:, :1])
         dec = self.mlm.cls.predictions.decoder
         bias = dec.bias if dec.bias is not None else self.mlm.cls.predictions.bias
-        out = z.new_empty(z.shape[0], dec.weight.shape[0])
-        for s in range(0, z.shape[0], self.chunk):
-            out[s:s + self.chunk] = (torch.matmul(z[s:s + self.chunk], dec.weight.T) + bias).amax(dim=1)
+        out, _ = max_logits(z, dec.weight, bias, rows=self.chunk)
         return torch.log1p(torch.relu(out))
 
 
@@ -218,6 +217,7 @@ class ImpactRetriever(Retriever):
         self._jints: dict[int, object] = {}
         self._tokens = special_free_tokens(model)
         self._table: list[float] | None = None
+        self._qterms: tuple | None = None
         self.fold_idf = fold_idf
         self.folded = False  # whether the attached index holds query-weight-folded impacts
 
@@ -229,7 +229,7 @@ class ImpactRetriever(Retriever):
         table = query_table(self.model)
         if self.refit_idf and table is not None and table.frozen:
             set_query_idf(self.model, corpus_idf(tokenizer_of(self.model), texts, vocab_size(self.model))[0])
-            self._table = None
+            self._table = self._qterms = None
         t0 = time.perf_counter()
         vecs, docs_per_s = encode_corpus(self.model, texts, windows=self.windows, stride=self.stride,
                                          batch_size=self.batch_size, scale=self.scale, progress=self.progress)
@@ -310,14 +310,17 @@ class ImpactRetriever(Retriever):
 
     def _query_string(self, query: str) -> str:
         """A folded index's query: its distinct weighted word pieces, space-separated (Anserini's pretokenized
-        analysis splits on whitespace and counts each once)."""
-        table, bt, max_len = self._query_weights()
+        analysis splits on whitespace). Per query: one Rust tokenizer call and a list look-up per word piece."""
+        if self._qterms is None:  # id -> word piece if its integer query weight is > 0, else None
+            table, bt, max_len = self._query_weights()
+            self._qterms = ([t if t is not None and round(x * self.scale) > 0 else None
+                             for t, x in zip(self._tokens, table)], bt, max_len)
+        qterms, bt, max_len = self._qterms
         if bt.truncation is not None or bt.padding is not None:
             bt.no_truncation()
             bt.no_padding()
-        tokens, scale = self._tokens, self.scale
-        return " ".join(tokens[i] for i in dict.fromkeys(bt.encode(query, add_special_tokens=False).ids[:max_len])
-                        if round(table[i] * scale) > 0)
+        ids = bt.encode(query, add_special_tokens=False).ids[:max_len]
+        return " ".join(t for t in dict.fromkeys([qterms[i] for i in ids]) if t)
 
     def query_vectors(self, queries: Sequence[str]) -> list[dict[str, int]]:
         """Queries -> ``{word piece: integer weight}``: an IDF table look-up for inference-free models (the word

@@ -297,20 +297,42 @@ def corpus_idf(tokenizer, texts: Iterable[str], vocab_size: int, batch_size: int
     return bm25_idf(df, n), n
 
 
+def max_logits(z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, *, with_arg: bool = False,
+               rows: int = 8, vocab_block: int = 512) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``max_l (z[b, l] . weight[t] + bias[t])`` -> ``(B, V)`` (and the arg-max position ``(B, V)`` if ``with_arg``).
+
+    ``z: (B, L, H)``, ``weight: (V, H)``, ``bias: (V,)``. Computed ``rows`` sequences x ``vocab_block`` terms at a time,
+    so each logit block stays in cache while it is reduced: the full ``(B, L, V)`` logits (63 MB for 4 x 128 word
+    pieces over BERT's 30,522 terms) are never written to memory. Every logit is the same single GEMM element as in
+    the unblocked product (tested equal on real documents).
+    """
+    b, l, _ = z.shape
+    v = weight.shape[0]
+    out = z.new_empty(b, v)
+    arg = torch.empty(b, v, dtype=torch.long, device=z.device) if with_arg else None
+    for r in range(0, b, rows):
+        zr = z[r:r + rows].reshape(-1, z.shape[2])
+        n = min(rows, b - r)
+        for s in range(0, v, vocab_block):
+            blk = torch.addmm(bias[s:s + vocab_block], zr, weight[s:s + vocab_block].T).view(n, l, -1)
+            if arg is None:
+                out[r:r + n, s:s + vocab_block] = blk.amax(dim=1)
+            else:
+                out[r:r + n, s:s + vocab_block], arg[r:r + n, s:s + vocab_block] = blk.max(dim=1)
+    return out, arg
+
+
 class _MaxLogits(torch.autograd.Function):
     """``max_l (z_l . W^T + b)`` without keeping the ``(B, L, V)`` logits; backward only touches the arg-max rows.
 
-    Forward runs a few sequences at a time. SPLADE's ``log(1 + ReLU(.))`` has zero gradient wherever the max logit is
-    <= 0 -- all but the ~100s of active terms per text -- so backward is a sparse scatter (O(nnz * H)) instead of a
-    dense (B, L, V) x H product.
+    Forward is :func:`max_logits` (cache-blocked). SPLADE's ``log(1 + ReLU(.))`` has zero gradient wherever the max
+    logit is <= 0 -- all but the ~100s of active terms per text -- so backward is a sparse scatter (O(nnz * H))
+    instead of a dense (B, L, V) x H product.
     """
 
     @staticmethod
     def forward(ctx, z: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, chunk: int):  # noqa: ANN001, ANN205
-        out = z.new_empty(z.shape[0], weight.shape[0])
-        arg = torch.empty(z.shape[0], weight.shape[0], dtype=torch.long, device=z.device)
-        for s in range(0, z.shape[0], chunk):
-            out[s:s + chunk], arg[s:s + chunk] = (torch.matmul(z[s:s + chunk], weight.T) + bias).max(dim=1)
+        out, arg = max_logits(z, weight, bias, with_arg=True, rows=chunk)
         ctx.save_for_backward(z, weight, arg)
         ctx.mark_non_differentiable(arg)
         return out, arg
@@ -336,7 +358,7 @@ class MaxLogitPooling(nn.Module):
     materialising the ``(B, L, V)`` logits: ``log1p(relu(max_l z_l W^T + b))`` -- equal to relu -> log1p -> max since
     both are monotone. Padding rows take the [CLS] row, whose logits are already in the max."""
 
-    def __init__(self, decoder: nn.Linear, bias: torch.Tensor, chunk: int = 4) -> None:
+    def __init__(self, decoder: nn.Linear, bias: torch.Tensor, chunk: int = 8) -> None:
         super().__init__()
         self.decoder = decoder
         self.bias = bias

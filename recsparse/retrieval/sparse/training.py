@@ -6,10 +6,10 @@ b 0.4, same corpus) that are not judged relevant. The loss is ``SpladeLoss`` aro
 
 * ``mnrl``: ``SparseMultipleNegativesRankingLoss`` (in-batch InfoNCE with the hard negatives), or
 * ``kl``: ``SparseDistillKLDivLoss`` over each query's (positive, negatives) against a teacher, or
-* ``margin-mse``: ``SparseMarginMSELoss`` (one negative) against the teacher's score margin,
+* ``margin-mse``: ``SparseMarginMSELoss`` against the teacher's score margins (positive minus each negative),
 
-with the teacher = per-query min-max-normalised scores of the dense MiniLM retriever and/or BM25, summed (the
-heterogeneous ensemble of Geng et al. 2024, sec. 3.2). The document regulariser is the stack's ``FlopsLoss`` or our
+with the teacher = the dense MiniLM retriever and/or BM25 (the heterogeneous ensemble of Geng et al. 2024, sec. 3.2;
+see :func:`teacher_scores` for how the two are put on one scale). The document regulariser is the stack's ``FlopsLoss`` or our
 :class:`IdfFlopsLoss`; the regulariser weights ramp up with the stack's ``SpladeRegularizerWeightSchedulerCallback``.
 """
 
@@ -54,6 +54,7 @@ class SparseTrainConfig(Config):
     split: str = "train"
     batch_size: int = 16
     negatives: int = 1
+    positives_per_query: int = 0  # cap on (query, positive) pairs per query (0: every judged pair)
     bm25_depth: int = 20
     max_steps: int = 150
     lr: float = 5e-5
@@ -79,7 +80,8 @@ class SparseTrainConfig(Config):
                      "query_max_length", "doc_windows", "teacher_temperature"):
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
-        for name in ("negatives", "weight_decay", "lr_warmup_steps", "lambda_doc", "lambda_query", "doc_stride"):
+        for name in ("negatives", "positives_per_query", "weight_decay", "lr_warmup_steps", "lambda_doc",
+                     "lambda_query", "doc_stride"):
             if not getattr(self, name) >= 0:
                 raise bad(name, "must be >= 0")
         if not 0 < self.reg_warmup_ratio <= 1:
@@ -88,8 +90,6 @@ class SparseTrainConfig(Config):
             raise bad("max_length", "max_length and query_max_length must be <= 512 (BERT positions)")
         if self.loss != "mnrl" and self.negatives < 1:
             raise bad("negatives", f"loss={self.loss} needs negatives >= 1 (the teacher ranks each query's candidates)")
-        if self.loss == "margin-mse" and self.negatives != 1:
-            raise bad("negatives", "loss=margin-mse takes exactly one negative per query")
         if self.learn_idf and self.variant != "inference-free":
             raise bad("learn_idf", "only an inference-free model has an IDF query table")
 
@@ -154,17 +154,24 @@ def build_examples(dataset: BeirDataset, cfg: SparseTrainConfig, work_dir: str |
     rel = dataset.qrels_dict(cfg.split)
     doc_text = {i: text_of(t, x) for i, t, x in zip(dataset.corpus["_id"], dataset.corpus["title"],
                                                     dataset.corpus["text"])}
-    pairs = [(q, d) for q, docs in rel.items() for d, s in docs.items() if s > 0 and q in queries and d in doc_text]
+    pairs = []
+    for q, docs in rel.items():
+        judged = [(d, s) for d, s in docs.items() if s > 0 and q in queries and d in doc_text]
+        if cfg.positives_per_query:  # the most relevant first (random among equals): NFCorpus judges ~43 per query
+            rng.shuffle(judged)
+            judged = sorted(judged, key=lambda x: -x[1])[:cfg.positives_per_query]
+        pairs += [(q, d) for d, _ in judged]
     if not pairs:
         raise UserError(f"{dataset.folder}: split {cfg.split!r} has no (query, relevant document) pair")
     ex = Examples()
     if cfg.negatives == 0:
         ex.rows = [(queries[q], doc_text[d]) for q, d in pairs]
         return ex
-    run = bm25_run(dataset, queries, cfg.bm25_depth, Path(work_dir) / f"bm25-{dataset.name}")
+    run = bm25_run(dataset, queries, cfg.bm25_depth, Path(work_dir) / f"bm25-{dataset.name}-{dataset.fingerprint[:12]}")
     bm25 = {q: {h.docid: h.score for h in hits} for q, hits in run.items()}
     dense = dense_scorer(dataset, queries) if cfg.loss != "mnrl" and "dense" in cfg.teacher else None
     all_docs = list(doc_text)
+    cands: list[tuple[str, list[str]]] = []
     for q, pos in pairs:
         pool = [d for d in bm25.get(q, {}) if rel.get(q, {}).get(d, 0) <= 0]
         if not pool:  # no BM25 negative: random documents
@@ -174,18 +181,37 @@ def build_examples(dataset: BeirDataset, cfg: SparseTrainConfig, work_dir: str |
             negs.append(negs[-1])
         ex.rows.append((queries[q], doc_text[pos]))
         ex.negatives.append([doc_text[d] for d in negs])
-        if cfg.loss != "mnrl":
-            cand = [pos, *negs]
-            parts = []
-            if "bm25" in cfg.teacher:
-                b = bm25.get(q, {})
-                floor = min(b.values()) if b else 0.0
-                parts.append(_minmax(torch.tensor([b.get(d, floor) for d in cand], dtype=torch.float32)))
-            if dense is not None:
-                parts.append(_minmax(dense(q, cand).float()))
-            t = torch.stack(parts).sum(0)
-            ex.labels.append([float(t[0] - t[1])] if cfg.loss == "margin-mse" else t.tolist())
+        cands.append((q, [pos, *negs]))
+    if cfg.loss != "mnrl":
+        ex.labels = teacher_scores(cands, bm25 if "bm25" in cfg.teacher else None, dense, cfg.loss)
     return ex
+
+
+def teacher_scores(cands: Sequence[tuple[str, list[str]]], bm25: dict[str, dict[str, float]] | None,
+                   dense: Callable[[str, Sequence[str]], torch.Tensor] | None, loss: str) -> list[list[float]]:
+    """Teacher scores of each query's (positive, negatives...) -> one list per row.
+
+    BM25: the Lucene score (a positive outside the mined top-``bm25_depth`` gets the list's lowest score). ``kl``
+    (a softmax over the candidates): each teacher min-max-normalised per query, summed. ``margin-mse`` (the student's
+    score DIFFERENCES are regressed on the teacher's, so the teacher must be on the student's scale): raw scores on
+    BM25's scale -- an inference-free score is an IDF-weighted sum of document weights, like BM25's -- with the dense
+    cosine rescaled by std(BM25) / std(cosine) over all candidates, and the two averaged for ``dense+bm25``.
+    """
+    parts: list[torch.Tensor] = []  # each (rows, 1 + negatives)
+    if bm25 is not None:
+        rows = []
+        for q, cand in cands:
+            b = bm25.get(q, {})
+            floor = min(b.values()) if b else 0.0
+            rows.append([b.get(d, floor) for d in cand])
+        parts.append(torch.tensor(rows, dtype=torch.float32))
+    if dense is not None:
+        parts.append(torch.stack([dense(q, cand).float() for q, cand in cands]))
+    if loss == "kl":
+        return torch.stack([torch.stack([_minmax(r) for r in p]) for p in parts]).sum(0).tolist()
+    if len(parts) == 2:  # bring the cosine onto BM25's spread
+        parts[1] = parts[1] * (parts[0].std() / parts[1].std().clamp(min=1e-9))
+    return (torch.stack(parts).sum(0) / len(parts)).tolist()
 
 
 def make_loss(model, cfg: SparseTrainConfig, idf: torch.Tensor):  # noqa: ANN001, ANN201 - SpladeLoss
@@ -270,8 +296,11 @@ def train(datasets: Sequence[BeirDataset], cfg: SparseTrainConfig, out_dir: str 
         table.weight.requires_grad_(cfg.learn_idf)
     rng = random.Random(cfg.seed)
     ex = Examples()
+    from recsparse.retrieval.dense import default_cache_dir
+
+    mining = default_cache_dir().parent / "bm25"  # the negatives' BM25 indexes, shared by every run on a corpus
     for ds in datasets:
-        part = build_examples(ds, cfg, out_dir, rng)
+        part = build_examples(ds, cfg, mining, rng)
         ex.rows += part.rows
         ex.negatives += part.negatives
         ex.labels += part.labels
@@ -291,6 +320,10 @@ def train(datasets: Sequence[BeirDataset], cfg: SparseTrainConfig, out_dir: str 
     if not sys.stderr.isatty() or not progress:
         callbacks.append(_log_callback(10, cfg.max_steps))
     trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=callbacks)
+    if len(callbacks) > 1:  # our one-line log replaces transformers' dict printer (same numbers, printed twice)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     with max_logit_pooling(model):  # same function and gradients as SpladePooling, without (B, L, V) logits
         state = trainer.train()

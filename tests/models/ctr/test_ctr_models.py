@@ -101,3 +101,39 @@ def test_unified_and_mixed_tables():
     assert torch.allclose(emb[:, 1], model.embeddings.mapped.embed("b", b.sparse["b"].values()))
     # bytes: the shared 5x4 table + the first-order twin (5x1) + b's tables (2x4, 2x1)
     assert model.table_bytes() == 4 * (5 * 4 + 5 * 1 + 2 * 4 + 2 * 1)
+
+
+def test_unified_chunks_keep_the_parameter_budget_and_concatenate_salted_rows():
+    """unified_chunks=c: each feature concatenates c salted lookups of width dim/c from a c·rows table — the same
+    parameters as one lookup of width dim (the budget is in rows of the model's dim); the first-order (dim 1)
+    table keeps one lookup per feature; the Polars view of the spec gives the same c rows per id."""
+    frame = pl.DataFrame({"a": ["x", "y", "z", "x", "q"], "c": ["u", "v", "u", "w", "v"], "label": [1, 0, 1, 0, 1]})
+    spec = FeatureSpec([Categorical("a", mapper="unified"), Categorical("c", mapper="unified")], unified_rows=6)
+    fitted1 = spec.fit(frame)
+    from dataclasses import replace
+
+    fitted4 = replace(spec, unified_chunks=4).fit(frame)
+    m1, m4 = build_ctr_model("deepfm", fitted1, dim=8), build_ctr_model("deepfm", fitted4, dim=8)
+    ue = m4.embeddings.unified
+    assert ue.weight.shape == (24, 2) and m1.embeddings.unified.weight.shape == (6, 8)
+    assert m4.table_bytes() == m1.table_bytes() == 4 * (6 * 8 + 6 * 1)
+    assert m4.linear.weights.unified.weight.shape == (6, 1)
+    b = fitted4.encode(frame).batch()
+    emb = m4.embed(b.sparse)
+    ids = b.sparse["a"].values()
+    rows = fitted4.mappers["a"].transform(ids)  # [N, 4]: the spec's (Polars-side) mapper
+    assert torch.equal(rows, ue.mappers["a"].transform(ids))
+    assert torch.allclose(emb[:, 0], ue.weight[rows].reshape(len(ids), 8))
+    polars_rows = fitted4.rows_frame(frame).collect()["a"].to_list()
+    assert polars_rows == rows.tolist()
+    with pytest.raises(ValueError, match="unified_chunks=3 must divide"):
+        build_ctr_model("deepfm", replace(spec, unified_chunks=3).fit(frame), dim=8)
+
+
+def test_unified_chunks_roundtrip_and_validation():
+    from recsparse.embeddings.features import FeatureSpecError
+
+    spec = FeatureSpec([Categorical("a", mapper="unified")], unified_rows=6, unified_chunks=2)
+    assert FeatureSpec.from_dict(spec.to_dict()).unified_chunks == 2
+    with pytest.raises(FeatureSpecError, match="unified_chunks"):
+        FeatureSpec([Categorical("a", mapper="unified")], unified_rows=6, unified_chunks=0)

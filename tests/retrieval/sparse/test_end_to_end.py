@@ -20,8 +20,8 @@ def test_train_config_refuses_test_split_and_bad_values():
         SparseTrainConfig(reg="l1")
     with pytest.raises(ConfigError, match="batch_size=0"):
         SparseTrainConfig(batch_size=0)
-    with pytest.raises(ConfigError, match="margin-mse takes exactly one"):
-        SparseTrainConfig(loss="margin-mse", negatives=2)
+    with pytest.raises(ConfigError, match="needs negatives >= 1"):
+        SparseTrainConfig(loss="margin-mse", negatives=0)
     with pytest.raises(ConfigError, match="learn_idf"):
         SparseTrainConfig(variant="splade", learn_idf=True)
     # the typed config system shared with `recsparse train`: YAML-style strings and overrides are checked
@@ -139,6 +139,26 @@ def test_cli_train_index_search_evaluate(scifact_small, tmp_path):
     assert stats["avg_doc_nnz"] > 0 and stats["avg_query_nnz"] > 0 and stats["flops"] > 0
     found, n = _found_in_top10(out / "scifact-small" / "indexes" / name, scifact_small)
     assert found >= n // 2
+
+
+def test_teacher_scores_kl_is_per_query_minmax_and_margin_mse_is_on_bm25_scale():
+    import torch
+
+    from recsparse.retrieval.sparse.training import teacher_scores
+
+    cands = [("q1", ["a", "b", "c"]), ("q2", ["d", "e", "f"])]
+    bm25 = {"q1": {"a": 30.0, "b": 20.0, "c": 10.0}, "q2": {"e": 12.0, "f": 8.0}}  # q2's positive d: not retrieved
+    cos = {"a": 0.9, "b": 0.5, "c": 0.7, "d": 0.6, "e": 0.6, "f": 0.2}
+    dense = lambda q, docs: torch.tensor([cos[d] for d in docs])  # noqa: E731
+    kl = teacher_scores(cands, bm25, dense, "kl")
+    assert kl[0] == pytest.approx([1.0 + 1.0, 0.5 + 0.0, 0.0 + 0.5], abs=1e-6)
+    assert kl[1] == pytest.approx([0.0 + 1.0, 1.0 + 1.0, 0.0 + 0.0], abs=1e-6)  # d gets q2's lowest BM25 score
+    only_bm25 = teacher_scores(cands, bm25, None, "margin-mse")
+    assert only_bm25 == [[30.0, 20.0, 10.0], [8.0, 12.0, 8.0]]  # raw Lucene scores: the student's scale
+    both = torch.tensor(teacher_scores(cands, bm25, dense, "margin-mse"))
+    b = torch.tensor(only_bm25)
+    c = torch.tensor([[cos[d] for d in docs] for _, docs in cands])
+    assert torch.allclose(both, (b + c * b.std() / c.std()) / 2)
 
 
 @pytest.mark.slow

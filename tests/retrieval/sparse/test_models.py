@@ -170,3 +170,14 @@ def test_fast_document_encoder_equals_the_model_forward(tiny_model):
         ref = M.document_pipeline(m)(dict(feats))["sentence_embedding"]
         fast = _FastDocumentEncoder(m)(feats)
     assert fast is not None and torch.allclose(ref, fast, atol=1e-5)
+
+
+def test_max_logits_blocks_equal_the_unblocked_max_and_argmax():
+    g = torch.Generator().manual_seed(0)
+    z, w, b = torch.randn(5, 7, 16, generator=g), torch.randn(1003, 16, generator=g), torch.randn(1003, generator=g)
+    full = torch.matmul(z, w.T) + b  # (5, 7, 1003): what the blocks must reproduce
+    for rows, block in ((2, 100), (8, 512), (1, 1003)):  # ragged last row group and last vocabulary block
+        out, arg = M.max_logits(z, w, b, with_arg=True, rows=rows, vocab_block=block)
+        assert torch.allclose(out, full.amax(1), atol=1e-5)
+        assert torch.allclose(full.gather(1, arg.unsqueeze(1)).squeeze(1), out, atol=1e-5)  # arg-max is a max
+        assert M.max_logits(z, w, b, rows=rows, vocab_block=block)[1] is None
