@@ -320,6 +320,10 @@ def train(datasets: Sequence[BeirDataset], cfg: SparseTrainConfig, out_dir: str 
     if not sys.stderr.isatty() or not progress:
         callbacks.append(_log_callback(10, cfg.max_steps))
     trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=callbacks)
+    if len(callbacks) > 1:  # our one-line log replaces transformers' dict printer (same numbers, printed twice)
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     t0 = time.perf_counter()
     with max_logit_pooling(model):  # same function and gradients as SpladePooling, without (B, L, V) logits
         state = trainer.train()
