@@ -49,7 +49,7 @@ COLUMNS = {
     "mappers": ["mapper", "rows", "rows_per_id", "row_fraction", "bytes", "mapper_state_bytes", "torch_ids_per_s",
                 "polars_ids_per_s"],
     "quant": ["dtype", "dim", "table_bytes", "size_ratio", "max_abs_err_weight", "max_abs_err_pooled"],
-    "dsl": ["name", "density", "interval", "batches", "train_examples_per_s", "slowdown_vs_dense"],
+    "dsl": ["name", "density", "interval", "scope", "batches", "train_examples_per_s", "slowdown_vs_dense"],
     "forward": ["name", "recsparse", "baseline", "recsparse_ms", "embeddingbag_ms", "speedup_vs_embeddingbag",
                 "embeddingbag_fp32_ms", "never_slower"],
 }
@@ -430,7 +430,7 @@ def _qconfig(bag: Any) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------- dsl
-def bench_dsl(batches: int, densities: list[float], interval: int) -> list[dict[str, Any]]:
+def bench_dsl(batches: int, densities: list[float], interval: int, scope: str = "table") -> list[dict[str, Any]]:
     """Training examples/s of Gowalla MF (configs/gowalla_mf.yaml, ``batches`` steps, no evaluation) dense vs dynamic
     sparse learning at each density, the same run; the DSL runs update their masks every ``interval`` steps."""
     from pathlib import Path
@@ -444,14 +444,16 @@ def bench_dsl(batches: int, densities: list[float], interval: int) -> list[dict[
     recs: list[dict[str, Any]] = []
     for density in [None, *densities]:
         name = "gowalla_mf_dense" if density is None else f"gowalla_mf_dsl{density:g}"
-        dsl = [] if density is None else [f"model.dsl.density={density}", f"model.dsl.interval={interval}"]
+        dsl = [] if density is None else [f"model.dsl.density={density}", f"model.dsl.interval={interval}",
+                                          f"model.dsl.scope={scope}"]
         cfg = load_config(config, ["trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
                                    "trainer.progress_bar=false", f"name={name}", "trainer.num_threads=2",
                                    "trainer.output_dir=/tmp/recsparse-dsl-throughput/{name}", *dsl])
         shutil.rmtree(cfg.output_dir, ignore_errors=True)
         rec = run(cfg, test=False)
         recs.append({"section": "dsl", "name": name, "dataset": "gowalla", "model": "mf", "density": density or 1.0,
-                     "interval": interval if density else None, "batches": batches,
+                     "interval": interval if density else None, "scope": scope if density else None,
+                     "batches": batches,
                      "batch_size": cfg.trainer.batch_size, "threads": cfg.trainer.num_threads,
                      "train_examples_per_s": rec["train_examples_per_s"]})
         print(f"  {name}: {rec['train_examples_per_s']:,.0f} examples/s", flush=True)
@@ -593,6 +595,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dsl-batches", type=int, default=60, help="dsl section: timed training steps per run")
     p.add_argument("--dsl-interval", type=int, default=25, help="dsl section: mask-update interval")
+    p.add_argument("--dsl-scope", default="table", help="dsl section: table | row")
     p.add_argument("--results-dir", default=None, help="default: benchmarks/results")
     a = p.parse_args()
     os.environ.setdefault("RECSPARSE_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -604,7 +607,7 @@ def main() -> None:
         elif section == "forward":
             recs = bench_forward(a.tables, a.rows, a.dim, a.batch, a.pooling, a.iters)
         elif section == "dsl":
-            recs = bench_dsl(a.dsl_batches, [0.5, 0.2, 0.05], a.dsl_interval)
+            recs = bench_dsl(a.dsl_batches, [0.5, 0.2, 0.05], a.dsl_interval, a.dsl_scope)
         elif section == "graphhash":
             recs = bench_graphhash([1.0, 50.0, 200.0], a.seed)
         elif section == "mappers":

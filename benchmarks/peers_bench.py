@@ -17,7 +17,7 @@ Sections (``--sections``, comma-separated):
 * ``rec-train`` — train every ``--rec-models`` entry CONCURRENTLY (same machine, same moment: neither side gets a
   quieter machine), each for at most ``--budget-s`` seconds of training (evaluation excluded), evaluating the test
   set every ``--eval-every`` epochs to trace Recall@20 (÷ |test|, the paper protocol) against training seconds.
-  Records: seconds/epoch, examples/s, seconds to Recall@20 ≥ .15 / ≥ .17 (or "not reached within budget"), best
+  Records: seconds/epoch, examples/s, seconds to Recall@20 ≥ .15 / ≥ .17 (or "not reached in X s (best R at Y s)"), best
   Recall@20 / NDCG@20 within the budget, set-up seconds, peak RSS.
 * ``rec-collect`` — the ``rec-train`` rows again from the JSON the training processes wrote (for runs stopped
   early: their curves so far, ``finished=False``).
@@ -51,7 +51,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.append(str(ROOT))  # after $PYTHONPATH: a child given another package folder (--baseline-rev) imports that
 
 AREA = "peers"
 KEY = ["section", "name"]
@@ -121,11 +121,22 @@ def run_json(cmd: list[str], out: Path, env: dict[str, str] | None = None) -> di
     return json.loads(out.read_text())
 
 
-def child_env() -> dict[str, str]:
+def child_env(src: Path = ROOT) -> dict[str, str]:
+    """The children's environment; ``src``: the folder whose ``recsparse`` package they import (default: ours)."""
     env = os.environ.copy()
     env.update(TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD="1", OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "1"),
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=str(src))
     return env
+
+
+def export_package(rev: str, dest: Path) -> Path:
+    """``recsparse/`` as of git revision ``rev`` (``git archive``) under ``dest/<rev>``: a baseline to time against."""
+    out = dest / rev
+    if not (out / "recsparse").is_dir():
+        out.mkdir(parents=True, exist_ok=True)
+        tar = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "recsparse"], capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", str(out)], input=tar.stdout, check=True)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------------- Gowalla
@@ -181,7 +192,7 @@ def ours_throughput_child(name: str, batches: int, threads: int) -> None:
 
 
 def measure(model: str, mode: str, work: Path, threads: int, py: Path, driver_args: list[str],
-            child_args: list[str]) -> dict[str, Any]:
+            child_args: list[str], src: Path = ROOT) -> dict[str, Any]:
     """One fresh-process measurement of ``side:name``: RecBole's driver in ``mode`` (peers' venv) or this script's
     ``--ours-<mode>-child`` (our venv); returns the JSON it reports."""
     side, name = model.split(":", 1)
@@ -192,7 +203,7 @@ def measure(model: str, mode: str, work: Path, threads: int, py: Path, driver_ar
                          "--data-dir", str(data_dir), "--num-items", str(counts["items"]), "--work", str(work / "recbole"),
                          "--out", str(out), "--threads", str(threads), *driver_args], out, child_env())
     r = subprocess.run([sys.executable, __file__, f"--ours-{mode}-child", name, "--threads", str(threads),
-                        *child_args], capture_output=True, text=True, env=child_env())
+                        *child_args], capture_output=True, text=True, env=child_env(src))
     if r.returncode != 0:
         raise SystemExit(f"{model} {mode} failed:\n{r.stderr[-3000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -339,6 +350,7 @@ def ours_eval_child(name: str, checkpoint: str, threads: int, work: Path) -> Non
                       "load_s": round(load_s, 2), "peak_rss_mb": round(peak_rss_mb(), 1), "threads": threads,
                       "weights": checkpoint if trained else "initial (untrained)",
                       "eval_users_per_batch": cfg.eval.chunk_size, "recall@20": m["recall@20"],
+                      "package": str(Path(sys.modules["recsparse"].__file__).parent),
                       "ndcg@20": m["ndcg@20"], "users": m["num_users"]}))
 
 
@@ -373,8 +385,9 @@ def summarize(res: dict[str, Any], budget_s: float, clock: str) -> dict[str, Any
             s = time_to(curve, t, key)
             if s is not None:
                 row[f"{label}_to_r20_{t:.2f}"] = round(s, 1)
-            elif spent >= budget_s:
-                row[f"{label}_to_r20_{t:.2f}"] = f"not reached in {budget_s:.0f} {clock} s"
+            elif spent >= budget_s:  # the whole run on this clock, and where its best point was
+                row[f"{label}_to_r20_{t:.2f}"] = (f"not reached in {res[key]:.0f} s (best {best['recall@20']:.4f} at "
+                                                  f"{best[key]:.0f} s)" if best else f"not reached in {res[key]:.0f} s")
             elif curve:
                 row[f"{label}_to_r20_{t:.2f}"] = f"not reached at {evaluated:.0f} {clock} s (stopped early)"
             else:
@@ -394,7 +407,7 @@ def summarize(res: dict[str, Any], budget_s: float, clock: str) -> dict[str, Any
 
 
 def rec_train(models: list[str], work: Path, default_budget: float, budgets: dict[str, float], clock: str,
-              eval_every: dict[str, int], threads: int, py: Path) -> list[dict[str, Any]]:
+              eval_every: dict[str, int], threads: int, py: Path, note: str = "") -> list[dict[str, Any]]:
     """Start every model's training process at once, wait for all, summarise."""
     from recsparse.results import provenance
 
@@ -425,7 +438,7 @@ def rec_train(models: list[str], work: Path, default_budget: float, budgets: dic
     from recsparse.io import write_json
 
     write_json(work / "rec_train_manifest.json", {"models": models, "budgets": {m: budgets.get(m.split(":", 1)[1],
-               default_budget) for m in models}, "clock": clock, **provenance()})
+               default_budget) for m in models}, "clock": clock, "note": note, **provenance()})
     for m, p, out in procs:
         if p.wait() != 0:
             print(f"{m} exited with {p.returncode}; see {work}/{m.replace(':', '_')}.log", file=sys.stderr)
@@ -449,26 +462,44 @@ def rec_collect(models: list[str], work: Path, wall_s: float | None = None) -> l
         row = summarize(res, float(man["budgets"].get(m, 0.0)), man["clock"])
         row["finished"] = bool(res.get("finished"))
         row["concurrent_with"] = ", ".join(x for x in man["models"] if x != m)
+        if man.get("note"):  # e.g. what ran beside it in the machine's other slot
+            row["note"] = man["note"]
         row["train_command"], row["train_commit"] = man["command"], man["git_commit"]
         rows.append(row | provenance(wall_s))
     return rows
 
 
-def rec_eval(models: list[str], work: Path, threads: int, py: Path) -> list[dict[str, Any]]:
+def rec_eval(models: list[str], work: Path, threads: int, py: Path,
+             baseline_rev: str | None = None) -> list[dict[str, Any]]:
+    """Each model's full-ranking evaluation in a fresh process; ``baseline_rev``: our models are evaluated a second
+    time with the ``recsparse`` package of that git revision (same checkpoint: same metrics, other evaluator code)."""
     from recsparse.results import provenance
 
+    runs = [(m, ROOT, m) for m in models]
+    if baseline_rev:
+        src = export_package(baseline_rev, work / "baseline")
+        runs += [(m, src, f"{m} @{baseline_rev}") for m in models if m.startswith("ours:")]
     rows = []
-    for m in models:
+    for m, src, label in runs:
         side, name = m.split(":", 1)
         t0 = time.perf_counter()
         res = measure(m, "eval", work, threads, py, ["--state", str(work / f"recbole_{name}.pt")],
-                      ["--checkpoint", str(ours_checkpoint(work, name)), "--work", str(work)])
-        rows.append({"section": "rec-eval", "name": m, "peer": res["peer"], "model": name, "dataset": "gowalla",
+                      ["--checkpoint", str(ours_checkpoint(work, name)), "--work", str(work)], src)
+        rows.append({"section": "rec-eval", "name": label, "peer": res["peer"], "model": name, "dataset": "gowalla",
+                     "evaluator": f"recsparse @{baseline_rev}" if src != ROOT else
+                     ("recsparse (this commit)" if side == "ours" else "RecBole Trainer.evaluate"),
                      "eval_users": 29858, "eval_s": res["eval_s"], "eval_cpu_s": res["eval_cpu_s"],
                      "peak_rss_mb": res["peak_rss_mb"], "load_s": res["load_s"],
                      "users_per_batch": res["eval_users_per_batch"], "weights": res["weights"], "threads": threads,
-                     "recall@20": round(res["recall@20"], 4), "ndcg@20": round(res["ndcg@20"], 4),
+                     "recall@20": res["recall@20"], "ndcg@20": res["ndcg@20"],
+                     **({"package": res["package"]} if "package" in res else {}),
                      **provenance(time.perf_counter() - t0)})
+    peer = next((r for r in rows if r["peer"] == "recbole"), None)
+    for r in rows:  # RecBole's seconds / ours, RSS ours / RecBole
+        if peer is not None and r is not peer:
+            r["cpu_speedup_vs_recbole"] = round(peer["eval_cpu_s"] / r["eval_cpu_s"], 2)
+            r["wall_speedup_vs_recbole"] = round(peer["eval_s"] / r["eval_s"], 2)
+            r["rss_vs_recbole"] = round(r["peak_rss_mb"] / peer["peak_rss_mb"], 2)
     return rows
 
 
@@ -529,7 +560,7 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
 
     from recsparse.retrieval.cli import make_retriever
     from recsparse.retrieval.base import safe_name
-    from recsparse.retrieval.dense import Encoder, embed_corpus, model_path
+    from recsparse.retrieval.dense import embed_corpus, model_path
     from recsparse.retrieval.evaluation import evaluate, read_trec_run
     from recsparse.retrieval.harness import evaluate_retrievers
     from recsparse.results import provenance
@@ -543,14 +574,15 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
         out_dir = work / "beir" / name
         out_dir.mkdir(parents=True, exist_ok=True)
         # (1) our harness's runs, each scored by both evaluators
-        evaluate_retrievers(ds, {r: make_retriever(r) for r in retrievers}, k=100, out_dir=out_dir / "runs_ours",
-                            threads=threads)
+        ours_retrievers = {r: make_retriever(r) for r in retrievers}
+        evaluate_retrievers(ds, ours_retrievers, k=100, out_dir=out_dir / "runs_ours", threads=threads)
         qrels = ds.qrels_dict("test")
         run_files = {r: out_dir / "runs_ours" / "runs" / f"{safe_name(r)}.trec" for r in retrievers}
         dres = None
         if "dense" in retrievers:
             # (2) beir's DRES on the harness's cached corpus vectors (filled by the dense run above)
-            np.save(out_dir / "corpus.npy", embed_corpus(Encoder(), ds.corpus))
+            dense = ours_retrievers["dense"]  # its corpus vectors were cached by the run above: no second encoding
+            np.save(out_dir / "corpus.npy", embed_corpus(dense.encoder, ds.corpus, dense.cache_dir))
             (out_dir / "corpus_ids.json").write_text(json.dumps(ds.corpus["_id"].to_list()))
             beir_out = out_dir / "beir_dense.json"
             run_files["beir_dres"] = out_dir / "beir_dres.trec"
@@ -630,6 +662,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1, help="torch threads on every side")
     p.add_argument("--beir-datasets", nargs="+", default=["scifact", "nfcorpus"])
     p.add_argument("--beir-retrievers", nargs="+", default=["bm25", "dense"], choices=["bm25", "dense"])
+    p.add_argument("--note", default="", help="rec-train: a note kept in the manifest and every row (e.g. what "
+                   "else ran on the machine at the same time)")
+    p.add_argument("--baseline-rev", default=None,
+                   help="rec-eval: also evaluate our models with the recsparse package of this git revision")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--ours-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ours-eval-child", default=None, help=argparse.SUPPRESS)
@@ -661,7 +697,7 @@ def main() -> None:
             continue
         if section == "rec-train":
             budgets = {k: float(v) for k, v in (x.split("=", 1) for x in a.budgets)}
-            rows = rec_train(a.rec_models, work, a.budget_s, budgets, a.budget_clock, every, a.threads, py)
+            rows = rec_train(a.rec_models, work, a.budget_s, budgets, a.budget_clock, every, a.threads, py, a.note)
             versions = peer_versions(py)
             for r in rows:
                 if r["peer"] == "recbole":
@@ -676,7 +712,7 @@ def main() -> None:
                     save_results(AREA, rows, KEY)
             continue
         elif section == "rec-eval":
-            rows = rec_eval(a.rec_models, work, a.threads, py)
+            rows = rec_eval(a.rec_models, work, a.threads, py, a.baseline_rev)
         elif section == "rec-check":
             rows = rec_check(a.rec_models, work, py)
         elif section == "beir":

@@ -96,6 +96,12 @@ def pareto(dataset: str = typer.Option("gowalla", help="Registered implicit-feed
            quant: str = typer.Option("int8,int4", help="Post-training quantisation of each method's best point "
                                                        "('' for none)."),
            dsl_interval: int = typer.Option(50, min=1, help="DSL mask-update interval (optimizer steps)."),
+           dsl_ratio: float = typer.Option(0.5, min=0.0, max=1.0, help="DSL initial update ratio (cosine-decayed)."),
+           dsl_ratio_final: float = typer.Option(0.005, min=0.0, max=1.0, help="DSL final update ratio."),
+           dsl_end: float = typer.Option(0.75, min=0.01, max=1.0, help="DSL: fraction of the run with mask updates "
+                                                                       "(the mask is frozen after it)."),
+           dsl_scope: str = typer.Option("table", help="DSL prune/regrow ranking: table (the paper's) | row (every "
+                                                       "row keeps its share of the budget)."),
            runs_dir: Path = typer.Option(Path("runs/pareto"), help="Run folders (one per trained point)."),
            results_dir: Optional[Path] = typer.Option(None, help="Where pareto.{json,md,png} go "
                                                                  "(default: benchmarks/results)."),
@@ -115,6 +121,10 @@ def pareto(dataset: str = typer.Option("gowalla", help="Registered implicit-feed
     bad = [m for m in ms if m not in known]
     if bad:
         raise ConfigError(f"--methods: unknown {bad}; choose from {', '.join(known)}")
+    from recsparse.embeddings.dsl import SCOPES
+
+    if dsl_scope not in SCOPES:
+        raise ConfigError(f"--dsl-scope must be one of {', '.join(SCOPES)}, got {dsl_scope!r}")
     qs = [q.strip() for q in quant.split(",") if q.strip()]
     if any(q not in QUANT for q in qs):
         raise ConfigError(f"--quant must list {', '.join(QUANT)} (or be empty), got {quant!r}")
@@ -124,7 +134,8 @@ def pareto(dataset: str = typer.Option("gowalla", help="Registered implicit-feed
         raise ConfigError(f"base config {config} not found; pass --config PATH")
     try:
         study = ParetoStudy(config, dataset, model, epochs, runs_dir, results_dir, overrides or [],
-                            dsl_interval=dsl_interval, log=lambda s: typer.echo(s))
+                            dsl_interval=dsl_interval, dsl_ratio=dsl_ratio, dsl_ratio_final=dsl_ratio_final,
+                            dsl_end=dsl_end, dsl_scope=dsl_scope, log=lambda s: typer.echo(s))
     except (ValueError, FileNotFoundError) as e:
         raise ConfigError(f"{config}: {e}") from None
     grid = build_grid(ms, _floats("budgets", budgets), _floats("densities", densities))

@@ -45,6 +45,7 @@ from recsparse.config import Config
 from recsparse.errors import ConfigError
 
 SCHEDULES = ("cosine", "constant")
+SCOPES = ("table", "row")
 
 
 @dataclass
@@ -52,7 +53,9 @@ class DSLConfig(Config):
     """``model.dsl`` — ``density``: fraction of each table's weights that are active (0 < d ≤ 1). ``interval``:
     optimizer steps between mask updates (ΔT). ``ratio`` → ``ratio_final``: fraction of active weights
     pruned-and-regrown per update, decayed by ``schedule`` (``cosine`` | ``constant``) over the first ``end``
-    fraction of the run's steps, after which the mask is frozen. ``seed``: the initial random mask."""
+    fraction of the run's steps, after which the mask is frozen. ``seed``: the initial random mask. ``scope``:
+    ``table`` ranks prune/regrow candidates over the whole table (the paper's); ``row`` keeps every row at its share
+    of the budget (``density · dim`` weights, ±1) and prunes/regrows within each row — see :meth:`DynamicSparsity.update`."""
 
     density: float = 0.5
     interval: int = 3000
@@ -61,6 +64,7 @@ class DSLConfig(Config):
     schedule: Literal["cosine", "constant"] = "cosine"
     end: float = 0.75
     seed: int = 0
+    scope: Literal["table", "row"] = "table"
 
     def validate(self) -> None:
         if not 0.0 < self.density <= 1.0:
@@ -70,6 +74,8 @@ class DSLConfig(Config):
         for name in ("ratio", "ratio_final"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ConfigError(f"model.dsl.{name} must be in [0, 1], got {getattr(self, name)!r}")
+        if self.scope not in SCOPES:
+            raise ConfigError(f"model.dsl.scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
         if not 0.0 < self.end <= 1.0:
             raise ConfigError(f"model.dsl.end must be in (0, 1] (fraction of the run with mask updates), got "
                               f"{self.end!r}")
@@ -102,9 +108,17 @@ def _table_params(tables: nn.Module) -> dict[str, nn.Parameter]:
     return out
 
 
-def _random_mask(shape: torch.Size, density: float, generator: torch.Generator) -> torch.Tensor:
+def _random_mask(shape: torch.Size, density: float, generator: torch.Generator, scope: str = "table") -> torch.Tensor:
+    """``round(density · numel)`` active positions at random; ``scope='row'``: spread so that every row of a
+    ``[rows, dim]`` table holds ``⌊k/rows⌋`` or one more of them."""
     n = int(torch.Size(shape).numel())
     k = int(round(density * n))
+    if scope == "row":
+        rows, dim = shape
+        per_row = torch.full((rows,), k // rows, dtype=torch.long)
+        per_row[torch.randperm(rows, generator=generator)[:k - (k // rows) * rows]] += 1
+        rank = torch.rand(rows, dim, generator=generator).argsort(dim=1).argsort(dim=1)
+        return rank < per_row.unsqueeze(1)
     mask = torch.zeros(n, dtype=torch.bool)
     mask[torch.randperm(n, generator=generator)[:k]] = True
     return mask.view(shape)
@@ -142,12 +156,16 @@ class DynamicSparsity:
         self.total_steps = int(total_steps)
         self.params = _table_params(tables)
         g = torch.Generator().manual_seed(config.seed)
-        self.masks = {n: _random_mask(w.shape, config.density, g).to(w.device) for n, w in self.params.items()}
+        self.masks = {n: _random_mask(w.shape, config.density, g, config.scope).to(w.device)
+                      for n, w in self.params.items()}
         self.step = 0
         self.history: list[dict[str, Any]] = []
         self.end_step = max(1, int(config.end * self.total_steps))  # mask frozen from here on
         # gradient summed since the last update (the regrowth score): allocated lazily, only while updates remain
         self.grad_sum: dict[str, torch.Tensor] = {}
+        self.fresh: dict[str, torch.Tensor] = {}  # flat bool: regrown at the last update (diagnostics only)
+        self._factors: dict[str, torch.Tensor] = {}  # masks as float multipliers (see _factor)
+        self._pruned_fresh: dict[str, int] = {}
         if config.interval > total_steps and config.density < 1.0:
             warnings.warn(f"DSL: interval={config.interval} exceeds the run's {total_steps} optimizer steps, so the "
                           "mask never changes (static sparse training); lower model.dsl.interval", stacklevel=2)
@@ -158,7 +176,7 @@ class DynamicSparsity:
     def apply(self) -> None:
         """Zero every masked weight."""
         for n, w in self.params.items():
-            w.mul_(self.masks[n])
+            w.mul_(self._factor(n))
 
     @torch.no_grad()
     def mask_gradients(self) -> None:
@@ -171,7 +189,7 @@ class DynamicSparsity:
                 keep = self.masks[n][g.indices()[0]]
                 w.grad = torch.sparse_coo_tensor(g.indices(), g.values() * keep, g.shape)
             else:
-                g.mul_(self.masks[n])
+                g.mul_(self._factor(n))
 
     @torch.no_grad()
     def mask_optimizer_state(self, optimizer: torch.optim.Optimizer | None) -> None:
@@ -181,7 +199,15 @@ class DynamicSparsity:
         for n, w in self.params.items():
             for v in optimizer.state.get(w, {}).values():
                 if isinstance(v, torch.Tensor) and v.shape == w.shape:
-                    v.mul_(self.masks[n])
+                    v.mul_(self._factor(n))
+
+    def _factor(self, name: str) -> torch.Tensor:
+        """The mask of table ``name`` in the weight's dtype: multiplying by a same-dtype tensor is ~4x faster than by
+        the bool mask (every step masks the whole dense gradient). Rebuilt when the mask changes."""
+        f = self._factors.get(name)
+        if f is None:
+            f = self._factors[name] = self.masks[name].to(self.params[name].dtype)
+        return f
 
     def densities(self) -> dict[str, float]:
         return {n: float(m.float().mean()) for n, m in self.masks.items()}
@@ -212,35 +238,77 @@ class DynamicSparsity:
         """Prune the smallest-|w| active weights and regrow as many inactive ones with the largest gradient summed
         since the last update (:meth:`accumulate`), per table. Returns the history entry."""
         ratio = self.ratio_at(self.step)
-        entry: dict[str, Any] = {"step": self.step, "ratio": ratio, "pruned": {}, "grown": {}}
+        # pruned_fresh: how many of the pruned weights were regrown at the previous update (they had one interval to
+        # grow from 0; a high share means the interval is too short for them to ever survive)
+        entry: dict[str, Any] = {"step": self.step, "ratio": ratio, "pruned": {}, "grown": {}, "pruned_fresh": {}}
         for name, w in self.params.items():
-            mask = self.masks[name].view(-1)
-            active = int(mask.sum())
-            n = min(int(round(ratio * active)), mask.numel() - active)  # can only regrow into free slots
             acc = self.grad_sum.get(name)
-            if n <= 0 or acc is None:
-                entry["pruned"][name] = entry["grown"][name] = 0
-                continue
-            flat_w = w.detach().view(-1)
-            score = flat_w.abs().masked_fill(~mask, float("inf"))
-            drop = torch.topk(score, n, largest=False, sorted=False).indices
-            gscore = acc.reshape(-1).abs()
-            candidates = ~mask
-            candidates[drop] = False  # not regrown in the update that pruned them
-            pos = gscore[candidates]
-            # random tie-break among equal (mostly zero: rows not in the batch) gradients, below any real gap
-            tiny = 0.5 * float(pos[pos > 0].min()) if bool((pos > 0).any()) else 1.0
-            gscore = gscore + torch.rand(gscore.shape, device=gscore.device) * tiny
-            grow = torch.topk(gscore.masked_fill(~candidates, -1.0), n, sorted=False).indices
-            mask[drop] = False
-            mask[grow] = True
-            flat_w[drop] = 0.0
-            flat_w[grow] = 0.0  # regrown weights start at zero (RigL)
+            n = 0 if acc is None else (self._update_rows(name, w, acc, ratio) if self.config.scope == "row"
+                                       else self._update_table(name, w, acc, ratio))
             entry["pruned"][name] = entry["grown"][name] = n
+            entry["pruned_fresh"][name] = self._pruned_fresh.pop(name, 0)
         for acc in self.grad_sum.values():
             acc.zero_()
         self.history.append(entry)
         return entry
+
+    @staticmethod
+    def _tie_break(gscore: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """``gscore`` (``≥ 0``) with its zeros (no gradient: rows no batch touched) replaced by uniform noise below
+        the smallest positive candidate value: a random choice among them, ranked below every real gradient. Positive
+        values are left as they are (noise added to them could swap two that differ by less than it)."""
+        pos = gscore[candidates]
+        tiny = 0.5 * float(pos[pos > 0].min()) if bool((pos > 0).any()) else 1.0
+        return torch.where(gscore > 0, gscore, torch.rand(gscore.shape, device=gscore.device) * tiny)
+
+    def _update_table(self, name: str, w: torch.Tensor, acc: torch.Tensor, ratio: float) -> int:
+        """Table scope: ``round(ratio · active)`` smallest ``|w|`` of the table out, as many largest ``|g|`` in."""
+        mask = self.masks[name].view(-1)
+        active = int(mask.sum())
+        n = min(int(round(ratio * active)), mask.numel() - active)  # can only regrow into free slots
+        if n <= 0:
+            return 0
+        flat_w = w.detach().view(-1)
+        score = flat_w.abs().masked_fill(~mask, float("inf"))
+        drop = torch.topk(score, n, largest=False, sorted=False).indices
+        candidates = ~mask  # (the dropped positions are active, so never regrown in the update that pruned them)
+        gscore = self._tie_break(acc.reshape(-1).abs(), candidates)
+        grow = torch.topk(gscore.masked_fill(~candidates, -1.0), n, sorted=False).indices
+        fresh = self.fresh.get(name)
+        self._pruned_fresh[name] = 0 if fresh is None else int(fresh.view(-1)[drop].sum())
+        self.fresh[name] = torch.zeros_like(self.masks[name])
+        self.fresh[name].view(-1)[grow] = True
+        mask[drop] = False
+        mask[grow] = True
+        flat_w[drop] = 0.0
+        flat_w[grow] = 0.0  # regrown weights start at zero (RigL)
+        self._factors.pop(name, None)
+        return n
+
+    def _update_rows(self, name: str, w: torch.Tensor, acc: torch.Tensor, ratio: float) -> int:
+        """Row scope: in every row the interval's batches touched (non-zero summed gradient), the same
+        ``round(ratio · density · dim)`` smallest ``|w|`` out and largest ``|g|`` in, so each row keeps its share of the
+        budget. Table scope lets the budget drift to popular rows (their summed gradients are the largest) while
+        the rarely-seen rows' weights, slow to grow from 0, are pruned first."""
+        mask = self.masks[name]
+        counts = mask.sum(dim=1)
+        n = min(int(round(ratio * float(counts.float().mean()))), int(counts.min()),
+                mask.shape[1] - int(counts.max()))
+        rows = (acc != 0).any(dim=1).nonzero().squeeze(1)
+        if n <= 0 or rows.numel() == 0:
+            return 0
+        W, M = w.detach()[rows], mask[rows]
+        drop = torch.topk(W.abs().masked_fill(~M, float("inf")), n, dim=1, largest=False, sorted=False).indices
+        gscore = self._tie_break(acc[rows].abs(), ~M)
+        grow = torch.topk(gscore.masked_fill(M, -1.0), n, dim=1, sorted=False).indices
+        fresh = self.fresh.get(name)
+        self._pruned_fresh[name] = 0 if fresh is None else int(fresh[rows].gather(1, drop).sum())
+        self.fresh[name] = torch.zeros_like(mask)
+        self.fresh[name][rows] = torch.zeros_like(M).scatter_(1, grow, True)
+        mask[rows] = M.scatter_(1, drop, False).scatter_(1, grow, True)
+        w.detach()[rows] = W.scatter_(1, drop, 0.0).scatter_(1, grow, 0.0)  # regrown weights start at zero
+        self._factors.pop(name, None)
+        return n * rows.numel()
 
     def before_step(self, optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any] | None:
         """Mask update on schedule (every ``interval`` steps), then gradient masking; zeroes the optimizer state of
@@ -253,7 +321,7 @@ class DynamicSparsity:
                 entry = self.update()
                 self.mask_optimizer_state(optimizer)
         elif self.grad_sum:
-            self.grad_sum = {}  # no update left: free the score buffers
+            self.grad_sum, self.fresh = {}, {}  # no update left: free the score buffers
         self.mask_gradients()
         return entry
 
@@ -272,6 +340,7 @@ class DynamicSparsity:
                 raise ConfigError(f"DSL state mask of table {n!r} is {m.dtype} {tuple(m.shape)}, expected bool "
                                   f"{tuple(self.masks[n].shape)}")
             self.masks[n] = m.to(self.masks[n].device).clone()
+        self._factors = {}
         self.step, self.history = int(state["step"]), list(state.get("history", []))
         self.grad_sum = {n: a.clone() for n, a in state.get("grad_sum", {}).items() if n in self.masks}
         self.apply()

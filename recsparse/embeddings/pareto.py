@@ -14,13 +14,14 @@ Methods and budgets (:func:`build_grid`):
   the rows the quantized lookup kernel returns.
 
 Bytes include the mappers' state (vocabularies, cluster labels). Each trained point is a ``recsparse train`` run
-(:func:`recsparse.pipelines.train.run`) in its own folder under ``runs_dir`` (resumed from ``last.ckpt`` if
-interrupted); finished points are read back from the results file and skipped when their settings match, so a long
+(:func:`recsparse.pipelines.train.run`) in its own folder under ``runs_dir``, named by the point and a digest of its
+settings (resumed from ``last.ckpt`` if interrupted); finished points are read back from the results file and skipped when their settings match, so a long
 grid resumes where it stopped. Recall@20 is the LightGCN paper's protocol (hits ÷ |test items|).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -102,7 +103,8 @@ class ParetoStudy:
 
     def __init__(self, config: Path, dataset: str, model: str, epochs: int, runs_dir: Path,
                  results_dir: Path | None = None, overrides: Sequence[str] = (), dsl_interval: int = 50,
-                 dsl_ratio: float = 0.5, dsl_ratio_final: float = 0.005, seed: int = 0,
+                 dsl_ratio: float = 0.5, dsl_ratio_final: float = 0.005, dsl_end: float = 0.75,
+                 dsl_scope: str = "table", seed: int = 0,
                  log: Callable[[str], None] = print) -> None:
         from recsparse.pipelines.config import load_config
         from recsparse.results import RESULTS_DIR
@@ -112,7 +114,12 @@ class ParetoStudy:
                           "trainer.progress_bar=false", f"trainer.seed={seed}", *overrides]
         self.base = load_config(self.config_path, self.overrides)  # validates early
         self.runs_dir, self.results_dir = Path(runs_dir), Path(results_dir or RESULTS_DIR)
-        self.dsl = dict(interval=dsl_interval, ratio=dsl_ratio, ratio_final=dsl_ratio_final, seed=seed)
+        self.dsl: dict[str, Any] = dict(interval=dsl_interval, ratio=dsl_ratio, ratio_final=dsl_ratio_final, seed=seed)
+        # recorded only when not the default, so rows recorded before these options existed still match
+        if dsl_end != 0.75:
+            self.dsl["end"] = dsl_end
+        if dsl_scope != "table":
+            self.dsl["scope"] = dsl_scope
         self.seed, self.log = seed, log
         self._split: Any = None
 
@@ -173,7 +180,7 @@ class ParetoStudy:
     def point_overrides(self, p: Point) -> list[str]:
         s = self.split()
         out = [f"name=pareto_{self.section}_{p.name.replace('@', '_').replace(':', '_')}",
-               f"trainer.output_dir={self.runs_dir / p.name.replace(':', '_')}", "trainer.resume=last"]
+               f"trainer.output_dir={self.run_dir(p)}", "trainer.resume=last"]
         if p.method == "full":
             return out + ["model.mapper=full"]
         if p.method == "dsl":
@@ -189,6 +196,12 @@ class ParetoStudy:
                           f"model.user_rows={ur}", f"model.item_rows={ir}"]
         kw = ["model.mapper_kwargs={num_hashes: 2}"] if p.method == "universal" else []
         return out + [f"model.mapper={p.method}", f"model.user_rows={ur}", f"model.item_rows={ir}", *kw]
+
+    def run_dir(self, p: Point) -> Path:
+        """``runs_dir/<name>-<settings digest>``: a point only ever resumes a run of the same settings (a folder
+        left by a run with, say, another DSL interval is never picked up as if it were this point's)."""
+        digest = hashlib.sha1(self.settings(p).encode()).hexdigest()[:10]
+        return self.runs_dir / f"{p.name.replace(':', '_')}-{digest}"
 
     def point_config(self, p: Point) -> Any:
         from recsparse.pipelines.config import load_config

@@ -24,6 +24,7 @@ Mapper state travels inside ``state_dict()`` (``_extra_state``: plain ints/strin
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
@@ -206,8 +207,11 @@ class MappedEmbeddingBagCollection(nn.Module):
                 raise ValueError("shared tables (FeatureConfig.table) on backend 'fbgemm': ALL features on one "
                                  "table (unified embedding) or none; other sharing runs on backend 'torchrec' or "
                                  "'torch'")
+            # every index comes from a mapper, whose rows are in [0, num_rows) by construction (and whose state is
+            # validated on load): the kernel's per-call bounds check would only re-check that
+            cfg = dataclasses.replace(tbe_config or TBEConfig(), bounds_check=False)
             self.tbe = FusedTBE([r for r, _, _ in self._tables.values()], [d for _, d, _ in self._tables.values()],
-                                tbe_config, self.device, table_names=list(self._tables))
+                                cfg, self.device, table_names=list(self._tables))
         else:
             self.bags = nn.ModuleDict({t: nn.EmbeddingBag(r, d, mode="sum", sparse=sparse, device=self.device)
                                        for t, (r, d, _) in self._tables.items()})
@@ -300,14 +304,20 @@ class MappedEmbeddingBagCollection(nn.Module):
 
     def embed(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
         """``ids [N]`` (raw) -> ``[N, dim]``: each id's mapper rows summed. Differentiable w.r.t. the table."""
-        f = self.feature(feature)
-        rows = f.mapper.transform(ids.reshape(-1)).to(self.device)  # [N, k]
+        if feature not in self._index:
+            self.feature(feature)  # raises the KeyError naming the features
+        t = self._index[feature]
+        rows = self.features[t].mapper.transform(ids.reshape(-1))  # [N, k]
+        if rows.device != self.device:
+            rows = rows.to(self.device)
         if self.backend == "fbgemm":
             if torch.is_grad_enabled():
                 # backward = the fused optimizer update
-                return self._embed_tbe(0 if self._folded else self._index[feature], rows)
-            w = self.table_weight(feature)  # inference: a plain gather from the kernel's storage (no TBE launch)
-            return F.embedding(rows[:, 0], w) if rows.shape[1] == 1 else F.embedding(rows, w).sum(dim=1)
+                return self._embed_tbe(0 if self._folded else t, rows)
+            # inference: a plain gather from the kernel's storage (no TBE launch: its per-call set-up costs more than
+            # a pooling-1 lookup of a few thousand rows)
+            w = self.tbe.weights(0 if self._folded else t)
+            return w.index_select(0, rows.view(-1)) if rows.shape[1] == 1 else F.embedding(rows, w).sum(dim=1)
         if self.backend == "torchrec" and self.is_sharded:
             return self._embed_sharded(feature, rows)
         w = self.table_weight(feature)

@@ -153,6 +153,7 @@ class FusedTBE(nn.Module):
         for d in self.dims:
             self.d_offsets.append(self.d_offsets[-1] + d)
         self._pool: ThreadPoolExecutor | None = None
+        self._views: dict[int, list[torch.Tensor]] = {}  # group -> its tables' weight views (see weights())
         self._anchor = torch.zeros(0, requires_grad=True)  # gives _ParallelGroups a backward edge
 
     @property
@@ -170,7 +171,12 @@ class FusedTBE(nn.Module):
     def __getstate__(self) -> dict[str, Any]:  # thread pools do not pickle / deepcopy
         state = self.__dict__.copy()
         state["_pool"] = None
+        state["_views"] = {}
         return state
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "FusedTBE":
+        self._views = {}  # .to()/.cuda()/... may replace the kernels' weight buffers
+        return super()._apply(fn, recurse)
 
     @property
     def num_tables(self) -> int:
@@ -185,7 +191,13 @@ class FusedTBE(nn.Module):
     def weights(self, t: int) -> torch.Tensor:
         """View ``[rows[t], dims[t]]`` of table ``t`` (writes go to the kernel's storage)."""
         g, local = self._locate(t)
-        return self.groups[g].split_embedding_weights()[local]
+        views = self._views.get(g)
+        if views is None:
+            # split_embedding_weights() rebuilds every table's view (a Python loop over tensor-valued placements):
+            # tens of µs, as long as a whole 4k-id gather. The views stay valid while the kernel's buffers are the
+            # same tensors (load_state_dict copies into them); _apply (.to(), .cuda(), ...) and pickling drop them.
+            views = self._views[g] = self.groups[g].split_embedding_weights()
+        return views[local]
 
     @torch.no_grad()
     def set_weights(self, t: int, w: torch.Tensor) -> None:

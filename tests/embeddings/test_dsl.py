@@ -38,7 +38,7 @@ def test_config_validation():
     for bad, field in [(dict(density=0.0), "density"), (dict(density=1.5), "density"),
                        (dict(interval=0), "interval"), (dict(interval=2.5), "interval"),
                        (dict(ratio=1.2), "ratio"), (dict(schedule="linear"), "schedule"),
-                       (dict(density="half"), "density"), (dict(end=0), "end")]:
+                       (dict(density="half"), "density"), (dict(end=0), "end"), (dict(scope="column"), "scope")]:
         with pytest.raises(ConfigError, match=field):
             DSLConfig(**bad)
 
@@ -110,6 +110,7 @@ def test_prune_grow_counts_and_criteria(gowalla):
     assert dsl.end_step == 9
     opt = torch.optim.SGD(t.parameters(), lr=0.5)
     gsum = {n: torch.zeros_like(w) for n, w in dsl.params.items()}
+    last_grown: dict[str, torch.Tensor] = {}
     updates = 0
     for step, (users, items) in enumerate(_batches(gowalla, total, size=512), start=1):
         opt.zero_grad()
@@ -138,10 +139,58 @@ def test_prune_grow_counts_and_criteria(gowalla):
                 cand = ~old & ~new
                 assert gsum[n][grown].abs().min() >= gsum[n][cand].abs().max()
                 assert torch.count_nonzero(dsl.params[n].detach()[grown]) == 0
+                # pruned_fresh: pruned weights that the previous update had regrown
+                fresh = int((pruned & last_grown[n]).sum()) if n in last_grown else 0
+                assert entry["pruned_fresh"][n] == fresh
+                last_grown[n] = grown
                 gsum[n].zero_()
         opt.step()
     assert updates == len(dsl.history) == 4 and not dsl.grad_sum  # frozen after step 9, score buffers freed
 
+
+
+def test_row_scope_keeps_every_rows_budget(gowalla):
+    """scope='row': the initial mask gives each row floor/ceil of its share; an update prunes the n smallest |w| and
+    regrows the n largest |summed gradient| inside every row the interval touched (rows it did not touch keep their
+    mask); per-row counts never change; Adam keeps the masked weights at exactly zero."""
+    t = _tables(gowalla)
+    cfg = DSLConfig(density=0.25, interval=3, ratio=0.5, ratio_final=0.3, end=1.0, scope="row")
+    dsl = DynamicSparsity(t, cfg, total_steps=10)
+    counts0 = {n: m.sum(dim=1) for n, m in dsl.masks.items()}
+    for n, c in counts0.items():
+        assert int(c.sum()) == round(0.25 * dsl.masks[n].numel()) and int(c.max() - c.min()) <= 1
+    opt = torch.optim.Adam(t.parameters(), lr=0.05)
+    gsum = {n: torch.zeros_like(w) for n, w in dsl.params.items()}
+    updates = 0
+    for step, (users, items) in enumerate(_batches(gowalla, 9, size=64), start=1):
+        opt.zero_grad()
+        _loss(t, users, items).backward()
+        before = {n: m.clone() for n, m in dsl.masks.items()}
+        weights = {n: w.detach().clone() for n, w in dsl.params.items()}
+        for n, w in dsl.params.items():
+            gsum[n] += w.grad
+        entry = dsl.before_step(opt)
+        if entry is not None:
+            updates += 1
+            for n, old in before.items():
+                new = dsl.masks[n]
+                assert torch.equal(new.sum(dim=1), counts0[n])
+                touched = (gsum[n] != 0).any(dim=1)
+                assert torch.equal(old[~touched], new[~touched]) and bool(touched.any()) and not bool(touched.all())
+                k = round(entry["ratio"] * float(counts0[n].float().mean()))
+                assert entry["pruned"][n] == entry["grown"][n] == k * int(touched.sum()) > 0
+                for r in touched.nonzero().squeeze(1)[:50].tolist():
+                    pruned, grown, kept = old[r] & ~new[r], new[r] & ~old[r], old[r] & new[r]
+                    assert int(pruned.sum()) == int(grown.sum()) == k
+                    assert weights[n][r][pruned].abs().max() <= weights[n][r][kept].abs().min()
+                    cand = ~old[r] & ~new[r]
+                    assert gsum[n][r][grown].abs().min() >= gsum[n][r][cand].abs().max()
+                    assert torch.count_nonzero(dsl.params[n].detach()[r][grown]) == 0
+                gsum[n].zero_()
+        opt.step()
+        for n, w in dsl.params.items():
+            assert torch.count_nonzero(w.detach()[~dsl.masks[n]]) == 0
+    assert updates == 3
 
 def test_fbgemm_backend_is_rejected_with_reason():
     t = MappedEmbeddingBagCollection([FeatureConfig("a", 100, 8)], backend="fbgemm")

@@ -56,3 +56,10 @@ def test_tiny_grid_end_to_end(gowalla_small, tmp_path):  # noqa: F811
     logs.clear()
     study.run(build_grid(["full", "modulo"], [0.1], [0.2]), ["int8"], quant_only=True)  # no training at all
     assert not any("training" in line for line in logs) and all("skipped" in line for line in logs)
+    # every trained point ran in its own settings-named folder; a study with other DSL settings gets other folders
+    dirs = {p.name: study.run_dir(p) for p in grid if p.kind == "train"}
+    assert all((d / "checkpoints" / "last.ckpt").is_file() for d in dirs.values())
+    other = ParetoStudy(REPO / "configs" / "gowalla_mf.yaml", str(gowalla_small), "mf", 1, tmp_path / "runs",
+                        tmp_path / "results", ["model.dim=8", "trainer.batch_size=256",
+                                               "loss.num_uniform_negatives=32"], dsl_interval=3, log=logs.append)
+    assert other.run_dir(Point("dsl", 0.2)) != dirs["dsl@0.2"] and other.run_dir(Point("full", 1.0)) == dirs["full"]

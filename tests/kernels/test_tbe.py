@@ -118,3 +118,22 @@ def test_make_tables_and_validation():
         TBEConfig(learning_rate=0)
     with pytest.raises(ValueError, match="same length"):
         FusedTBE([1, 2], [4])
+
+
+def test_weight_views_follow_the_kernel_buffers():
+    """weights(t) views are cached, but always alias the kernel's current storage: a deep copy's views write its own
+    buffer, and after a training step the cached view shows the updated rows."""
+    import copy
+
+    tbe = FusedTBE([50, 30], [8, 4], TBEConfig(learning_rate=0.5))
+    v = tbe.weights(1)
+    assert v.shape == (30, 4) and tbe.weights(1) is v  # cached
+    twin = copy.deepcopy(tbe)
+    twin.weights(1).fill_(7.0)
+    assert not torch.equal(tbe.weights(1), twin.weights(1))
+    before = v.clone()
+    idx, off = torch.tensor([1, 2, 3]), torch.tensor([0, 1, 2, 3, 3])  # T=2, B=2
+    tbe(idx, off).sum().backward()
+    assert not torch.equal(tbe.weights(1), before) and torch.equal(v, tbe.weights(1))
+    tbe.float()  # any _apply drops the cache
+    assert tbe._views == {}
