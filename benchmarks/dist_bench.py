@@ -36,7 +36,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recsparse.results import print_table, provenance, save_results  # noqa: E402
+from recsparse.results import print_table, provenance, require_clean_tree, save_results  # noqa: E402
 
 AREA = "dist"
 KEY = ("section", "case", "plan")
@@ -224,11 +224,15 @@ def main() -> None:
                     help="the script runs under /work/bin/heavy --timing (both slots held): rows say timing_clean")
     ap.add_argument("--work", default="/tmp/recsparse-dist-bench")
     ap.add_argument("--results-dir", default=None)
+    ap.add_argument("--allow-dirty", action="store_true", help="a scratch run from uncommitted code")
     a = ap.parse_args()
     work = Path(a.work)
+    # the code that runs is the commit at the start: the rows this script saves dirty the tree (results file) but
+    # not the code, so every row names that commit
+    commit = require_clean_tree(a.allow_dirty)
 
     def save(rows: list[dict[str, Any]], t0: float) -> None:  # after every section: a later failure loses nothing
-        prov = provenance(time.perf_counter() - t0)
+        prov = provenance(time.perf_counter() - t0) | {"git_commit": commit}
         for r in rows:
             r.update(prov)
         print_table([{k: v for k, v in r.items() if k not in ("plan_text", "command", "machine")} for r in rows],
