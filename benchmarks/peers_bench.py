@@ -571,7 +571,7 @@ def beir_rows(datasets: list[str], work: Path, py: Path, threads: int, retriever
         t0 = time.perf_counter()
         ds = load_beir_dataset(name)
         folder = Path(ds.folder)
-        out_dir = work / "beir" / name
+        out_dir = work / "beir" / Path(name).name  # a folder given by path: its name (never inside the data)
         out_dir.mkdir(parents=True, exist_ok=True)
         # (1) our harness's runs, each scored by both evaluators
         ours_retrievers = {r: make_retriever(r) for r in retrievers}

@@ -21,7 +21,10 @@ weight) is zeroed where a weight is pruned, so any of torch's optimizers compute
 
 Defaults are the official code's (density 0.5, ΔT = 3,000 steps, ratio 0.5 → 0.005, cosine). ΔT = 3,000 assumes
 long runs; a run with fewer steps than ``interval`` never updates its mask (a warning says so) — short runs scale
-``interval`` down (the Pareto study uses ≈ 40 updates per run, as the official schedule gives on its runs).
+``interval`` down, but not below the time a regrown weight needs to grow from 0: rows are visited every few
+steps only, so an interval of a fraction of an epoch mostly prunes the weights the previous update regrew (the
+history's ``pruned_fresh`` counts them). ``scope='row'`` keeps each row at its share of the budget; table scope (the
+paper's) lets the budget drift to the rows with the largest summed gradients, the popular ones.
 
 Backends: ``torch`` and ``torchrec`` (unsharded; table gradients are ordinary tensors). ``fbgemm`` is rejected:
 its fused backward applies the optimizer inside the kernel and never materialises the gradient that regrowth

@@ -99,6 +99,18 @@ def test_masks_stay_exactly_zero_and_at_density(gowalla, backend, opt_name):
     assert torch.count_nonzero(w) > 0.9 * counts["t_item"] * 0.5
 
 
+def _observed_step(t, dsl, opt, users, items, gsum):
+    """Backward, then ``dsl.before_step``; returns its entry and the masks and weights it started from, and adds the
+    step's gradients to ``gsum`` (the test's own copy of the regrowth score)."""
+    opt.zero_grad()
+    _loss(t, users, items).backward()
+    before = {n: m.clone() for n, m in dsl.masks.items()}
+    weights = {n: w.detach().clone() for n, w in dsl.params.items()}
+    for n, w in dsl.params.items():
+        gsum[n] += w.grad
+    return dsl.before_step(opt), before, weights
+
+
 def test_prune_grow_counts_and_criteria(gowalla):
     """Every 2nd step: round(ratio_t · active) pruned (smallest |w|) and as many regrown (largest |gradient summed
     over the interval|, zero-initialised); the cosine runs over the first end=0.75 of the steps, then the mask is
@@ -113,13 +125,7 @@ def test_prune_grow_counts_and_criteria(gowalla):
     last_grown: dict[str, torch.Tensor] = {}
     updates = 0
     for step, (users, items) in enumerate(_batches(gowalla, total, size=512), start=1):
-        opt.zero_grad()
-        _loss(t, users, items).backward()
-        before = {n: m.clone() for n, m in dsl.masks.items()}
-        weights = {n: w.detach().clone() for n, w in dsl.params.items()}
-        for n, w in dsl.params.items():
-            gsum[n] += w.grad
-        entry = dsl.before_step(opt)
+        entry, before, weights = _observed_step(t, dsl, opt, users, items, gsum)
         if step % 2 or step > 9:
             assert entry is None and all(torch.equal(before[n], dsl.masks[n]) for n in before)
         else:
@@ -163,13 +169,7 @@ def test_row_scope_keeps_every_rows_budget(gowalla):
     gsum = {n: torch.zeros_like(w) for n, w in dsl.params.items()}
     updates = 0
     for step, (users, items) in enumerate(_batches(gowalla, 9, size=64), start=1):
-        opt.zero_grad()
-        _loss(t, users, items).backward()
-        before = {n: m.clone() for n, m in dsl.masks.items()}
-        weights = {n: w.detach().clone() for n, w in dsl.params.items()}
-        for n, w in dsl.params.items():
-            gsum[n] += w.grad
-        entry = dsl.before_step(opt)
+        entry, before, weights = _observed_step(t, dsl, opt, users, items, gsum)
         if entry is not None:
             updates += 1
             for n, old in before.items():

@@ -180,3 +180,18 @@ def test_bm25_negatives_and_ensemble_teacher(scifact_small, tmp_path):
     assert all(len(lab) == 3 and 0.0 <= min(lab) and max(lab) <= 2.0 for lab in ex.labels)
     data = ex.to_dataset()
     assert data.column_names == ["query", "positive", "negative_1", "negative_2", "label"]
+
+
+def test_positives_per_query_caps_pairs_per_training_query(tmp_path):
+    import random
+
+    from recsparse.data import load
+    from recsparse.retrieval.sparse.training import build_examples
+    from tests.retrieval.sparse.conftest import scifact_slice
+
+    ds = load(scifact_slice(tmp_path / "scifact-200", train_queries=200, extra_docs=0))
+    rel = ds.qrels_dict("train")
+    every = build_examples(ds, SparseTrainConfig(negatives=0), ".", random.Random(0))
+    assert len(every.rows) == sum(1 for docs in rel.values() for s in docs.values() if s > 0)
+    one = build_examples(ds, SparseTrainConfig(negatives=0, positives_per_query=1), ".", random.Random(0))
+    assert len(one.rows) == len(rel) < len(every.rows)  # the slice has queries with several judged documents
