@@ -280,7 +280,9 @@ class CTRModelConfig(Config):
     (``{cross_layers: 3, hidden: [256, 128]}``). ``mapper``: ``full`` (vocabulary + OOV per feature),
     ``modulo``/``universal`` (per-feature hashing, ``ceil(budget · rows_full(f))`` rows each) or ``unified`` (ONE
     table of ``ceil(budget · Σ rows_full)`` rows). ``budget``: that fraction of the summed full-vocabulary rows.
-    ``backend``: the tables' backend (``torchrec`` for ``trainer.strategy=torchrec``)."""
+    ``backend``: the tables' backend (``torchrec`` for ``trainer.strategy=torchrec``). ``unified_chunks``: with
+    ``mapper: unified``, c salted lookups of width ``dim / c`` per feature, concatenated, from a table of c times the
+    rows (same parameters for every c; Coleman et al.'s multi-probe layout)."""
 
     name: str = "deepfm"
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -288,6 +290,7 @@ class CTRModelConfig(Config):
     mapper: Literal["full", "modulo", "universal", "unified"] = "full"
     budget: float = 1.0
     backend: str = "torch"
+    unified_chunks: int = 1
 
     def validate(self) -> None:
         from recsparse.embeddings import BACKENDS
@@ -301,6 +304,12 @@ class CTRModelConfig(Config):
                              "the trainer's optimizer): use torch, or torchrec (needed by trainer.strategy=torchrec)")
         if not 0 < self.budget <= 1:
             raise ValueError(f"model.budget must be in (0, 1], got {self.budget!r}")
+        _pos("model", "unified_chunks", self.unified_chunks)
+        if self.unified_chunks != 1 and self.mapper != "unified":
+            raise ValueError(f"model.unified_chunks={self.unified_chunks} needs model.mapper=unified "
+                             f"(got {self.mapper!r})")
+        if self.dim % self.unified_chunks:
+            raise ValueError(f"model.unified_chunks={self.unified_chunks} must divide model.dim={self.dim}")
 
 
 @dataclass

@@ -249,6 +249,8 @@ def prepare(cfg: CTRConfig, ds: Any = None) -> tuple[Any, FittedFeatureSpec]:
     if cfg.model.mapper == "full":
         return ds, full
     spec = budget_spec(ds.spec, full.table_rows(), cfg.model.mapper, cfg.model.budget)
+    if cfg.model.mapper == "unified":
+        spec = replace(spec, unified_chunks=cfg.model.unified_chunks)
     return ds, spec.fit(ds.train)
 
 

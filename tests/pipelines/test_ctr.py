@@ -10,7 +10,7 @@ import torch
 from recsparse.errors import ConfigError
 from recsparse.config import build
 from recsparse.pipelines.config import CTRConfig
-from recsparse.pipelines.ctr import CTRModule, budget_spec, fit_ctr, local_ctr_batch
+from recsparse.pipelines.ctr import CTRModule, budget_spec, fit_ctr, local_ctr_batch, prepare
 from tests.conftest import dataset_path
 
 
@@ -71,6 +71,16 @@ def test_budget_spec_sizes_tables(adult):
         assert r == int(np.ceil(0.5 * rows[k]))
 
 
+def test_unified_chunks_reach_the_fitted_spec_from_the_config(adult):
+    cfg = ctr_config(data={"dataset": "adult"}, model={"mapper": "unified", "budget": 0.25, "unified_chunks": 4})
+    _, fitted = prepare(cfg, adult)
+    assert fitted.spec.unified_chunks == 4
+    full_rows = sum(adult.spec.fit(adult.train).table_rows().values())
+    assert fitted.spec.unified_rows == int(np.ceil(0.25 * full_rows))
+    _, one = prepare(ctr_config(data={"dataset": "adult"}, model={"mapper": "unified", "budget": 0.25}), adult)
+    assert one.spec.unified_chunks == 1
+
+
 def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="model.budget must be in"):
         ctr_config(model={"budget": 0})
@@ -80,6 +90,10 @@ def test_config_errors_name_the_field():
         ctr_config(data={"dataset": "criteo-nope"})
     with pytest.raises(ConfigError, match="model.backend=fbgemm is not wired"):
         ctr_config(model={"backend": "fbgemm"})
+    with pytest.raises(ConfigError, match="model.unified_chunks=2 needs model.mapper=unified"):
+        ctr_config(model={"unified_chunks": 2})
+    with pytest.raises(ConfigError, match="must divide model.dim=16"):
+        ctr_config(model={"mapper": "unified", "unified_chunks": 3})
     # the CTR trainer is the pipeline's trainer section, with CTR defaults
     t = ctr_config().trainer
     assert (t.batch_size, t.patience, t.num_threads, t.strategy, t.devices) == (1024, 2, 1, "auto", 1)
