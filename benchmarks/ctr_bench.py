@@ -221,8 +221,6 @@ def run_unified(args: argparse.Namespace) -> None:
     from recsparse.pipelines.config import CTRConfig
     from recsparse.pipelines.ctr import budget_spec, fit_ctr
 
-    from dataclasses import replace
-
     for dsn in args.ue_datasets:
         ds = load_ctr(dsn)
         full = ds.spec.fit(ds.train)
@@ -237,7 +235,7 @@ def run_unified(args: argparse.Namespace) -> None:
                     fitted[(mapper, b, "default")] = spec.fit(ds.train)
                     continue
                 for c in args.ue_chunks:
-                    fitted[(mapper, b, f"c{c}")] = replace(spec, unified_chunks=c).fit(ds.train)
+                    fitted[(mapper, b, f"c{c}")] = budget_spec(ds.spec, full.table_rows(), mapper, b, c).fit(ds.train)
         for model in args.ue_models:
             for seed in args.seeds:
                 for (mapper, b, variant), fs in fitted.items():

@@ -36,12 +36,11 @@ from recsparse.pipelines.modules import TaskModule
 from recsparse.pipelines.strategy import local_range, slice_kjt
 
 
-def budget_spec(spec: FeatureSpec, full_rows: dict[str, int], mapper: str, budget: float) -> FeatureSpec:
+def budget_spec(spec: FeatureSpec, full_rows: dict[str, int], mapper: str, budget: float,
+                unified_chunks: int | None = None) -> FeatureSpec:
     """``spec`` with every sparse feature on ``mapper`` at ``budget`` × the full-vocabulary rows (per feature for
-    hashing; summed for ``unified``). ``full`` -> the spec unchanged."""
-    import math
-    from dataclasses import replace
-
+    hashing; summed for ``unified``, looked up in ``unified_chunks`` salted chunks, default: the spec's).
+    ``full`` -> the spec unchanged."""
     if mapper == "full":
         return spec
     feats = []
@@ -54,8 +53,9 @@ def budget_spec(spec: FeatureSpec, full_rows: dict[str, int], mapper: str, budge
         else:
             feats.append(replace(f, mapper=mapper, num_rows=max(1, math.ceil(budget * full_rows[f.name]))))
     rows = max(1, math.ceil(budget * sum(full_rows.values()))) if mapper == "unified" else None
+    chunks = spec.unified_chunks if unified_chunks is None else unified_chunks
     return FeatureSpec(feats, label=spec.label, unified_rows=rows, unified_seed=spec.unified_seed,
-                       unified_chunks=spec.unified_chunks)
+                       unified_chunks=chunks)
 
 
 @dataclass
@@ -248,9 +248,7 @@ def prepare(cfg: CTRConfig, ds: Any = None) -> tuple[Any, FittedFeatureSpec]:
     full = ds.spec.fit(ds.train)
     if cfg.model.mapper == "full":
         return ds, full
-    spec = budget_spec(ds.spec, full.table_rows(), cfg.model.mapper, cfg.model.budget)
-    if cfg.model.mapper == "unified":
-        spec = replace(spec, unified_chunks=cfg.model.unified_chunks)
+    spec = budget_spec(ds.spec, full.table_rows(), cfg.model.mapper, cfg.model.budget, cfg.model.unified_chunks)
     return ds, spec.fit(ds.train)
 
 
