@@ -370,14 +370,17 @@ def summarize(res: dict[str, Any], budget_s: float, clock: str) -> dict[str, Any
     best = max(curve, key=lambda p: p["recall@20"]) if curve else {}
     row: dict[str, Any] = {
         "section": "rec-train", "name": f"{res['peer']}:{res['model']}", "peer": res["peer"],
-        "model": res["model"], "dataset": "gowalla", "budget": f"{budget_s:.0f} {clock} s", "epochs": len(epochs),
+        "model": res["model"], "dataset": "gowalla", "epochs": len(epochs),
         "train_cpu_s": res["train_cpu_s"], "train_wall_s": res["train_s"],
         "cpu_s_per_epoch": round(sum(cpu) / len(cpu), 2) if cpu else None,
         "wall_s_per_epoch": round(sum(secs) / len(secs), 2) if secs else None,
         "examples_per_cpu_s": round(examples * len(cpu) / sum(cpu), 1) if cpu and examples else None,
         "examples_per_wall_s": round(examples * len(secs) / sum(secs), 1) if secs and examples else None,
     }
-    # a run stopped before its budget (time limit) is judged on what it spent, and only where it was evaluated
+    # a run stopped before its budget (time limit) is judged on what it spent, and only where it was evaluated; a run
+    # that finished its own recipe (its epochs) before the budget ran out is judged on the whole run
+    budget_s = res.get("budget_s", budget_s)  # set while training (RecBole's --budget-file): the one in force
+    row["budget"] = f"{budget_s:.0f} {clock} s"
     spent = res.get("train_cpu_s" if clock == "cpu" else "train_s", 0.0) or 0.0
     evaluated = max((p["train_cpu_s" if clock == "cpu" else "train_s"] for p in curve), default=0.0)
     for t in THRESHOLDS:
@@ -385,7 +388,7 @@ def summarize(res: dict[str, Any], budget_s: float, clock: str) -> dict[str, Any
             s = time_to(curve, t, key)
             if s is not None:
                 row[f"{label}_to_r20_{t:.2f}"] = round(s, 1)
-            elif spent >= budget_s:  # the whole run on this clock, and where its best point was
+            elif spent >= budget_s or res.get("finished"):  # the whole run on this clock, and where its best point was
                 row[f"{label}_to_r20_{t:.2f}"] = (f"not reached in {res[key]:.0f} s (best {best['recall@20']:.4f} at "
                                                   f"{best[key]:.0f} s)" if best else f"not reached in {res[key]:.0f} s")
             elif curve:
@@ -425,6 +428,7 @@ def rec_train(models: list[str], work: Path, default_budget: float, budgets: dic
                    "--data-dir", str(data_dir), "--num-items", str(counts["items"]), "--work", str(work / "recbole"),
                    "--out", str(out), "--budget-s", str(budget_s), "--budget-clock", clock, "--eval-every", str(every),
                    "--threads", str(threads), "--state", str(work / f"recbole_{name}.pt"),
+                   "--budget-file", str(work / f"recbole_{name}.budget"),
                    "--export", str(work / f"recbole_{name}_vectors.npz")]
         elif side == "ours":
             if name not in OURS:
