@@ -65,7 +65,8 @@ THRESHOLDS = (0.15, 0.17)
 
 # Our side of the Gowalla comparison. BPR runs use RecBole's documented defaults (dim 64, Adam lr 0.001, batch 2048,
 # one uniform negative; LightGCN: 2 layers, reg 1e-5 on the batch's layer-0 embeddings, exactly RecBole's EmbLoss
-# scaling) so seconds/epoch compare the engines on the same algorithm; the softmax runs are our shipped recipes.
+# scaling; init N(0, 0.007), the scale of RecBole's xavier initialisation for these table shapes) so seconds/epoch
+# compare the engines on the same algorithm; the softmax runs are our shipped recipes.
 OURS = {
     "lightgcn_softmax": ("configs/gowalla_lightgcn.yaml", []),
     # the config's documented fast variant (lr 0.01, 4 epochs)
@@ -73,9 +74,10 @@ OURS = {
     "lightgcn_bpr": ("configs/gowalla_lightgcn.yaml",
                      ["loss.name=bpr", "loss.reg_weight=0.00001",  # (YAML reads 1e-5 as a string)
                       "model.normalize=false", "model.item_bias=false",
-                      "model.num_layers=2", "trainer.lr=0.001", "trainer.batch_size=2048"]),
+                      "model.num_layers=2", "model.init_std=0.007", "trainer.lr=0.001", "trainer.batch_size=2048"]),
     "mf_softmax": ("configs/gowalla_mf.yaml", []),
-    "mf_bpr": ("configs/gowalla_mf_bpr.yaml", ["loss.reg_weight=0", "trainer.lr=0.001", "trainer.batch_size=2048"]),
+    "mf_bpr": ("configs/gowalla_mf_bpr.yaml", ["loss.reg_weight=0", "model.init_std=0.007", "trainer.lr=0.001",
+                                               "trainer.batch_size=2048"]),
 }
 RECBOLE = {"LightGCN": "LightGCN", "BPR": "BPR"}
 
@@ -449,9 +451,18 @@ def rec_train(models: list[str], work: Path, default_budget: float, budgets: dic
     return rec_collect(models, work, time.perf_counter() - t0)
 
 
-def rec_collect(models: list[str], work: Path, wall_s: float | None = None) -> list[dict[str, Any]]:
+def best_within(curve: list[dict[str, Any]], seconds: float, key: str) -> dict[str, Any] | None:
+    """The evaluation with the best Recall@20 among those made within ``seconds`` of training (``key``: the clock)."""
+    points = [p for p in curve if p[key] <= seconds]
+    return max(points, key=lambda p: p["recall@20"]) if points else None
+
+
+def rec_collect(models: list[str], work: Path, wall_s: float | None = None,
+                within_s: float | None = None) -> list[dict[str, Any]]:
     """Rows from the training JSON each side writes after every epoch (a run stopped early, e.g. by the session's
-    time limit, gives its curve so far: ``finished`` says which). The manifest names the run's command and commit."""
+    time limit, gives its curve so far: ``finished`` says which). The manifest names the run's command and commit.
+    ``within_s``: also the best Recall@20 (and its NDCG@20) among the evaluations made within that many training
+    seconds on the manifest's clock (e.g. the other side's whole run: the same budget for both)."""
     from recsparse.results import provenance
 
     man = json.loads((work / "rec_train_manifest.json").read_text())
@@ -464,6 +475,13 @@ def rec_collect(models: list[str], work: Path, wall_s: float | None = None) -> l
             continue
         res = json.loads(out.read_text())
         row = summarize(res, float(man["budgets"].get(m, 0.0)), man["clock"])
+        if within_s is not None:
+            key = "train_cpu_s" if man["clock"] == "cpu" else "train_s"
+            best = best_within(res["curve"], within_s, key)
+            row["within"] = f"{within_s:.0f} {man['clock']} s"
+            row["best_recall@20_within"] = round(best["recall@20"], 4) if best else None
+            row["best_ndcg@20_within"] = round(best["ndcg@20"], 4) if best else None
+            row["best_within_at"] = f"epoch {best['epoch']}, {best[key]:.0f} s" if best else "no evaluation yet"
         row["finished"] = bool(res.get("finished"))
         row["concurrent_with"] = ", ".join(x for x in man["models"] if x != m)
         if man.get("note"):  # e.g. what ran beside it in the machine's other slot
@@ -670,6 +688,9 @@ def main() -> None:
                    "else ran on the machine at the same time)")
     p.add_argument("--baseline-rev", default=None,
                    help="rec-eval: also evaluate our models with the recsparse package of this git revision")
+    p.add_argument("--within-s", type=float, default=None,
+                   help="rec-collect: also the best Recall@20/NDCG@20 within this many training seconds (the "
+                        "manifest's clock), e.g. the other side's whole run")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--ours-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ours-eval-child", default=None, help=argparse.SUPPRESS)
@@ -707,7 +728,7 @@ def main() -> None:
                 if r["peer"] == "recbole":
                     r["peer_version"] = f"recbole {versions['recbole']}"
         elif section == "rec-collect":
-            rows = rec_collect(a.rec_models, work)
+            rows = rec_collect(a.rec_models, work, within_s=a.within_s)
         elif section == "rec-throughput":  # saved model by model: each row stands alone
             for m in a.rec_models:
                 rows = rec_throughput([m], work, a.batches, a.threads, py)

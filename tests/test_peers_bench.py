@@ -81,6 +81,14 @@ def test_summary_uses_the_budget_in_force_and_a_finished_recipe_is_not_reached(b
     assert row["cpu_s_to_r20_0.15"] == "not reached in 4 s (best 0.1200 at 4 s)" and row["budget"] == "400 cpu s"
 
 
+def test_best_within_a_budget_only_counts_evaluations_inside_it(bench):
+    curve = [{"epoch": e, "train_cpu_s": 100.0 * e, "recall@20": r, "ndcg@20": r / 2}
+             for e, r in ((1, 0.10), (2, 0.14), (3, 0.13), (4, 0.19))]
+    assert bench.best_within(curve, 350.0, "train_cpu_s")["epoch"] == 2  # .14 beats .13; epoch 4 is outside
+    assert bench.best_within(curve, 400.0, "train_cpu_s")["recall@20"] == 0.19
+    assert bench.best_within(curve, 99.0, "train_cpu_s") is None
+
+
 def test_recbole_driver_rereads_its_budget_file(tmp_path):
     drv = _load(ROOT / "benchmarks" / "peers" / "recbole_driver.py", "recbole_driver")
     f = tmp_path / "budget"
