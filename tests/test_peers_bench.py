@@ -99,6 +99,18 @@ def test_recbole_driver_rereads_its_budget_file(tmp_path):
     assert drv.read_budget(str(f), 300.0) == 300.0
 
 
+def test_fast_lightgcn_recipe_differs_from_the_shipped_one_only_in_lr_and_epochs():
+    """configs/gowalla_lightgcn_fast.yaml is the documented fast variant: the same model, loss and data."""
+    from recsparse.pipelines.config import load_config
+
+    base = load_config(str(ROOT / "configs" / "gowalla_lightgcn.yaml"), [])
+    fast = load_config(str(ROOT / "configs" / "gowalla_lightgcn_fast.yaml"), [])
+    assert (fast.trainer.lr, fast.trainer.max_epochs) == (0.01, 4)
+    same = load_config(str(ROOT / "configs" / "gowalla_lightgcn_fast.yaml"),
+                       [f"name={base.name}", f"trainer.lr={base.trainer.lr}", f"trainer.max_epochs={base.trainer.max_epochs}"])
+    assert same == base
+
+
 def test_beir_driver_reads_trec_runs(tmp_path):
     drv = _load(ROOT / "benchmarks" / "peers" / "beir_driver.py", "beir_driver")
     p = tmp_path / "r.trec"
