@@ -248,7 +248,7 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
     by = {r["name"]: r for r in recs}
     eb_ex = by["embeddingbag_per_table_sparse_sgd"]["examples_per_s"]
     for r in recs:
-        if r["name"] != "embeddingbag_per_table_sparse_sgd" and "thread" not in r["name"][-8:]:
+        if r["name"] != "embeddingbag_per_table_sparse_sgd" and not r["name"].startswith("gather_"):
             r["vs_embeddingbag"] = round(r["examples_per_s"] / eb_ex, 3)
     sgd = [r for r in recs if r["name"].startswith("tbe_sgd") and "fp16" not in r["name"] and "mean" not in r["name"]]
     best = max(sgd, key=lambda r: r["examples_per_s"])
