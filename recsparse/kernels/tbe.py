@@ -258,14 +258,16 @@ class FusedTBE(nn.Module):
         ``torch.get_num_threads()`` says (its ``at::parallel_for`` compiles to a serial loop); ATen's embedding_bag
         runs the same FBGEMM SpMDM gather split over the intra-op threads. Same rows, same sums, no copy."""
         B = (offsets.numel() - 1) // self.num_tables
+        if B == 0:
+            return torch.zeros(0, self.d_offsets[-1], device=indices.device)
         offsets = offsets.to(indices.dtype)
-        mode = self.config.pooling
+        starts = offsets[::B].tolist()  # each table's first index, then the end
+        mode = _MODES[self.config.pooling]
         outs = []
         for t in range(self.num_tables):
-            o = offsets[t * B:(t + 1) * B + 1]
-            lo, hi = int(o[0]), int(o[-1])
-            outs.append(torch.embedding_bag(self.weights(t), indices[lo:hi], o - lo if lo else o, False,
-                                            _MODES[mode], False, None, True)[0])
+            o, lo = offsets[t * B:(t + 1) * B + 1], starts[t]
+            outs.append(torch.embedding_bag(self.weights(t), indices[lo:starts[t + 1]], o - lo if lo else o, False,
+                                            mode, False, None, True)[0])
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
 
 
