@@ -207,7 +207,8 @@ def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Op
                                                    "inflate; rows get measure 'latency-cpu'."),
             python_gc: bool = typer.Option(True, "--python-gc/--no-python-gc",
                                            help="--no-python-gc: Python's cyclic collector off during the timed "
-                                                "loop (a diagnosis of the tail; rows get measure '...-nogc').")) -> None:
+                                                "loop (a diagnosis of the tail; rows get measure '...-nogc')."),
+            ) -> None:
     """Per-query single-thread latency of impact search vs BM25 over the same test queries.
 
     Besides p50/p99 over all timed calls, each row has the p99 over per-query MEDIANS (a tail made by costly queries

@@ -9,8 +9,10 @@ b 0.4, same corpus) that are not judged relevant. The loss is ``SpladeLoss`` aro
 * ``margin-mse``: ``SparseMarginMSELoss`` against the teacher's score margins (positive minus each negative),
 
 with the teacher = the dense MiniLM retriever and/or BM25 (the heterogeneous ensemble of Geng et al. 2024, sec. 3.2;
-see :func:`teacher_scores` for how the two are put on one scale). The document regulariser is the stack's ``FlopsLoss`` or our
-:class:`IdfFlopsLoss`; the regulariser weights ramp up with the stack's ``SpladeRegularizerWeightSchedulerCallback``.
+see :func:`teacher_scores` for how the two are put on one scale). The document regulariser is the stack's
+``FlopsLoss`` or our :class:`IdfFlopsLoss`; the regulariser weights ramp up with the stack's
+``SpladeRegularizerWeightSchedulerCallback``. An inference-free model can also learn its query table (``learn_idf``,
+at its own ``idf_lr``), alone (``freeze_document``) or with the document encoder.
 """
 
 from __future__ import annotations
@@ -32,8 +34,9 @@ from recsparse.errors import ConfigError, UserError
 from recsparse.io import atomic_write
 from recsparse.retrieval.dense import default_cache_dir
 from recsparse.retrieval.sparse.models import (BACKBONES, DEFAULT_MAX_LENGTH, DEFAULT_QUERY_MAX_LENGTH, build_model,
-                                               corpus_idf, document_pipeline, max_logit_pooling, query_table, set_query_idf, text_of,
-                                               tokenizer_of, variant_of, vocab_size)
+                                               corpus_idf, document_pipeline, document_transformer, max_logit_pooling,
+                                               query_table, set_query_idf, text_of, tokenizer_of, variant_of,
+                                               vocab_size)
 
 
 @dataclass
@@ -65,8 +68,12 @@ class SparseTrainConfig(Config):
     reg_schedule: Literal["quadratic", "linear"] = "quadratic"  # ramp of the regulariser weights
     reg_warmup_ratio: float = 1 / 3
     learn_idf: bool = False
-    idf_lr: float = 5e-3  # learning rate of a learned query table (IDF-sized entries: the encoder's lr would not move them)
+    idf_lr: float = 5e-3  # lr of a learned query table: its entries are IDF-sized, the encoder's lr would not move them
     freeze_document: bool = False  # document encoder fixed: only the query table learns (with learn_idf)
+    # the per-term parameters (word embeddings = the tied MLM decoder, decoder bias) fixed. Adam moves every parameter
+    # ~lr per step whatever its gradient's size, so a term row that only the regulariser or in-batch negatives touch
+    # drifts down steadily: this is how the document vectors lost most of their terms in earlier runs
+    freeze_vocabulary: bool = False
     # the student's logits are scale * dot product (mnrl; kl: student temperature 1 / scale). An inference-free
     # score sums IDF x document weight, ~10 for a positive at init: at scale 1 the softmax is confidently wrong, and
     # shrinking every document vector is the loss's steepest way down (it collapsed nnz 381 -> 50 in earlier runs)
@@ -309,6 +316,10 @@ def train(datasets: Sequence[BeirDataset], cfg: SparseTrainConfig, out_dir: str 
             lr_map[re.escape(name) + "$"] = cfg.idf_lr
     if cfg.freeze_document:
         document_pipeline(model).requires_grad_(False)
+    if cfg.freeze_vocabulary:
+        mlm = document_transformer(model).auto_model
+        for p in (mlm.get_input_embeddings().weight, *mlm.get_output_embeddings().parameters()):
+            p.requires_grad_(False)
     rng = random.Random(cfg.seed)
     mining = default_cache_dir().parent / "bm25"  # the negatives' BM25 indexes, shared by every run on a corpus
     ex = Examples()

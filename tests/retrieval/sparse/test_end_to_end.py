@@ -224,3 +224,20 @@ def test_learned_idf_with_frozen_documents_trains_only_the_query_table(scifact_s
     M.set_query_idf(fresh, idf)
     moved = (table.weight - M.query_table(fresh).weight).abs()
     assert moved.max() > 5e-3  # Adam moves a weight ~lr per step: idf_lr, not the encoder's 1e-6
+
+
+def test_freeze_vocabulary_keeps_the_term_parameters_and_trains_the_rest(scifact_small, tmp_path):
+    import torch
+
+    from recsparse.data import load
+    from recsparse.retrieval.sparse import models as M
+    from recsparse.retrieval.sparse.training import train
+
+    cfg = SparseTrainConfig(freeze_vocabulary=True, negatives=0, max_steps=2, batch_size=4, max_length=48,
+                            lr_warmup_steps=0, lr=1e-3, num_threads=1)
+    res = train([load(scifact_small)], cfg, tmp_path / "train", progress=False)
+    now = dict(M.document_transformer(M.load_model(res.model_dir)).auto_model.named_parameters())
+    before = dict(M.document_transformer(M.build_model("splade-tiny")).auto_model.named_parameters())
+    for name in ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias"):  # the decoder is tied to the first
+        assert torch.equal(now[name], before[name]), name
+    assert not torch.equal(now["cls.predictions.transform.dense.weight"], before["cls.predictions.transform.dense.weight"])
