@@ -362,6 +362,8 @@ def collect(run_dir: Path = typer.Argument(..., help="A `recsparse sparse run --
                            "reg": cfg["reg"], "loss": cfg["loss"], "train_datasets": "+".join(cfg["train_datasets"]),
                            "train_steps": cfg["steps"], "train_wall_s": cfg["wall_s"], "backbone": cfg["backbone"],
                            "doc_max_length": cfg["max_length"], "lambda_doc": cfg["lambda_doc"], "lr": cfg["lr"],
+                           **{k: cfg[k] for k in ("scale", "freeze_vocabulary", "learn_idf", "freeze_document")
+                              if k in cfg},
                            "run_dir": str(run_dir), "run_command": cmd})
             if fuse:
                 f = fusion_row(run_dir / ds, ds, name)
