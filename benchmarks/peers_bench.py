@@ -65,17 +65,18 @@ THRESHOLDS = (0.15, 0.17)
 
 # Our side of the Gowalla comparison. BPR runs use RecBole's documented defaults (dim 64, Adam lr 0.001, batch 2048,
 # one uniform negative; LightGCN: 2 layers, reg 1e-5 on the batch's layer-0 embeddings, exactly RecBole's EmbLoss
-# scaling) so seconds/epoch compare the engines on the same algorithm; the softmax runs are our shipped recipes.
+# scaling; init N(0, 0.007), the scale of RecBole's xavier initialisation for these table shapes) so seconds/epoch
+# compare the engines on the same algorithm; the softmax runs are our shipped recipes.
 OURS = {
     "lightgcn_softmax": ("configs/gowalla_lightgcn.yaml", []),
-    # the config's documented fast variant (lr 0.01, 4 epochs)
-    "lightgcn_softmax_fast": ("configs/gowalla_lightgcn.yaml", ["trainer.lr=0.01", "trainer.max_epochs=4"]),
+    "lightgcn_softmax_fast": ("configs/gowalla_lightgcn_fast.yaml", []),  # lr 0.01, 4 epochs
     "lightgcn_bpr": ("configs/gowalla_lightgcn.yaml",
                      ["loss.name=bpr", "loss.reg_weight=0.00001",  # (YAML reads 1e-5 as a string)
                       "model.normalize=false", "model.item_bias=false",
-                      "model.num_layers=2", "trainer.lr=0.001", "trainer.batch_size=2048"]),
+                      "model.num_layers=2", "model.init_std=0.007", "trainer.lr=0.001", "trainer.batch_size=2048"]),
     "mf_softmax": ("configs/gowalla_mf.yaml", []),
-    "mf_bpr": ("configs/gowalla_mf_bpr.yaml", ["loss.reg_weight=0", "trainer.lr=0.001", "trainer.batch_size=2048"]),
+    "mf_bpr": ("configs/gowalla_mf_bpr.yaml", ["loss.reg_weight=0", "model.init_std=0.007", "trainer.lr=0.001",
+                                               "trainer.batch_size=2048"]),
 }
 RECBOLE = {"LightGCN": "LightGCN", "BPR": "BPR"}
 
@@ -370,14 +371,17 @@ def summarize(res: dict[str, Any], budget_s: float, clock: str) -> dict[str, Any
     best = max(curve, key=lambda p: p["recall@20"]) if curve else {}
     row: dict[str, Any] = {
         "section": "rec-train", "name": f"{res['peer']}:{res['model']}", "peer": res["peer"],
-        "model": res["model"], "dataset": "gowalla", "budget": f"{budget_s:.0f} {clock} s", "epochs": len(epochs),
+        "model": res["model"], "dataset": "gowalla", "epochs": len(epochs),
         "train_cpu_s": res["train_cpu_s"], "train_wall_s": res["train_s"],
         "cpu_s_per_epoch": round(sum(cpu) / len(cpu), 2) if cpu else None,
         "wall_s_per_epoch": round(sum(secs) / len(secs), 2) if secs else None,
         "examples_per_cpu_s": round(examples * len(cpu) / sum(cpu), 1) if cpu and examples else None,
         "examples_per_wall_s": round(examples * len(secs) / sum(secs), 1) if secs and examples else None,
     }
-    # a run stopped before its budget (time limit) is judged on what it spent, and only where it was evaluated
+    # a run stopped before its budget (time limit) is judged on what it spent, and only where it was evaluated; a run
+    # that finished its own recipe (its epochs) before the budget ran out is judged on the whole run
+    budget_s = res.get("budget_s", budget_s)  # set while training (RecBole's --budget-file): the one in force
+    row["budget"] = f"{budget_s:.0f} {clock} s"
     spent = res.get("train_cpu_s" if clock == "cpu" else "train_s", 0.0) or 0.0
     evaluated = max((p["train_cpu_s" if clock == "cpu" else "train_s"] for p in curve), default=0.0)
     for t in THRESHOLDS:
@@ -385,7 +389,7 @@ def summarize(res: dict[str, Any], budget_s: float, clock: str) -> dict[str, Any
             s = time_to(curve, t, key)
             if s is not None:
                 row[f"{label}_to_r20_{t:.2f}"] = round(s, 1)
-            elif spent >= budget_s:  # the whole run on this clock, and where its best point was
+            elif spent >= budget_s or res.get("finished"):  # the whole run on this clock, and where its best point was
                 row[f"{label}_to_r20_{t:.2f}"] = (f"not reached in {res[key]:.0f} s (best {best['recall@20']:.4f} at "
                                                   f"{best[key]:.0f} s)" if best else f"not reached in {res[key]:.0f} s")
             elif curve:
@@ -425,6 +429,7 @@ def rec_train(models: list[str], work: Path, default_budget: float, budgets: dic
                    "--data-dir", str(data_dir), "--num-items", str(counts["items"]), "--work", str(work / "recbole"),
                    "--out", str(out), "--budget-s", str(budget_s), "--budget-clock", clock, "--eval-every", str(every),
                    "--threads", str(threads), "--state", str(work / f"recbole_{name}.pt"),
+                   "--budget-file", str(work / f"recbole_{name}.budget"),
                    "--export", str(work / f"recbole_{name}_vectors.npz")]
         elif side == "ours":
             if name not in OURS:
@@ -445,9 +450,18 @@ def rec_train(models: list[str], work: Path, default_budget: float, budgets: dic
     return rec_collect(models, work, time.perf_counter() - t0)
 
 
-def rec_collect(models: list[str], work: Path, wall_s: float | None = None) -> list[dict[str, Any]]:
+def best_within(curve: list[dict[str, Any]], seconds: float, key: str) -> dict[str, Any] | None:
+    """The evaluation with the best Recall@20 among those made within ``seconds`` of training (``key``: the clock)."""
+    points = [p for p in curve if p[key] <= seconds]
+    return max(points, key=lambda p: p["recall@20"]) if points else None
+
+
+def rec_collect(models: list[str], work: Path, wall_s: float | None = None,
+                within_s: float | None = None) -> list[dict[str, Any]]:
     """Rows from the training JSON each side writes after every epoch (a run stopped early, e.g. by the session's
-    time limit, gives its curve so far: ``finished`` says which). The manifest names the run's command and commit."""
+    time limit, gives its curve so far: ``finished`` says which). The manifest names the run's command and commit.
+    ``within_s``: also the best Recall@20 (and its NDCG@20) among the evaluations made within that many training
+    seconds on the manifest's clock (e.g. the other side's whole run: the same budget for both)."""
     from recsparse.results import provenance
 
     man = json.loads((work / "rec_train_manifest.json").read_text())
@@ -460,6 +474,13 @@ def rec_collect(models: list[str], work: Path, wall_s: float | None = None) -> l
             continue
         res = json.loads(out.read_text())
         row = summarize(res, float(man["budgets"].get(m, 0.0)), man["clock"])
+        if within_s is not None:
+            key = "train_cpu_s" if man["clock"] == "cpu" else "train_s"
+            best = best_within(res["curve"], within_s, key)
+            row["within"] = f"{within_s:.0f} {man['clock']} s"
+            row["best_recall@20_within"] = round(best["recall@20"], 4) if best else None
+            row["best_ndcg@20_within"] = round(best["ndcg@20"], 4) if best else None
+            row["best_within_at"] = f"epoch {best['epoch']}, {best[key]:.0f} s" if best else "no evaluation yet"
         row["finished"] = bool(res.get("finished"))
         row["concurrent_with"] = ", ".join(x for x in man["models"] if x != m)
         if man.get("note"):  # e.g. what ran beside it in the machine's other slot
@@ -666,6 +687,9 @@ def main() -> None:
                    "else ran on the machine at the same time)")
     p.add_argument("--baseline-rev", default=None,
                    help="rec-eval: also evaluate our models with the recsparse package of this git revision")
+    p.add_argument("--within-s", type=float, default=None,
+                   help="rec-collect: also the best Recall@20/NDCG@20 within this many training seconds (the "
+                        "manifest's clock), e.g. the other side's whole run")
     p.add_argument("--no-save", action="store_true")
     p.add_argument("--ours-child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--ours-eval-child", default=None, help=argparse.SUPPRESS)
@@ -703,7 +727,7 @@ def main() -> None:
                 if r["peer"] == "recbole":
                     r["peer_version"] = f"recbole {versions['recbole']}"
         elif section == "rec-collect":
-            rows = rec_collect(a.rec_models, work)
+            rows = rec_collect(a.rec_models, work, within_s=a.within_s)
         elif section == "rec-throughput":  # saved model by model: each row stands alone
             for m in a.rec_models:
                 rows = rec_throughput([m], work, a.batches, a.threads, py)

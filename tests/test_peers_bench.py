@@ -68,6 +68,49 @@ def test_summary_times_to_threshold_and_reports_not_reached(bench):
     assert row["cpu_s_per_epoch"] == 4.0
 
 
+def test_summary_uses_the_budget_in_force_and_a_finished_recipe_is_not_reached(bench):
+    curve = [{"epoch": 1, "train_s": 10.0, "train_cpu_s": 4.0, "recall@20": 0.12, "ndcg@20": 0.1}]
+    res = {"peer": "recbole", "model": "LightGCN", "train_s": 10.0, "train_cpu_s": 4.0, "curve": curve,
+           "epochs": [{"epoch": 1, "seconds": 10.0, "cpu_seconds": 4.0}], "examples_per_epoch": 40}
+    # the budget the run recorded (re-read from its --budget-file) replaces the manifest's
+    assert bench.summarize(res | {"budget_s": 4.0}, 400.0, "cpu")["cpu_s_to_r20_0.15"] == \
+        "not reached in 4 s (best 0.1200 at 4 s)"
+    assert bench.summarize(res, 400.0, "cpu")["cpu_s_to_r20_0.15"] == "not reached at 4 cpu s (stopped early)"
+    # a run that ended its own recipe (max epochs) under budget: not reached in the whole run
+    row = bench.summarize(res | {"finished": True}, 400.0, "cpu")
+    assert row["cpu_s_to_r20_0.15"] == "not reached in 4 s (best 0.1200 at 4 s)" and row["budget"] == "400 cpu s"
+
+
+def test_best_within_a_budget_only_counts_evaluations_inside_it(bench):
+    curve = [{"epoch": e, "train_cpu_s": 100.0 * e, "recall@20": r, "ndcg@20": r / 2}
+             for e, r in ((1, 0.10), (2, 0.14), (3, 0.13), (4, 0.19))]
+    assert bench.best_within(curve, 350.0, "train_cpu_s")["epoch"] == 2  # .14 beats .13; epoch 4 is outside
+    assert bench.best_within(curve, 400.0, "train_cpu_s")["recall@20"] == 0.19
+    assert bench.best_within(curve, 99.0, "train_cpu_s") is None
+
+
+def test_recbole_driver_rereads_its_budget_file(tmp_path):
+    drv = _load(ROOT / "benchmarks" / "peers" / "recbole_driver.py", "recbole_driver")
+    f = tmp_path / "budget"
+    assert drv.read_budget(None, 100.0) == 100.0 and drv.read_budget(str(f), 100.0) == 100.0
+    f.write_text("2200\n")
+    assert drv.read_budget(str(f), 100.0) == 2200.0
+    f.write_text("soon")
+    assert drv.read_budget(str(f), 300.0) == 300.0
+
+
+def test_fast_lightgcn_recipe_differs_from_the_shipped_one_only_in_lr_and_epochs():
+    """configs/gowalla_lightgcn_fast.yaml is the documented fast variant: the same model, loss and data."""
+    from recsparse.pipelines.config import load_config
+
+    base = load_config(str(ROOT / "configs" / "gowalla_lightgcn.yaml"), [])
+    fast = load_config(str(ROOT / "configs" / "gowalla_lightgcn_fast.yaml"), [])
+    assert (fast.trainer.lr, fast.trainer.max_epochs) == (0.01, 4)
+    same = load_config(str(ROOT / "configs" / "gowalla_lightgcn_fast.yaml"),
+                       [f"name={base.name}", f"trainer.lr={base.trainer.lr}", f"trainer.max_epochs={base.trainer.max_epochs}"])
+    assert same == base
+
+
 def test_beir_driver_reads_trec_runs(tmp_path):
     drv = _load(ROOT / "benchmarks" / "peers" / "beir_driver.py", "beir_driver")
     p = tmp_path / "r.trec"

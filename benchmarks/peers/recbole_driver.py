@@ -8,7 +8,9 @@ Modes (one JSON object is written to ``--out``):
   negative sampler, loss and optimiser); every ``--eval-every`` epochs ``Trainer.evaluate`` scores the ``valid``
   file, which the bench fills with the TEST interactions (so history masking = training items only, exactly as in
   our protocol). Stops after ``--budget-s`` seconds of training (``--budget-clock``: process CPU seconds, default,
-  or wall seconds; evaluation time excluded and reported apart).
+  or wall seconds; evaluation time excluded and reported apart). ``--budget-file``: a file holding a number of
+  seconds, re-read after every epoch, replaces ``--budget-s`` while training (so a budget that depends on another
+  run, e.g. 3x our time to a threshold, can be set once that run is done); the budget in force is recorded.
   Saves the final state dict (``--state``) and the final user/item vectors in the ORIGINAL id order
   (``--export``, ``.npz`` with ``user [U, d]``, ``item [I, d]``) so our evaluator can re-score them.
 * ``eval`` — fresh process: build the dataset, load ``--state``, time one full-ranking ``Trainer.evaluate``;
@@ -105,6 +107,7 @@ def cmd_train(args: argparse.Namespace) -> dict:
            "num_users": dataset.user_num - 1, "num_items": dataset.item_num - 1, "curve": [], "epochs": []}
     train_s = train_cpu_s = 0.0
     epoch = 0
+    budget_s = args.budget_s
     while epoch < args.max_epochs:
         t0, c0 = time.perf_counter(), time.process_time()
         loss = trainer._train_epoch(train_data, epoch, show_progress=False)
@@ -116,7 +119,9 @@ def cmd_train(args: argparse.Namespace) -> dict:
                               "loss": round(loss, 4)})
         epoch += 1
         spent = train_cpu_s if args.budget_clock == "cpu" else train_s
-        last = spent >= args.budget_s or epoch >= args.max_epochs
+        budget_s = read_budget(args.budget_file, budget_s)
+        rec.update(budget_s=budget_s, budget_clock=args.budget_clock)
+        last = spent >= budget_s or epoch >= args.max_epochs
         if epoch % args.eval_every == 0 or last:
             t1 = time.perf_counter()
             res = trainer.evaluate(valid_data, load_best_model=False, show_progress=False)
@@ -132,6 +137,17 @@ def cmd_train(args: argparse.Namespace) -> dict:
             break
     rec["finished"] = True
     return rec
+
+
+def read_budget(path: str | None, current: float) -> float:
+    """The budget in ``path`` (one number of seconds) if that file exists, else ``current``."""
+    if not path or not Path(path).is_file():
+        return current
+    try:
+        return float(Path(path).read_text().strip())
+    except ValueError:
+        print(f"{path}: not a number of seconds; keeping the budget {current:.0f} s", file=sys.stderr, flush=True)
+        return current
 
 
 def save(args: argparse.Namespace, model, dataset) -> None:
@@ -216,6 +232,7 @@ def main() -> None:
     p.add_argument("--work", required=True, help="RecBole's working folder (logs, checkpoints)")
     p.add_argument("--out", required=True)
     p.add_argument("--budget-s", type=float, default=1200.0)
+    p.add_argument("--budget-file", default=None, help="re-read after every epoch; replaces --budget-s when present")
     p.add_argument("--max-epochs", type=int, default=300)
     p.add_argument("--budget-clock", choices=["cpu", "wall"], default="cpu",
                    help="budget in process CPU seconds (robust to a shared machine) or wall seconds")

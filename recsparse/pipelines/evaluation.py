@@ -12,19 +12,14 @@ that is not the one evaluated) are removed from the ranking, and the top ``K`` a
 * ``ndcg@K`` — DCG with binary gains ``Σ 1/log2(rank+2)`` over hits, divided by the ideal DCG of ``min(K, |T|)``
   hits. ``precision@K`` = hits / K, ``hit@K`` = 1 if any hit.
 
-Memory is bounded: only a ``[chunk, num_items]`` score block exists at a time (``chunk × I × 4`` bytes; 1024 ×
-40,981 ≈ 168 MB on Gowalla), allocated once per call and reused by every chunk. ``backend='faiss'`` searches an
-exact ``IndexFlatIP`` instead (for catalogs too big for a dense score block), over-fetching ``K + max masked items``
-per chunk and filtering masked items.
+Memory is bounded: the dense path keeps one bf16 ``[chunk, num_items]`` score block (``chunk × I × 2`` bytes; 1024 ×
+40,981 ≈ 84 MB on Gowalla), allocated once per call and reused by every chunk, plus a float64 and a bf16 copy of the
+item vectors. ``backend='faiss'`` searches an exact ``IndexFlatIP`` instead (for catalogs too big for a dense score
+block), over-fetching ``K + max masked items`` per chunk and filtering masked items.
 
 **Ties** are broken by the lower item id (the ranking is a total order, so the metrics do not depend on the kernel).
-
-How the dense top-K is found (exact, ties included): the score block is written item-tile by item-tile (``[chunk,
-2048]`` GEMMs whose output stays in cache run ~2× faster than one ``[chunk, I]`` GEMM on a 64-wide inner dimension),
-and the maximum of every run of 64 items is taken while the tile is hot. Every item outside the item runs whose
-maximum reaches the K-th largest run maximum ``t`` scores below ``t``, and ``t`` is at most the K-th best score (K
-runs each hold a score ≥ ``t``), so the top K lie in those runs: only ``≈ K × 64`` scores per user are ranked,
-instead of a top-K over all ``I``.
+The dense path ranks by the exact inner product of the float32 vectors (:class:`_DenseTopK`: a bf16 first pass with
+a proven error bound picks ~2K candidates per user, which are scored again in float64).
 """
 
 from __future__ import annotations
@@ -180,69 +175,103 @@ def full_ranking_metrics(user_vectors: Callable[[torch.Tensor], torch.Tensor], i
 
 
 class _DenseTopK:
-    """Exact masked top-K of ``users @ items.T`` per user, ties -> lower item id (see the module docstring).
+    """Exact masked top-K of ``users @ items.T`` per user: score descending, ties -> lower item id.
 
-    ``items [I, d]``; holds one ``[tiles, chunk, tile]`` float32 score buffer (≈ ``chunk × I × 4`` bytes), reused
-    by every call. ``__call__(uv [C, d], ex_row [n], ex_item [n], k) -> [C, k]`` item ids, best first, where
-    (``ex_row``, ``ex_item``) are the (local row, item) pairs removed from the ranking."""
+    ``items [I, d]`` float32. ``__call__(uv [C, d], ex_row [n], ex_item [n], k) -> [C, k]`` item ids, best first;
+    (``ex_row``, ``ex_item``) are the (local row, item) pairs removed from the ranking. The ranking is by the inner
+    product of the float32 vectors computed in float64 (every product exact, the sum to ~1e-16), so it does not
+    depend on a float32 GEMM kernel's summation order.
 
-    def __init__(self, items: torch.Tensor, chunk: int, tile: int = 2048, run: int = 64) -> None:
+    Two passes, because the ``[C, I]`` GEMM is most of the cost and only ~K items per user matter:
+
+    1. **bf16 first pass.** ``uv`` and the items rounded to bfloat16, one bf16 GEMM per ``[C, tile]`` item tile (about
+       twice as fast as float32 here; fp32 accumulation), training items set to -inf, and the maximum of every run of
+       ``run`` items taken while the tile is hot (on a float32 copy: a bf16 max reduction is slower than copy + max).
+       The bf16 scores are kept in one ``[tiles, C, tile]`` buffer (half the float32 block), reused by every call.
+    2. **Exact re-scoring of the candidates.** With ``err`` a bound on ``|bf16 score - exact score|`` (see
+       :meth:`error_bound`) and ``t`` the K-th largest run maximum, K items score >= ``t - err`` exactly, so every
+       item of the top K has an approximate score >= ``t - 2 err``; only those (~2K per user on Gowalla) are scored
+       again exactly and ordered. Items below the threshold cannot reach (or tie with) the K-th exact score.
+    """
+
+    max_pairs = 1 << 17  # (user, item) pairs re-scored at once: bounds the float64 scratch (2 x 68 MB at d = 65)
+
+    def __init__(self, items: torch.Tensor, chunk: int, tile: int = 512, run: int = 32) -> None:
         n, d = items.shape
-        self.n, self.run = n, run
+        self.n, self.d, self.run = n, d, run
         self.tile = min(tile, -(-n // run) * run)  # a multiple of ``run``
         self.tiles = -(-n // self.tile)
         self.pad = self.tiles * self.tile - n  # zero item rows at the end, scored -inf
-        self.items = torch.cat([items, items.new_zeros(self.pad, d)]) if self.pad else items
-        self.buf = torch.empty(self.tiles, max(chunk, 1), self.tile)
+        exact = items.double()
+        self.exact = torch.cat([exact, exact.new_zeros(self.pad, d)]) if self.pad else exact  # [I + pad, d]
+        low = items.bfloat16()
+        self.low = torch.cat([low, low.new_zeros(self.pad, d)]) if self.pad else low  # [I + pad, d]
+        self.item_norm = float(exact.norm(dim=1).max()) if n else 0.0
+        self.buf = torch.empty(self.tiles, max(chunk, 1), self.tile, dtype=torch.bfloat16)
+        self.tile_f32 = torch.empty(max(chunk, 1), self.tile)
+        self._a, self._b = torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.float64)
+
+    def error_bound(self, uv: torch.Tensor) -> torch.Tensor:
+        """``[C]`` float64: a bound on ``|bf16-pass score - exact score|`` for every item of each user.
+
+        With ``P = Σ_j |u_j i_j| <= ||u|| ||i||``: rounding both inputs to bf16 (relative error <= 2^-9 each) moves
+        each product by <= (2^-8 + 2^-18) of its size, the fp32 accumulation by <= d 2^-24 P, the rounding of the
+        output to bf16 by <= 2^-9 of the (slightly larger) sum; 2^-16 covers the cross terms and the float64
+        arithmetic of the exact score and of this bound."""
+        rel = 2.0 ** -8 + 2.0 ** -9 + 2.0 ** -16 + self.d * 2.0 ** -23
+        return uv.double().norm(dim=1) * (self.item_norm * rel)
 
     def __call__(self, uv: torch.Tensor, ex_row: torch.Tensor, ex_item: torch.Tensor, k: int) -> torch.Tensor:
-        C, tile, runs = uv.shape[0], self.tile, self.tile // self.run
+        C, tile, run = uv.shape[0], self.tile, self.run
+        runs = tile // run  # runs per tile
         if C > self.buf.shape[1]:
-            self.buf = torch.empty(self.tiles, C, tile)
-        # scores, masked, and each run's maximum (tile by tile while it is in cache); masks are applied per tile
+            self.buf = torch.empty(self.tiles, C, tile, dtype=torch.bfloat16)
+            self.tile_f32 = torch.empty(C, tile)
+        # pass 1: bf16 scores tile by tile, masks applied per tile (exclusions sorted by item), run maxima
         order = torch.argsort(ex_item)
         er, ei = ex_row[order], ex_item[order]
         bounds = torch.searchsorted(ei, torch.arange(0, self.tiles + 1) * tile).tolist()
-        run_max = torch.empty(C, self.tiles * runs)
+        low = uv.bfloat16()
+        run_max = torch.empty(C, self.tiles * runs)  # [C, R]
+        f32 = self.tile_f32[:C]
         for t in range(self.tiles):
             s = self.buf[t, :C]  # [C, tile], contiguous
-            torch.mm(uv, self.items[t * tile:(t + 1) * tile].T, out=s)
+            torch.mm(low, self.low[t * tile:(t + 1) * tile].T, out=s)
             a, b = bounds[t], bounds[t + 1]
             if b > a:
                 s[er[a:b], ei[a:b] - t * tile] = float("-inf")
             if t == self.tiles - 1 and self.pad:
                 s[:, tile - self.pad:] = float("-inf")
-            torch.amax(s.view(C, runs, self.run), dim=2, out=run_max[:, t * runs:(t + 1) * runs])
-        # the runs whose maximum reaches the K-th largest run maximum (all of them when maxima tie)
-        kr = min(k, run_max.shape[1])
-        top_runs = torch.topk(run_max, kr, dim=1)
-        m = int((run_max >= top_runs.values[:, -1:]).sum(1).max())
-        sel = top_runs.indices if m == kr else torch.topk(run_max, m, dim=1).indices  # [C, m] run ids
-        cols = ((sel % runs) * self.run).unsqueeze(2) + torch.arange(self.run)  # [C, m, run] column in its tile
-        tid = (sel // runs).unsqueeze(2)
-        flat = (tid * self.buf.shape[1] + torch.arange(C).view(C, 1, 1)) * tile + cols
-        vals = self.buf.view(-1)[flat.view(-1)].view(C, -1)  # [C, m·run] candidate scores
-        item = (tid * tile + cols).view(C, -1)
-        # top K by score, then the total order (score desc, item asc): exact unless a score equal to the K-th is
-        # left out, which only a full-key top-K over that user's candidates settles
-        v, j = torch.topk(vals, k, dim=1)
-        top = _decode_item(torch.sort(_rank_key(v, item.gather(1, j)), dim=1, descending=True).values)
-        tied = torch.nonzero((vals >= v[:, -1:]).sum(1) > k).flatten()
-        if tied.numel():
-            top[tied] = _decode_item(torch.topk(_rank_key(vals[tied], item[tied]), k, dim=1).values)
-        return top
-
-
-def _rank_key(scores: torch.Tensor, item: torch.Tensor) -> torch.Tensor:
-    """int64 keys ordered like (score descending, item ascending): a total order for ``topk`` (float32 scores,
-    item ids < 2**32; -0.0 counts as 0.0, as in a float comparison)."""
-    bits = (scores.float() + 0.0).view(torch.int32)  # + 0.0: -0.0 -> 0.0
-    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).long()  # monotone in the float value
-    return (ordered << 32) | (0xFFFFFFFF - item)
-
-
-def _decode_item(keys: torch.Tensor) -> torch.Tensor:
-    return 0xFFFFFFFF - (keys & 0xFFFFFFFF)
+            f32.copy_(s)
+            torch.amax(f32.view(C, runs, run), dim=2, out=run_max[:, t * runs:(t + 1) * runs])
+        # candidates: approximate score >= (K-th largest run maximum) - 2 err; with fewer runs than K, everything
+        uv64 = uv.double()
+        if k <= run_max.shape[1]:
+            thr = torch.topk(run_max, k, dim=1).values[:, -1].double() - 2 * self.error_bound(uv)  # [C]
+        else:
+            thr = torch.full((C,), float("-inf"), dtype=torch.float64)
+        c_row, c_run = torch.nonzero(run_max >= thr.unsqueeze(1), as_tuple=True)  # [P] runs, row-major
+        block = ((c_run // runs) * self.buf.shape[1] + c_row) * runs + c_run % runs  # row of buf.view(-1, run)
+        vals = self.buf.view(-1, run).index_select(0, block).float()  # [P, run] approximate scores
+        keep = torch.nonzero((vals >= thr.index_select(0, c_row).unsqueeze(1)).view(-1)).squeeze(1)
+        p = keep // run
+        rows = c_row.index_select(0, p)  # [S], ascending; items ascending within a row
+        item = c_run.index_select(0, p) * run + keep % run  # [S]
+        # pass 2: exact scores of the candidates (masked and padding items stay -inf)
+        score = torch.empty(rows.numel(), dtype=torch.float64)
+        for a in range(0, rows.numel(), self.max_pairs):
+            b = min(a + self.max_pairs, rows.numel())
+            x = torch.index_select(uv64, 0, rows[a:b], out=self._a.resize_(0))
+            y = torch.index_select(self.exact, 0, item[a:b], out=self._b.resize_(0))
+            torch.sum(x.mul_(y), dim=1, out=score[a:b])
+        score.masked_fill_(vals.view(-1).index_select(0, keep) == float("-inf"), float("-inf"))
+        # (row, score desc, item asc) by two stable sorts; every row holds >= k candidates (K runs reach t)
+        o = torch.sort(score, descending=True, stable=True).indices
+        o = o.index_select(0, torch.sort(rows.index_select(0, o), stable=True).indices)
+        start = torch.cumsum(torch.bincount(rows, minlength=C), 0)
+        start = torch.cat([start.new_zeros(1), start[:-1]])
+        pick = (start.unsqueeze(1) + torch.arange(k)).view(-1)
+        return item.index_select(0, o.index_select(0, pick)).view(C, k)
 
 
 def _isin_sorted(x: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor:

@@ -122,11 +122,30 @@ def test_dense_topk_is_the_total_order_score_desc_item_asc(tile, run):
             assert got[r].tolist() == want
 
 
+def test_bf16_pass_error_bound_holds():
+    """The bound the candidate threshold rests on: |bf16 GEMM score - float64 score| <= error_bound(u) for every
+    item, on vectors of mixed scales and signs (near-cancelling sums included) and several widths."""
+    from recsparse.pipelines.evaluation import _DenseTopK
+
+    g = torch.Generator().manual_seed(3)
+    for d in (3, 16, 65, 130):
+        items = torch.randn(3000, d, generator=g) * torch.exp(2 * torch.randn(3000, 1, generator=g))
+        uv = torch.randn(64, d, generator=g) * torch.exp(2 * torch.randn(64, 1, generator=g))
+        uv[0] = items[0] + 1e-3 * torch.randn(d, generator=g)  # a large score
+        topk = _DenseTopK(items, chunk=64)
+        approx = (uv.bfloat16() @ topk.low[:3000].T).double()
+        exact = uv.double() @ items.double().T
+        err = (approx - exact).abs()
+        bound = topk.error_bound(uv).unsqueeze(1)
+        assert (err <= bound).all()
+        assert (err.amax(1) > 0.02 * bound.squeeze(1)).any()  # the bound is not vacuous: it is of the errors' size
+
+
 def test_tiled_ranking_equals_a_plain_topk_on_real_gowalla(gowalla):
-    """Before/after: the metrics of the tiled top-K equal those of one [users, items] GEMM + mask + torch.topk (the
-    previous code) to the last bit, on the real Gowalla split (2,048 test users x all 40,981 items) with collaborative
-    vectors (one power step of the real training matrix from a random start; a little noise breaks exact ties, whose
-    order torch.topk leaves unspecified)."""
+    """The two-pass top-K (bf16 candidates, float64 re-scoring) against one float64 [users, items] GEMM + mask +
+    torch.topk, on the real Gowalla split (2,048 test users x all 40,981 items) with collaborative vectors (one power
+    step of the real training matrix from a random start; a little noise breaks exact ties, whose order torch.topk
+    leaves unspecified): the same items in the same order, and the same metrics."""
     import numpy as np
 
     from recsparse.pipelines.evaluation import _DenseTopK, _isin_sorted
@@ -141,11 +160,15 @@ def test_tiled_ranking_equals_a_plain_topk_on_real_gowalla(gowalla):
     U = torch.sparse.mm(A, V) / (torch.bincount(torch.from_numpy(tr_u), minlength=nu).unsqueeze(1) + 1.0)
     users = torch.nonzero(test.lengths() > 0).flatten()[:2048]
     got = full_ranking_metrics(lambda ids: U[ids], V, test, train, ks=[20], chunk_size=700, users=users)
-    # the previous code path
-    scores = U[users] @ V.T
+    # the plain reference, 256 users at a time (float64: the exact inner products of the float32 vectors)
     r, i = train.rows(users)
-    scores[r, i] = float("-inf")
-    top = torch.topk(scores, 20, dim=1).indices
+    top = []
+    for s in range(0, users.numel(), 256):
+        scores = U[users[s:s + 256]].double() @ V.double().T
+        sel = (r >= s) & (r < s + 256)
+        scores[r[sel] - s, i[sel]] = float("-inf")
+        top.append(torch.topk(scores, 20, dim=1).indices)
+    top = torch.cat(top)
     assert torch.equal(_DenseTopK(V, users.numel())(U[users], r, i, 20), top)  # the same items in the same order
     t_row, t_item = test.rows(users)
     hits = _isin_sorted(torch.arange(users.numel()).unsqueeze(1) * ni + top, torch.sort(t_row * ni + t_item).values)
