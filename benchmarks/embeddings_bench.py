@@ -8,7 +8,9 @@ Sections (``--sections``, default all):
   end to end (raw-id KJT, Full mapper), one ``nn.EmbeddingBag`` per table (sparse grads + ``torch.optim.SGD``),
   TorchRec ``FusedEmbeddingBagCollection`` and plain ``EmbeddingBagCollection`` (dense grads + SGD). Plain-torch
   forward gathers of the same rows from the same weights are measured in the same run (``index_select`` + sum-pool,
-  chunked ``index_select``, and ``F.embedding_bag`` = ``nn.EmbeddingBag``'s forward, which is the fastest). Summary
+  chunked ``index_select``, and ``F.embedding_bag`` = ``nn.EmbeddingBag``'s forward, which is the fastest).
+  ``fwd_ms``: the FBGEMM kernel's forward (grad enabled: the forward of a training step); ``fwd_nograd_ms``:
+  FusedTBE's no-grad forward (ATen ``embedding_bag`` over the kernel's own storage, see recsparse.kernels.tbe). Summary
   keys: ``tbe_plain_vs_embeddingbag_step`` (plain TBE) and ``tbe_tuned_vs_embeddingbag_step`` (best tuned variant,
   named in ``tbe_tuned_variant``) — examples/s of forward+backward+update ÷ ``nn.EmbeddingBag`` + SGD;
   ``tbe_plain_fwd_vs_embeddingbag_fwd`` / ``tbe_tuned_fwd_vs_embeddingbag_fwd`` — TBE forward ÷ ``nn.EmbeddingBag``
@@ -42,7 +44,8 @@ from recsparse.results import print_table, provenance, save_results
 
 AREA = "embeddings"
 COLUMNS = {
-    "tbe": ["name", "threads", "ms_per_step", "examples_per_s", "vs_embeddingbag", "fwd_ms", "fwd_gather_GBps",
+    "tbe": ["name", "threads", "ms_per_step", "examples_per_s", "vs_embeddingbag", "fwd_ms", "fwd_nograd_ms",
+            "fwd_gather_GBps",
             "fwd_vs_embeddingbag_fwd", "gather_GBps"],
     "graphhash": ["name", "resolution", "cluster_s", "user_clusters", "item_clusters", "modularity", "table_rows",
                   "row_fraction"],
@@ -50,7 +53,7 @@ COLUMNS = {
                 "polars_ids_per_s"],
     "quant": ["dtype", "dim", "table_bytes", "size_ratio", "max_abs_err_weight", "max_abs_err_pooled"],
     "dsl": ["name", "density", "interval", "scope", "batches", "train_examples_per_s", "slowdown_vs_dense"],
-    "forward": ["name", "recsparse", "baseline", "recsparse_ms", "embeddingbag_ms", "speedup_vs_embeddingbag",
+    "forward": ["name", "threads", "recsparse", "baseline", "recsparse_ms", "embeddingbag_ms", "speedup_vs_embeddingbag",
                 "embeddingbag_fp32_ms", "never_slower"],
 }
 KEY = ["section", "name"]
@@ -165,13 +168,14 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
                     best = gathered_bytes / s
                 rec(f"{gname}_{threads}thread", s, threads=threads, gather_GBps=round(gathered_bytes / s / 1e9, 3))
             eb_fwd_bps[threads] = best  # nn.EmbeddingBag's forward (F.embedding_bag), the reference of fwd ratios
-        with torch.no_grad():
-            s_fwd = _timeit(lambda i: tbe(idx_c[i % nb], off_c), iters)
+        s_fwd = _timeit(lambda i: tbe(idx_c[i % nb], off_c), iters)  # grad on: the FBGEMM kernel's forward
+        with torch.no_grad():  # FusedTBE's no-grad forward: ATen embedding_bag over the kernel's storage
+            s_fwd_ng = _timeit(lambda i: tbe(idx_c[i % nb], off_c), iters)
 
         def step(i: int) -> None:
             tbe(idx_c[i % nb], off_c).backward(grad_out)
         s = _timeit(step, iters)
-        rec(name, s, threads=threads, fwd_ms=round(1e3 * s_fwd, 2),
+        rec(name, s, threads=threads, fwd_ms=round(1e3 * s_fwd, 2), fwd_nograd_ms=round(1e3 * s_fwd_ng, 2),
             fwd_gather_GBps=round(gathered_bytes / s_fwd / 1e9, 3),
             fwdbwd_gather_GBps=round(gathered_bytes / s / 1e9, 3),
             fwd_vs_embeddingbag_fwd=round(gathered_bytes / s_fwd / eb_fwd_bps[threads], 3))
@@ -244,7 +248,7 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
     by = {r["name"]: r for r in recs}
     eb_ex = by["embeddingbag_per_table_sparse_sgd"]["examples_per_s"]
     for r in recs:
-        if r["name"] != "embeddingbag_per_table_sparse_sgd" and "thread" not in r["name"][-8:]:
+        if r["name"] != "embeddingbag_per_table_sparse_sgd" and not r["name"].startswith("gather_"):
             r["vs_embeddingbag"] = round(r["examples_per_s"] / eb_ex, 3)
     sgd = [r for r in recs if r["name"].startswith("tbe_sgd") and "fp16" not in r["name"] and "mean" not in r["name"]]
     best = max(sgd, key=lambda r: r["examples_per_s"])
@@ -263,16 +267,20 @@ def bench_tbe(tables: int, rows: int, dim: int, batch: int, pooling: int, iters:
 
 
 # ------------------------------------------------------------------------------------------------------------ forward
-def bench_forward(tables: int, rows: int, dim: int, batch: int, pooling: int, iters: int) -> list[dict[str, Any]]:
+def bench_forward(tables: int, rows: int, dim: int, batch: int, pooling: int, iters: int,
+                  threads: tuple[int, ...] = (2,)) -> list[dict[str, Any]]:
     """The recsparse table path vs ``nn.EmbeddingBag`` in the same run, three modes each: forward (no grad),
     forward + backward + SGD update, inference with int8 tables — on the benchmark shape (random ids) and on Gowalla
     MF's real id stream (its training batches: 4,096 users + their positive items + 512 uniform negative items).
 
     recsparse = ``MappedEmbeddingBagCollection(backend='fbgemm')`` fed raw ids (its mappers included in the time):
     pooled ``forward(KJT)`` on the benchmark shape, ``embed`` per feature on Gowalla (what MF calls). int8 =
-    ``quantize_tables`` (TorchRec quantized EBC over FBGEMM's IntN TBE). ``nn.EmbeddingBag`` gets the row ids
+    ``quantize_tables`` (FBGEMM IntN TBE, called directly on the row KJT). ``nn.EmbeddingBag`` gets the row ids
     directly: fp32 tables, ``sparse=True`` + ``torch.optim.SGD`` for the update, and for int8 the same module
-    quantised by ``torch.ao`` (``nn.quantized.EmbeddingBag``, FBGEMM's row-wise int8 kernel)."""
+    quantised by ``torch.ao`` (``nn.quantized.EmbeddingBag``, FBGEMM's row-wise int8 kernel).
+
+    Each case runs at every intra-op thread count of ``threads`` (rows of the first count are named
+    ``<workload>_<mode>``, the others get a ``_<n>thread`` suffix), both sides alternating call by call."""
     import torch.nn as nn
     from torchrec import KeyedJaggedTensor
 
@@ -280,20 +288,30 @@ def bench_forward(tables: int, rows: int, dim: int, batch: int, pooling: int, it
     from recsparse.embeddings.quant import quantize_tables
     from recsparse.kernels import TBEConfig
 
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads[0])
     recs: list[dict[str, Any]] = []
+    # the tuned settings of the tbe section: two table groups (forward + fused backward on two threads)
     tuned = TBEConfig(learning_rate=0.01, table_groups=2, bounds_check=False)
 
     def pair(workload: str, mode: str, shape: dict[str, Any], ours: Callable[[int], Any], base: Callable[[int], Any],
              ours_name: str, base_name: str, n: int, grad: bool = False,
              fp32: Callable[[int], Any] | None = None) -> None:
+        for th in threads:
+            torch.set_num_threads(th)
+            one_pair(workload, mode, shape, ours, base, ours_name, base_name, n, grad, fp32,
+                     f"{workload}_{mode}" + ("" if th == threads[0] else f"_{th}thread"), th)
+        torch.set_num_threads(threads[0])
+
+    def one_pair(workload: str, mode: str, shape: dict[str, Any], ours: Callable[[int], Any],
+                 base: Callable[[int], Any], ours_name: str, base_name: str, n: int, grad: bool,
+                 fp32: Callable[[int], Any] | None, name: str, th: int) -> None:
         ctx = torch.enable_grad if grad else torch.no_grad
         fns = [base, ours] + ([fp32] if fp32 is not None else [])
         with ctx():
             times = _interleaved(fns, iters)
         s_base, s_ours = times[0], times[1]
         s_fp32 = times[2] if fp32 is not None else None
-        r = {"section": "forward", "name": f"{workload}_{mode}", "workload": workload, "mode": mode, **shape,
+        r = {"section": "forward", "name": name, "workload": workload, "mode": mode, **shape, "threads": th,
              "recsparse": ours_name, "baseline": base_name, "recsparse_ms": round(1e3 * s_ours, 3),
              "embeddingbag_ms": round(1e3 * s_base, 3), "recsparse_lookups_per_s": round(n / s_ours),
              "embeddingbag_lookups_per_s": round(n / s_base), "speedup_vs_embeddingbag": round(s_base / s_ours, 3),
@@ -352,7 +370,7 @@ def bench_forward(tables: int, rows: int, dim: int, batch: int, pooling: int, it
     qbags = int8_bags(list(bags))
     pair("bench_shape", "inference_int8", shape, lambda i: q(kjts[i % nb]).values(),
          lambda i: torch.cat([qbags[t](x3[i % nb][t]) for t in range(tables)], dim=1),
-         "quantize_tables int8 (torchrec quant EBC)", "nn.quantized.EmbeddingBag int8 (torch.ao)", n, fp32=eb_fwd)
+         "quantize_tables int8 (FBGEMM IntN TBE)", "nn.quantized.EmbeddingBag int8 (torch.ao)", n, fp32=eb_fwd)
     del q, qbags, bags
     gc.collect()
 
@@ -368,8 +386,7 @@ def bench_forward(tables: int, rows: int, dim: int, batch: int, pooling: int, it
     gshape = dict(dataset="gowalla", users=ds.num_users, items=ds.num_items, dim=dim, batch=B, negatives=M,
                   iters=iters)
     gfeats = [FeatureConfig("user", ds.num_users, dim), FeatureConfig("item", ds.num_items, dim)]
-    gm = MappedEmbeddingBagCollection(gfeats, backend="fbgemm", tbe_config=TBEConfig(learning_rate=0.01),
-                                      init_std=0.1)
+    gm = MappedEmbeddingBagCollection(gfeats, backend="fbgemm", tbe_config=tuned, init_std=0.1)
     ub = nn.EmbeddingBag(ds.num_users + 1, dim, mode="sum", sparse=True)
     ib = nn.EmbeddingBag(ds.num_items + 1, dim, mode="sum", sparse=True)
     with torch.no_grad():
@@ -394,8 +411,9 @@ def bench_forward(tables: int, rows: int, dim: int, batch: int, pooling: int, it
         gopt.step()
         gopt.zero_grad(set_to_none=True)
     n = 2 * B + M
-    pair("gowalla_mf", "forward", gshape, g_ours, g_eb, "mapped_ebc_fbgemm embed", "nn.EmbeddingBag", n)
-    pair("gowalla_mf", "fwd_bwd_update", gshape, g_ours_step, g_eb_step, "mapped_ebc_fbgemm embed (fused SGD)",
+    pair("gowalla_mf", "forward", gshape, g_ours, g_eb, "mapped_ebc_fbgemm_groups2 embed", "nn.EmbeddingBag", n)
+    pair("gowalla_mf", "fwd_bwd_update", gshape, g_ours_step, g_eb_step,
+         "mapped_ebc_fbgemm_groups2 embed (fused SGD)",
          "nn.EmbeddingBag sparse + SGD", n, grad=True)
     gq_src = MappedEmbeddingBagCollection(gfeats, backend="torchrec")
     with torch.no_grad():
@@ -409,7 +427,7 @@ def bench_forward(tables: int, rows: int, dim: int, batch: int, pooling: int, it
              for k in range(nb)]
     qu, qi = int8_bags([ub, ib])
     pair("gowalla_mf", "inference_int8", gshape, lambda i: gq(gkjts[i % nb]).values(),
-         lambda i: g_eb(i, qu, qi), "quantize_tables int8 (torchrec quant EBC)",
+         lambda i: g_eb(i, qu, qi), "quantize_tables int8 (FBGEMM IntN TBE)",
          "nn.quantized.EmbeddingBag int8 (torch.ao)", n, fp32=g_eb)
     recs.append({"section": "forward", "name": "summary",
                  "never_slower_all": all(r["never_slower"] for r in recs),
@@ -596,6 +614,8 @@ def main() -> None:
     p.add_argument("--dsl-batches", type=int, default=60, help="dsl section: timed training steps per run")
     p.add_argument("--dsl-interval", type=int, default=25, help="dsl section: mask-update interval")
     p.add_argument("--dsl-scope", default="table", help="dsl section: table | row")
+    p.add_argument("--forward-threads", default="2",
+                   help="forward section: intra-op thread counts, e.g. 2,1 (rows of the first carry no suffix)")
     p.add_argument("--results-dir", default=None, help="default: benchmarks/results")
     a = p.parse_args()
     os.environ.setdefault("RECSPARSE_DATA", os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data"))
@@ -605,7 +625,8 @@ def main() -> None:
         if section == "tbe":
             recs = bench_tbe(a.tables, a.rows, a.dim, a.batch, a.pooling, a.iters)
         elif section == "forward":
-            recs = bench_forward(a.tables, a.rows, a.dim, a.batch, a.pooling, a.iters)
+            recs = bench_forward(a.tables, a.rows, a.dim, a.batch, a.pooling, a.iters,
+                                 tuple(int(x) for x in a.forward_threads.split(",")))
         elif section == "dsl":
             recs = bench_dsl(a.dsl_batches, [0.5, 0.2, 0.05], a.dsl_interval, a.dsl_scope)
         elif section == "graphhash":

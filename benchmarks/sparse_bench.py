@@ -200,11 +200,22 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Option(..., help="Impact index(es)."),
             bm25_index: Path = typer.Option(..., help="A BM25 index of the same corpus (harness indexes/bm25)."),
             k: int = typer.Option(10), repeats: int = typer.Option(3),
+            warmup: int = typer.Option(1, min=1, help="Untimed passes over the queries first (JIT, caches)."),
             clock: str = typer.Option("wall", help="wall: elapsed time (run under /work/bin/heavy --timing); "
                                                    "thread-cpu: CPU time of the searching thread (Python and the "
                                                    "in-process JVM call run on it), which a loaded machine does not "
-                                                   "inflate; rows get measure 'latency-cpu'.")) -> None:
-    """Per-query single-thread latency of impact search vs BM25 over the same test queries."""
+                                                   "inflate; rows get measure 'latency-cpu'."),
+            python_gc: bool = typer.Option(True, "--python-gc/--no-python-gc",
+                                           help="--no-python-gc: Python's cyclic collector off during the timed "
+                                                "loop (a diagnosis of the tail; rows get measure '...-nogc')."),
+            ) -> None:
+    """Per-query single-thread latency of impact search vs BM25 over the same test queries.
+
+    Besides p50/p99 over all timed calls, each row has the p99 over per-query MEDIANS (a tail made by costly queries
+    stays there; one made by pauses -- collection, compilation, scheduling -- does not) and the p99 of each repeat
+    (a tail that shrinks after the first repeat is warm-up)."""
+    import gc
+
     import torch
 
     from recsparse.retrieval.lucene import BM25Retriever
@@ -225,28 +236,43 @@ def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Op
         systems[r.name] = (lambda r: lambda q: r.search(q, k))(r)
         systems[r.name + "|lucene-only"] = (lambda r, vecs: lambda q: r.search_vector(vecs[q], k))(r, vecs)
         nnz[r.name] = statistics.fmean(len(v) for v in vecs.values())
-    for q in queries:  # warm-up pass (JIT, caches)
-        for f in systems.values():
-            f(q)
-    times: dict[str, list[float]] = {n: [] for n in systems}
-    # interleaved: each query runs on every system back to back, so load on the shared machine hits all alike
     if clock not in ("wall", "thread-cpu"):
         raise typer.BadParameter(f"--clock must be wall or thread-cpu, got {clock!r}")
-    now = time.perf_counter if clock == "wall" else time.thread_time
-    measure = "latency" if clock == "wall" else "latency-cpu"
-    for _ in range(repeats):
+    for _ in range(warmup):
         for q in queries:
-            for n, f in systems.items():
-                s = now()
+            for f in systems.values():
                 f(q)
-                times[n].append(now() - s)
-    base = _percentiles(times["bm25"])
+    times: dict[str, list[float]] = {n: [] for n in systems}  # repeat-major: times[n][r * len(queries) + i]
+    now = time.perf_counter if clock == "wall" else time.thread_time
+    measure = ("latency" if clock == "wall" else "latency-cpu") + ("" if python_gc else "-nogc")
+    gc.collect()
+    if not python_gc:
+        gc.disable()
+    try:
+        # interleaved: each query runs on every system back to back, so load on the shared machine hits all alike
+        for _ in range(repeats):
+            for q in queries:
+                for n, f in systems.items():
+                    s = now()
+                    f(q)
+                    times[n].append(now() - s)
+    finally:
+        gc.enable()
+
+    def tail(xs: list[float]) -> dict[str, Any]:
+        nq = len(queries)
+        per_query = [statistics.median(xs[i::nq]) for i in range(nq)]
+        return {**_percentiles(xs), "p99_query_median_ms": _percentiles(per_query)["p99_ms"],
+                "p99_by_repeat_ms": [_percentiles(xs[r * nq:(r + 1) * nq])["p99_ms"] for r in range(repeats)]}
+
+    base = tail(times["bm25"])
     rows = [{"dataset": ds.name, "retriever": "bm25", "measure": measure, **base}]
     for n in nnz:
-        full, lucene = _percentiles(times[n]), _percentiles(times[n + "|lucene-only"])
+        full, lucene = tail(times[n]), _percentiles(times[n + "|lucene-only"])
         rows.append({"dataset": ds.name, "retriever": n, "measure": measure, **full,
                      "p50_vs_bm25": round(full["p50_ms"] / base["p50_ms"], 3),
                      "p99_vs_bm25": round(full["p99_ms"] / base["p99_ms"], 3),
+                     "p99_query_median_vs_bm25": round(full["p99_query_median_ms"] / base["p99_query_median_ms"], 3),
                      "lucene_only_p50_ms": lucene["p50_ms"], "lucene_only_p99_ms": lucene["p99_ms"],
                      "lucene_only_p50_vs_bm25": round(lucene["p50_ms"] / base["p50_ms"], 3),
                      "lucene_only_p99_vs_bm25": round(lucene["p99_ms"] / base["p99_ms"], 3),
@@ -255,9 +281,11 @@ def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Op
         r.close()
     prov = provenance(time.perf_counter() - t0)
     for row in rows:
-        row.update(k=k, threads=1, queries=len(queries), repeats=repeats, clock=clock, **prov)
+        row.update(k=k, threads=1, queries=len(queries), repeats=repeats, warmup=warmup, clock=clock,
+                   python_gc=python_gc, **prov)
     save_results("sparse", rows, KEY)
     print_table(rows, columns=["dataset", "retriever", "p50_ms", "p99_ms", "p50_vs_bm25", "p99_vs_bm25",
+                               "p99_query_median_ms", "p99_query_median_vs_bm25", "p99_by_repeat_ms",
                                "lucene_only_p50_ms", "lucene_only_p50_vs_bm25", "avg_query_nnz"])
 
 
@@ -334,6 +362,8 @@ def collect(run_dir: Path = typer.Argument(..., help="A `recsparse sparse run --
                            "reg": cfg["reg"], "loss": cfg["loss"], "train_datasets": "+".join(cfg["train_datasets"]),
                            "train_steps": cfg["steps"], "train_wall_s": cfg["wall_s"], "backbone": cfg["backbone"],
                            "doc_max_length": cfg["max_length"], "lambda_doc": cfg["lambda_doc"], "lr": cfg["lr"],
+                           **{k: cfg[k] for k in ("scale", "freeze_vocabulary", "learn_idf", "freeze_document")
+                              if k in cfg},
                            "run_dir": str(run_dir), "run_command": cmd})
             if fuse:
                 f = fusion_row(run_dir / ds, ds, name)

@@ -42,6 +42,10 @@ def quantize_tables(module: MappedEmbeddingBagCollection, dtype: str = "int8",
                 q.table_weight(f.name).copy_(module.table_weight(f.name).detach())
     quant_prep_customize_row_alignment(q, [torchrec.EmbeddingBagCollection], row_alignment)
     quantize_embeddings(q, dtype=DTYPES[dtype], inplace=True, output_dtype=torch.float)
+    from fbgemm_gpu.split_table_batched_embeddings_ops_common import BoundsCheckMode
+
+    for kernel in _intn_tbes(q):  # rows come from the mappers, in range by construction (as on the fp32 path)
+        kernel.bounds_check_mode_int = BoundsCheckMode.NONE.value
     q.quant_dtype = dtype
     return q.eval()
 

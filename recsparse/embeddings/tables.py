@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsparse.embeddings.mappers import MapperStateError, build_mapper, mapper_from_state
-from recsparse.kernels.tbe import TBEConfig, fbgemm_available
+from recsparse.kernels.tbe import TBEConfig, fbgemm_available, forward_split_tables
 from recsparse.types import IdMapper, check_choice, check_positive
 
 BACKENDS = ("auto", "torchrec", "fbgemm", "torch")
@@ -108,13 +108,20 @@ def map_kjt(features: Sequence[FeatureConfig], kjt: Any) -> tuple[Any, torch.Ten
     if missing:
         raise ValueError(f"KeyedJaggedTensor lacks features {missing} (has {list(kjt.keys())})")
     values, lengths, raw = [], [], []
+    unchanged = kjt.keys() == [f.name for f in features]  # stays True while every feature maps id -> same id
     for f in features:
         jt = jts[f.name]
-        rows = f.mapper.transform(jt.values())
+        v = jt.values()
+        rows = f.mapper.transform(v)
         k = rows.shape[-1]
+        # an identity mapping (Full mapper, all ids in its vocabulary) returns a view of its input
+        unchanged = unchanged and k == 1 and rows.data_ptr() == v.data_ptr() and rows.numel() == v.numel()
         values.append(rows.reshape(-1))
         raw.append(jt.lengths())
         lengths.append(jt.lengths() * k)
+    if unchanged and sum(v.numel() for v in values) == kjt.values().numel():
+        # the row KJT is the input KJT: skip concatenating the values again (a full copy of every id)
+        return kjt, kjt.lengths()
     return (KeyedJaggedTensor(keys=[f.name for f in features], values=torch.cat(values), lengths=torch.cat(lengths)),
             torch.cat(raw))
 
@@ -173,6 +180,7 @@ class MappedEmbeddingBagCollection(nn.Module):
             raise ValueError("tbe_config.pooling must be 'sum': per-feature mean pooling is FeatureConfig.pooling")
         self.features = list(features)
         self.backend = resolve_backend(backend)
+        self._quant_kernel: tuple[nn.Module, nn.Module | None] | None = None  # (ebc it was found in, kernel)
         self.device = torch.device(device)
         self._index = {f.name: i for i, f in enumerate(self.features)}
         # table name -> (rows, dim, feature names), in first-use order
@@ -279,7 +287,12 @@ class MappedEmbeddingBagCollection(nn.Module):
         from torchrec import KeyedTensor
 
         mapped, raw_lengths = self.map_kjt(features)
-        if self.backend == "torchrec":
+        kernel = self.quantized_kernel()
+        if kernel is not None:
+            # quantized inference: the IntN kernel straight on the row KJT (torchrec's wrapper would permute and
+            # copy the KJT every call), on two threads for a large batch
+            pooled = forward_split_tables(kernel, mapped.values(), mapped.offsets(), self.embedding_dims)
+        elif self.backend == "torchrec":
             out = self.ebc(mapped)
             out = out.wait() if hasattr(out, "wait") else out  # sharded EBCs return an awaitable
             # a sharded EBC may emit its keys in shard order: put them back in feature order
@@ -302,6 +315,24 @@ class MappedEmbeddingBagCollection(nn.Module):
         pooled = mean_pool(pooled, self.features, raw_lengths)
         return KeyedTensor(keys=self.feature_names, length_per_key=self.embedding_dims, values=pooled)
 
+    def quantized_kernel(self) -> nn.Module | None:
+        """The FBGEMM ``IntNBitTableBatchedEmbeddingBagsCodegen`` of a quantized copy (``quantize_tables``) when that
+        one kernel holds every table, one feature each, in feature order — the layout of the row KJT; else None."""
+        cached = self._quant_kernel
+        if cached is not None and cached[0] is self.ebc:  # re-checked once the EBC is swapped (quantize_embeddings)
+            return cached[1]
+        kernel = None
+        if self.backend == "torchrec" and len(self._tables) == len(self.features):
+            from torchrec.quant.embedding_modules import EmbeddingBagCollection as QuantEBC
+
+            if isinstance(self.ebc, QuantEBC) and len(self.ebc._emb_modules) == 1:
+                k = self.ebc._emb_modules[0]
+                if [spec[0] for spec in k.embedding_specs] == list(self._tables):
+                    kernel = k
+        if self.backend == "torchrec":
+            self._quant_kernel = (self.ebc, kernel)
+        return kernel
+
     def embed(self, feature: str, ids: torch.Tensor) -> torch.Tensor:
         """``ids [N]`` (raw) -> ``[N, dim]``: each id's mapper rows summed. Differentiable w.r.t. the table."""
         if feature not in self._index:
@@ -310,14 +341,8 @@ class MappedEmbeddingBagCollection(nn.Module):
         rows = self.features[t].mapper.transform(ids.reshape(-1))  # [N, k]
         if rows.device != self.device:
             rows = rows.to(self.device)
-        if self.backend == "fbgemm":
-            if torch.is_grad_enabled():
-                # backward = the fused optimizer update
-                return self._embed_tbe(0 if self._folded else t, rows)
-            # inference: a plain gather from the kernel's storage (no TBE launch: its per-call set-up costs more than
-            # a pooling-1 lookup of a few thousand rows)
-            w = self.tbe.weights(0 if self._folded else t)
-            return w.index_select(0, rows.view(-1)) if rows.shape[1] == 1 else F.embedding(rows, w).sum(dim=1)
+        if self.backend == "fbgemm":  # backward (with grad) = the fused optimizer update
+            return self.tbe.lookup(0 if self._folded else t, rows)
         if self.backend == "torchrec" and self.is_sharded:
             return self._embed_sharded(feature, rows)
         w = self.table_weight(feature)
@@ -346,17 +371,6 @@ class MappedEmbeddingBagCollection(nn.Module):
         out = self.ebc(kjt)
         out = out.wait() if hasattr(out, "wait") else out
         return out[feature]
-
-    def _embed_tbe(self, t: int, rows: torch.Tensor) -> torch.Tensor:
-        # one bag per id for table t, empty bags for the other tables (TBE computes all tables in one call)
-        N, k = rows.shape
-        T = self.tbe.num_tables
-        off = torch.zeros(T * N + 1, dtype=torch.long, device=rows.device)
-        off[t * N + 1:(t + 1) * N + 1] = torch.arange(1, N + 1, device=rows.device) * k
-        off[(t + 1) * N + 1:] = N * k
-        out = self.tbe(rows.reshape(-1), off)
-        d0 = self.tbe.d_offsets[t]
-        return out[:, d0:d0 + self.tbe.dims[t]]
 
     # ---- mapper state inside state_dict --------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:

@@ -22,9 +22,10 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from recsparse.types import check_choice, check_positive
@@ -32,6 +33,7 @@ from recsparse.types import check_choice, check_positive
 OPTIMIZERS = ("sgd", "rowwise_adagrad", "adagrad")
 POOLINGS = ("sum", "mean")
 PRECISIONS = ("fp32", "fp16")
+_MODES = {"sum": 0, "mean": 1}  # ATen embedding_bag mode codes
 
 
 def fbgemm_available() -> bool:
@@ -154,6 +156,8 @@ class FusedTBE(nn.Module):
             self.d_offsets.append(self.d_offsets[-1] + d)
         self._pool: ThreadPoolExecutor | None = None
         self._views: dict[int, list[torch.Tensor]] = {}  # group -> its tables' weight views (see weights())
+        self._where = [(g, t - a) for g, (a, b) in enumerate(self.bounds) for t in range(a, b)]  # t -> (group, local)
+        self._host_fp32 = self._kernels_host_fp32()
         self._anchor = torch.zeros(0, requires_grad=True)  # gives _ParallelGroups a backward edge
 
     @property
@@ -176,17 +180,22 @@ class FusedTBE(nn.Module):
 
     def _apply(self, fn: Any, recurse: bool = True) -> "FusedTBE":
         self._views = {}  # .to()/.cuda()/... may replace the kernels' weight buffers
-        return super()._apply(fn, recurse)
+        out = super()._apply(fn, recurse)
+        self._host_fp32 = self._kernels_host_fp32()
+        return out
+
+    def _kernels_host_fp32(self) -> bool:
+        """fp32 weights in host memory: the no-grad paths read them with ATen ops."""
+        return self.config.weights_precision == "fp32" and self.groups[0].current_device.type == "cpu"
 
     @property
     def num_tables(self) -> int:
         return len(self.rows)
 
     def _locate(self, t: int) -> tuple[int, int]:
-        for g, (a, b) in enumerate(self.bounds):
-            if a <= t < b:
-                return g, t - a
-        raise IndexError(f"table {t} out of range [0, {self.num_tables})")
+        if not 0 <= t < self.num_tables:
+            raise IndexError(f"table {t} out of range [0, {self.num_tables})")
+        return self._where[t]
 
     def weights(self, t: int) -> torch.Tensor:
         """View ``[rows[t], dims[t]]`` of table ``t`` (writes go to the kernel's storage)."""
@@ -204,6 +213,8 @@ class FusedTBE(nn.Module):
         self.weights(t).copy_(w)
 
     def forward(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        if not torch.is_grad_enabled() and self._host_fp32:
+            return self._forward_inference(indices, offsets)
         dt = self.config.index_dtype
         indices, offsets = indices.to(dt), offsets.to(dt)
         if len(self.groups) == 1:
@@ -213,11 +224,83 @@ class FusedTBE(nn.Module):
         for a, b in self.bounds:  # each group's slice of the table-major TBE layout, re-based to 0
             lo, hi = offsets[a * B], offsets[b * B]
             inputs += [indices[lo:hi], offsets[a * B:b * B + 1] - lo]
-        if not torch.is_grad_enabled():
-            # inference: the CPU TBE forward is single-threaded, so the groups run concurrently here too
-            outs = self.pool().map(lambda k: self.groups[k](inputs[2 * k], inputs[2 * k + 1]), range(len(self.groups)))
-            return torch.cat(list(outs), dim=1)
         return _ParallelGroups.apply(self, self._anchor, *inputs)
+
+    def lookup(self, t: int, rows: torch.Tensor) -> torch.Tensor:
+        """``rows [N, k]`` of table ``t`` -> ``[N, dims[t]]``: each line's k rows summed (one bag per line).
+
+        With grad: one call of the kernel that holds table t — only its table group's tables (the other tables'
+        bags empty), so with one table per group nothing else is written, sliced or scattered back; backward is
+        the fused update. Without grad (host fp32): a plain ATen gather from the kernel's storage (threaded, and
+        no TBE set-up, which costs more than a pooling-1 lookup of a few thousand rows)."""
+        N, k = rows.shape
+        if not torch.is_grad_enabled() and self._host_fp32:
+            w = self.weights(t)
+            if k == 1:
+                return w.index_select(0, rows.view(-1))
+            return F.embedding_bag(rows, w, mode="sum")  # 2-D input: fixed bags of k rows
+        g, local = self._locate(t)
+        a, b = self.bounds[g]
+        dt = self.config.index_dtype
+        off = torch.zeros((b - a) * N + 1, dtype=dt, device=rows.device)
+        off[local * N + 1:(local + 1) * N + 1] = torch.arange(k, (N + 1) * k, k, dtype=dt, device=rows.device)
+        off[(local + 1) * N + 1:] = N * k
+        out = self.groups[g](rows.reshape(-1).to(dt), off)
+        if b - a == 1:
+            return out
+        d0 = self.d_offsets[t] - self.d_offsets[a]
+        return out[:, d0:d0 + self.dims[t]]
+
+    def _forward_inference(self, indices: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """No-grad forward on the host: ATen's ``embedding_bag`` over the kernels' own weight storage, table by table.
+
+        The fbgemm-gpu-cpu wheels are built without OpenMP, so the CPU TBE forward runs on ONE thread whatever
+        ``torch.get_num_threads()`` says (its ``at::parallel_for`` compiles to a serial loop); ATen's embedding_bag
+        runs the same FBGEMM SpMDM gather split over the intra-op threads. Same rows, same sums, no copy."""
+        B = (offsets.numel() - 1) // self.num_tables
+        if B == 0:
+            return torch.zeros(0, self.d_offsets[-1], device=indices.device)
+        offsets = offsets.to(indices.dtype)
+        starts = offsets[::B].tolist()  # each table's first index, then the end
+        mode = _MODES[self.config.pooling]
+        outs = []
+        for t in range(self.num_tables):
+            o, lo = offsets[t * B:(t + 1) * B + 1], starts[t]
+            outs.append(torch.embedding_bag(self.weights(t), indices[lo:starts[t + 1]], o - lo if lo else o, False,
+                                            mode, False, None, True)[0])
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
+
+
+_SPLIT_MIN_INDICES = 1 << 16  # below this a second thread's hand-off costs more than half the gather saves
+_split_pool: ThreadPoolExecutor | None = None
+
+
+def forward_split_tables(kernel: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], indices: torch.Tensor,
+                         offsets: torch.Tensor, dims: list[int]) -> torch.Tensor:
+    """No-grad forward of a host TBE kernel (table-major layout, ``len(dims)`` tables) on two threads.
+
+    The fbgemm-gpu-cpu kernels run on one thread (the wheels are built without OpenMP), so for a large batch the
+    tables are cut into two runs of about equal index count: each half calls the kernel on its own contiguous slice
+    of ``indices`` (no copy) with the other half's bags empty, one half on a worker thread (the kernel releases the
+    GIL), and the halves' columns are joined. Small batches, one table or one intra-op thread: a single call."""
+    T = len(dims)
+    L = indices.numel()
+    if T < 2 or L < _SPLIT_MIN_INDICES or torch.get_num_threads() < 2:
+        return kernel(indices, offsets)
+    B = (offsets.numel() - 1) // T
+    starts = offsets[::B].tolist()  # T + 1 values: each table's first index, then the end
+    t = min(range(1, T), key=lambda u: abs(starts[u] - L / 2))
+    m = starts[t]
+    off_a = torch.cat([offsets[:t * B + 1], offsets.new_full(((T - t) * B,), m)])
+    off_b = torch.cat([offsets.new_zeros(t * B), offsets[t * B:] - m])
+    global _split_pool
+    if _split_pool is None:
+        _split_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tbe-split")
+    fut = _split_pool.submit(kernel, indices[:m], off_a)
+    out_b = kernel(indices[m:], off_b)
+    out_a = fut.result()
+    c = sum(dims[:t])
+    return torch.cat([out_a[:, :c], out_b[:, c:]], dim=1)
 
 
 def _balanced_groups(costs: list[int], groups: int) -> list[tuple[int, int]]:

@@ -197,3 +197,23 @@ def test_fbgemm_inference_paths_match_training_paths():
         torch.testing.assert_close(b(_kjt()).values(), train_out)
         torch.testing.assert_close(b.embed("item", ids), train_embed)
         torch.testing.assert_close(b.embed("user", torch.arange(100)), b.table_weight("user")[:100])
+
+
+def test_map_kjt_reuses_an_unchanged_kjt():
+    """Full mappers with every id in range map id -> id: the row KJT is the input KJT (no copy of the values);
+    an out-of-vocabulary id, another key order or k > 1 rows build a new one."""
+    feats = [FeatureConfig("user", 100, 8, "full"), FeatureConfig("item", 50, 4, "full")]
+    m = MappedEmbeddingBagCollection(feats, backend="torch")
+    kjt = KeyedJaggedTensor.from_lengths_sync(keys=["user", "item"], values=torch.tensor([1, 2, 3, 49, 0]),
+                                              lengths=torch.tensor([2, 1, 0, 2]))
+    mapped, raw = m.map_kjt(kjt)
+    assert mapped is kjt and torch.equal(raw, kjt.lengths())
+    oov = KeyedJaggedTensor.from_lengths_sync(keys=["user", "item"], values=torch.tensor([1, 2, 3, 50, 0]),
+                                              lengths=torch.tensor([2, 1, 0, 2]))
+    mapped, _ = m.map_kjt(oov)
+    assert mapped is not oov and mapped.values().tolist() == [1, 2, 3, 50, 0]  # 50 -> the item OOV row (50)
+    swapped = KeyedJaggedTensor.from_lengths_sync(keys=["item", "user"], values=torch.tensor([1, 2, 3, 4, 0]),
+                                                  lengths=torch.tensor([2, 1, 0, 2]))
+    mapped, _ = m.map_kjt(swapped)
+    assert mapped.keys() == ["user", "item"] and mapped.values().tolist() == [4, 0, 1, 2, 3]
+    torch.testing.assert_close(m(kjt).values(), _reference(m, kjt))

@@ -137,3 +137,61 @@ def test_weight_views_follow_the_kernel_buffers():
     assert not torch.equal(tbe.weights(1), before) and torch.equal(v, tbe.weights(1))
     tbe.float()  # any _apply drops the cache
     assert tbe._views == {}
+
+
+@pytest.mark.parametrize("pooling", ["sum", "mean"])
+@pytest.mark.parametrize("index_dtype", [torch.int64, torch.int32])
+def test_no_grad_forward_is_the_kernel_forward(pooling, index_dtype):
+    """No-grad host fp32 forward (ATen embedding_bag over the kernel's storage) == the TBE kernel's own forward,
+    empty bags included, for one and for two table groups."""
+    for groups in (1, 2):
+        a, _ = _pair(TBEConfig(pooling=pooling, index_dtype=index_dtype, table_groups=groups, bounds_check=False))
+        for step in range(3):
+            idx, off = _batch(step, index_dtype)
+            assert (off[1:] == off[:-1]).any()  # some empty bags
+            kernel = a(idx, off)  # grad enabled: the FBGEMM kernel
+            with torch.no_grad():
+                torch.testing.assert_close(a(idx, off), kernel.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_lookup_with_and_without_grad():
+    """lookup(t, rows [N, k]) = sum of the k rows of table t; with grad it is one kernel call whose backward is the
+    fused update of exactly those rows; without grad a gather from the kernel's storage."""
+    for groups in (1, 3):
+        a, _ = _pair(TBEConfig(optimizer="sgd", learning_rate=1.0, table_groups=groups, bounds_check=False))
+        w0 = [a.weights(t).clone() for t in range(len(ROWS))]
+        rows = torch.tensor([[1, 4], [4, 4], [0, 6]])
+        expect = w0[2][rows].sum(dim=1)
+        with torch.no_grad():
+            torch.testing.assert_close(a.lookup(2, rows), expect)
+            torch.testing.assert_close(a.lookup(2, rows[:, :1]), w0[2][rows[:, 0]])
+        out = a.lookup(2, rows)
+        torch.testing.assert_close(out.detach(), expect)
+        out.sum().backward()  # d/dw of each row = number of times it occurs; exact SGD with lr 1
+        counts = torch.bincount(rows.reshape(-1), minlength=ROWS[2]).float().unsqueeze(1)
+        torch.testing.assert_close(a.weights(2), w0[2] - counts)
+        for t in (0, 1):
+            assert torch.equal(a.weights(t), w0[t])  # other tables untouched
+
+
+@pytest.mark.parametrize("lengths", [[5, 0, 9], [0, 0, 7], [30, 1, 0, 2]])
+def test_forward_split_tables_equals_one_call(monkeypatch, lengths):
+    """Two threads, each on a contiguous run of tables (the other run's bags empty), joined by columns == one call;
+    uneven table sizes and empty tables included."""
+    from recsparse.kernels import tbe
+
+    monkeypatch.setattr(tbe, "_SPLIT_MIN_INDICES", 1)
+    g = torch.Generator().manual_seed(0)
+    T, B = len(lengths), 4
+    rows, dims = [40] * T, [4, 8, 12, 16][:T]
+    a = FusedTBE(rows, dims, TBEConfig(bounds_check=False))
+    for t in range(T):
+        a.set_weights(t, torch.randn(rows[t], dims[t], generator=g))
+    lens = torch.cat([torch.randint(0, 2 * n + 1, (B,), generator=g) if n else torch.zeros(B, dtype=torch.long)
+                      for n in lengths])
+    off = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
+    idx = torch.randint(0, 40, (int(off[-1]),), generator=g)
+    kernel = a.groups[0]
+    torch.set_num_threads(2)
+    with torch.no_grad():
+        torch.testing.assert_close(tbe.forward_split_tables(kernel, idx, off, dims), kernel(idx, off))

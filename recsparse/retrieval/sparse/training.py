@@ -9,14 +9,18 @@ b 0.4, same corpus) that are not judged relevant. The loss is ``SpladeLoss`` aro
 * ``margin-mse``: ``SparseMarginMSELoss`` against the teacher's score margins (positive minus each negative),
 
 with the teacher = the dense MiniLM retriever and/or BM25 (the heterogeneous ensemble of Geng et al. 2024, sec. 3.2;
-see :func:`teacher_scores` for how the two are put on one scale). The document regulariser is the stack's ``FlopsLoss`` or our
-:class:`IdfFlopsLoss`; the regulariser weights ramp up with the stack's ``SpladeRegularizerWeightSchedulerCallback``.
+see :func:`teacher_scores` for how the two are put on one scale). The document regulariser is the stack's
+``FlopsLoss`` or our :class:`IdfFlopsLoss`; the regulariser weights ramp up with the stack's
+``SpladeRegularizerWeightSchedulerCallback``. An inference-free model can also learn its query table (``learn_idf``,
+at its own ``idf_lr``), alone (``freeze_document``) or with the document encoder.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,13 +31,12 @@ import torch
 from recsparse.config import Config
 from recsparse.data.beir import BeirDataset
 from recsparse.errors import ConfigError, UserError
+from recsparse.io import atomic_write
+from recsparse.retrieval.dense import default_cache_dir
 from recsparse.retrieval.sparse.models import (BACKBONES, DEFAULT_MAX_LENGTH, DEFAULT_QUERY_MAX_LENGTH, build_model,
-                                               corpus_idf, max_logit_pooling, query_table, set_query_idf, text_of,
-                                               tokenizer_of, variant_of, vocab_size)
-
-REGULARIZERS = ("idf-flops", "flops", "none")
-LOSSES = ("mnrl", "kl", "margin-mse")
-TEACHERS = ("dense+bm25", "dense", "bm25")
+                                               corpus_idf, document_pipeline, document_transformer, max_logit_pooling,
+                                               query_table, set_query_idf, text_of, tokenizer_of, variant_of,
+                                               vocab_size)
 
 
 @dataclass
@@ -65,7 +68,16 @@ class SparseTrainConfig(Config):
     reg_schedule: Literal["quadratic", "linear"] = "quadratic"  # ramp of the regulariser weights
     reg_warmup_ratio: float = 1 / 3
     learn_idf: bool = False
-    scale: float = 1.0  # MNRL: logits = scale * dot
+    idf_lr: float = 5e-3  # lr of a learned query table: its entries are IDF-sized, the encoder's lr would not move them
+    freeze_document: bool = False  # document encoder fixed: only the query table learns (with learn_idf)
+    # the per-term parameters (word embeddings = the tied MLM decoder, decoder bias) fixed. Adam moves every parameter
+    # ~lr per step whatever its gradient's size, so a term row that only the regulariser or in-batch negatives touch
+    # drifts down steadily: this is how the document vectors lost most of their terms in earlier runs
+    freeze_vocabulary: bool = False
+    # the student's logits are scale * dot product (mnrl; kl: student temperature 1 / scale). An inference-free
+    # score sums IDF x document weight, ~10 for a positive at init: at scale 1 the softmax is confidently wrong, and
+    # shrinking every document vector is the loss's steepest way down (it collapsed nnz 381 -> 50 in earlier runs)
+    scale: float = 1.0
     teacher_temperature: float = 0.1
     seed: int = 13
     num_threads: int = 2
@@ -76,7 +88,7 @@ class SparseTrainConfig(Config):
 
         if self.split == "test":
             raise bad("split", "test queries are never used for training or tuning")
-        for name in ("batch_size", "bm25_depth", "max_steps", "lr", "scale", "num_threads", "max_length",
+        for name in ("batch_size", "bm25_depth", "max_steps", "lr", "idf_lr", "scale", "num_threads", "max_length",
                      "query_max_length", "doc_windows", "teacher_temperature"):
             if not getattr(self, name) > 0:
                 raise bad(name, "must be > 0")
@@ -92,6 +104,9 @@ class SparseTrainConfig(Config):
             raise bad("negatives", f"loss={self.loss} needs negatives >= 1 (the teacher ranks each query's candidates)")
         if self.learn_idf and self.variant != "inference-free":
             raise bad("learn_idf", "only an inference-free model has an IDF query table")
+        if self.freeze_document and not self.learn_idf:
+            raise bad("freeze_document", "with the document encoder frozen only a learned query table (learn_idf) "
+                                         "is left to train")
 
 
 @dataclass
@@ -101,6 +116,11 @@ class Examples:
     rows: list[tuple[str, str]] = field(default_factory=list)  # (query text, positive text)
     negatives: list[list[str]] = field(default_factory=list)
     labels: list[list[float]] = field(default_factory=list)  # teacher scores (positive, negatives...)
+
+    def extend(self, other: "Examples") -> None:
+        self.rows += other.rows
+        self.negatives += other.negatives
+        self.labels += other.labels
 
     def to_dataset(self):  # noqa: ANN201 - datasets.Dataset
         from datasets import Dataset
@@ -223,21 +243,21 @@ def make_loss(model, cfg: SparseTrainConfig, idf: torch.Tensor):  # noqa: ANN001
     if cfg.loss == "mnrl":
         base = SparseMultipleNegativesRankingLoss(model, scale=cfg.scale)
     elif cfg.loss == "kl":
-        base = SparseDistillKLDivLoss(model, student_temperature=1.0, teacher_temperature=cfg.teacher_temperature)
+        base = SparseDistillKLDivLoss(model, student_temperature=1 / cfg.scale,
+                                      teacher_temperature=cfg.teacher_temperature)
     else:
         base = SparseMarginMSELoss(model)
     doc_reg = IdfFlopsLoss(model, idf) if cfg.reg == "idf-flops" else FlopsLoss(model)
-    lam_d = 0.0 if cfg.reg == "none" else cfg.lambda_doc
+    lam_d = 0.0 if cfg.reg == "none" else cfg.lambda_doc  # SpladeLoss always has a document regulariser: weigh it 0
     # an inference-free query side is a table, not model output: no query regulariser
     lam_q = cfg.lambda_query if cfg.variant == "splade" and cfg.reg != "none" else None
     return SpladeLoss(model, loss=base, document_regularizer_weight=lam_d, query_regularizer_weight=lam_q,
                       document_regularizer=doc_reg)
 
 
-def _log_callback(every: int, total: int):  # noqa: ANN202
-    """One plain line every ``every`` steps (loss, regulariser, s/step, elapsed): readable in logs without a bar."""
-    import sys
-
+def _log_callback(total: int):  # noqa: ANN202
+    """One plain line per trainer log (every ``logging_steps``: loss, regulariser, s/step, elapsed): readable in logs
+    without a progress bar."""
     from transformers import TrainerCallback
 
     class StepLog(TrainerCallback):
@@ -268,8 +288,6 @@ def train(datasets: Sequence[BeirDataset], cfg: SparseTrainConfig, out_dir: str 
     """Train on the ``cfg.split`` of every collection in ``datasets`` (examples pooled and shuffled); saves the model
     in sentence-transformers format at ``out_dir/model`` (``SparseEncoder(out_dir/'model')`` loads it) and the config
     with wall time at ``out_dir/train_config.json``. Wall time covers the optimisation loop."""
-    import sys
-
     from sentence_transformers.sparse_encoder import SparseEncoderTrainer, SparseEncoderTrainingArguments
     from sentence_transformers.sparse_encoder.callbacks.splade_callbacks import (
         SchedulerType, SpladeRegularizerWeightSchedulerCallback)
@@ -279,31 +297,34 @@ def train(datasets: Sequence[BeirDataset], cfg: SparseTrainConfig, out_dir: str 
     set_seed(cfg.seed)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.backbone in BACKBONES:
-        model = build_model(cfg.backbone, cfg.variant, max_length=cfg.max_length,
-                            query_max_length=cfg.query_max_length, learn_idf=cfg.learn_idf)
-    else:
-        model = build_model(cfg.backbone)
-        if variant_of(model) != cfg.variant:
-            raise ConfigError(f"sparse train config: backbone {cfg.backbone} is a {variant_of(model)} model, "
-                              f"variant={cfg.variant!r}")
+    # a shipped backbone becomes a fresh model of cfg.variant; a saved model keeps its own shape and lengths
+    model = build_model(cfg.backbone, cfg.variant, max_length=cfg.max_length, query_max_length=cfg.query_max_length)
+    if cfg.backbone not in BACKBONES and variant_of(model) != cfg.variant:
+        raise ConfigError(f"sparse train config: backbone {cfg.backbone} is a {variant_of(model)} model, "
+                          f"variant={cfg.variant!r}")
     tok, v = tokenizer_of(model), vocab_size(model)
     texts = [text_of(t, x) for ds in datasets for t, x in zip(ds.corpus["title"], ds.corpus["text"])]
     idf, _ = corpus_idf(tok, texts, v)  # the training corpora's IDF: IDF-FLOPS and the initial query table
     table = query_table(model)
+    lr_map: dict[str, float] = {}
     if table is not None:
         set_query_idf(model, idf)
         table.weight.requires_grad_(cfg.learn_idf)
+        table.frozen = not cfg.learn_idf  # indexing refits a frozen table to each corpus and keeps a learned one
+        if cfg.learn_idf:  # the trainer matches this pattern against the loss module's parameter names
+            name = next(n for n, p in model.named_parameters() if p is table.weight)
+            lr_map[re.escape(name) + "$"] = cfg.idf_lr
+    if cfg.freeze_document:
+        document_pipeline(model).requires_grad_(False)
+    if cfg.freeze_vocabulary:
+        mlm = document_transformer(model).auto_model
+        for p in (mlm.get_input_embeddings().weight, *mlm.get_output_embeddings().parameters()):
+            p.requires_grad_(False)
     rng = random.Random(cfg.seed)
-    ex = Examples()
-    from recsparse.retrieval.dense import default_cache_dir
-
     mining = default_cache_dir().parent / "bm25"  # the negatives' BM25 indexes, shared by every run on a corpus
+    ex = Examples()
     for ds in datasets:
-        part = build_examples(ds, cfg, mining, rng)
-        ex.rows += part.rows
-        ex.negatives += part.negatives
-        ex.labels += part.labels
+        ex.extend(build_examples(ds, cfg, mining, rng))
     data = ex.to_dataset().shuffle(seed=cfg.seed)
     loss = make_loss(model, cfg, idf)
     route = {c: ("query" if c == "query" else "document") for c in data.column_names if c != "label"}
@@ -313,14 +334,13 @@ def train(datasets: Sequence[BeirDataset], cfg: SparseTrainConfig, out_dir: str 
         lr_scheduler_type="linear", max_grad_norm=1.0, seed=cfg.seed, data_seed=cfg.seed, use_cpu=True,
         dataloader_drop_last=True, logging_steps=10, save_strategy="no", report_to="none",
         disable_tqdm=not progress, router_mapping=route if cfg.variant == "inference-free" else {},
-        batch_sampler="no_duplicates")
+        batch_sampler="no_duplicates", learning_rate_mapping=lr_map)
     sched = SpladeRegularizerWeightSchedulerCallback(
         loss, scheduler_type=SchedulerType(cfg.reg_schedule), warmup_ratio=cfg.reg_warmup_ratio)
-    callbacks: list[Any] = [sched]
-    if not sys.stderr.isatty() or not progress:
-        callbacks.append(_log_callback(10, cfg.max_steps))
+    plain_log = not progress or not sys.stderr.isatty()
+    callbacks: list[Any] = [sched, _log_callback(cfg.max_steps)] if plain_log else [sched]
     trainer = SparseEncoderTrainer(model=model, args=args, train_dataset=data, loss=loss, callbacks=callbacks)
-    if len(callbacks) > 1:  # our one-line log replaces transformers' dict printer (same numbers, printed twice)
+    if plain_log:  # our one-line log replaces transformers' dict printer (same numbers, printed twice)
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
@@ -332,8 +352,9 @@ def train(datasets: Sequence[BeirDataset], cfg: SparseTrainConfig, out_dir: str 
     model.save(str(out_dir / "model"))
     info = {**asdict(cfg), "train_datasets": [ds.name for ds in datasets], "wall_s": round(wall, 2),
             "steps": int(state.global_step), "examples": len(data), "train_loss": round(float(state.training_loss), 5)}
-    (out_dir / "train_config.json").write_text(json.dumps(info, indent=2) + "\n")
+    with atomic_write(out_dir / "train_config.json", "w") as f:  # last: its presence marks a finished training
+        f.write(json.dumps(info, indent=2) + "\n")
     return TrainResult(model, wall, int(state.global_step), len(data), out_dir / "model")
 
 
-__all__ = ["SparseTrainConfig", "TrainResult", "train", "build_examples", "make_loss", "REGULARIZERS", "LOSSES"]
+__all__ = ["SparseTrainConfig", "TrainResult", "train", "build_examples", "make_loss", "teacher_scores"]

@@ -24,6 +24,8 @@ def test_train_config_refuses_test_split_and_bad_values():
         SparseTrainConfig(loss="margin-mse", negatives=0)
     with pytest.raises(ConfigError, match="learn_idf"):
         SparseTrainConfig(variant="splade", learn_idf=True)
+    with pytest.raises(ConfigError, match="freeze_document"):
+        SparseTrainConfig(freeze_document=True)  # nothing left to train
     # the typed config system shared with `recsparse train`: YAML-style strings and overrides are checked
     from recsparse.config import load
 
@@ -195,3 +197,47 @@ def test_positives_per_query_caps_pairs_per_training_query(tmp_path):
     assert len(every.rows) == sum(1 for docs in rel.values() for s in docs.values() if s > 0)
     one = build_examples(ds, SparseTrainConfig(negatives=0, positives_per_query=1), ".", random.Random(0))
     assert len(one.rows) == len(rel) < len(every.rows)  # the slice has queries with several judged documents
+
+
+def test_learned_idf_with_frozen_documents_trains_only_the_query_table(scifact_small, tmp_path):
+    """learn_idf + freeze_document: the document encoder stays bit-identical, the query table moves at idf_lr (the
+    encoder's lr would leave IDF-sized weights where they are), and the saved table is marked learned, so indexing
+    keeps it instead of refitting the corpus IDF."""
+    import torch
+
+    from recsparse.data import load
+    from recsparse.retrieval.sparse import models as M
+    from recsparse.retrieval.sparse.training import train
+
+    cfg = SparseTrainConfig(learn_idf=True, freeze_document=True, idf_lr=1e-2, lr=1e-6, negatives=0, max_steps=3,
+                            batch_size=4, max_length=48, lr_warmup_steps=0, num_threads=1)
+    res = train([load(scifact_small)], cfg, tmp_path / "train", progress=False)
+    trained = M.load_model(res.model_dir)
+    fresh = M.build_model("splade-tiny", "inference-free")
+    doc_now = dict(M.document_pipeline(trained).named_parameters())
+    for n, p in M.document_pipeline(fresh).named_parameters():
+        assert torch.equal(p, doc_now[n]), n
+    table = M.query_table(trained)
+    assert not table.frozen
+    texts = [M.text_of(t, x) for t, x in zip(load(scifact_small).corpus["title"], load(scifact_small).corpus["text"])]
+    idf = M.corpus_idf(M.tokenizer_of(fresh), texts, M.vocab_size(fresh))[0]
+    M.set_query_idf(fresh, idf)
+    moved = (table.weight - M.query_table(fresh).weight).abs()
+    assert moved.max() > 5e-3  # Adam moves a weight ~lr per step: idf_lr, not the encoder's 1e-6
+
+
+def test_freeze_vocabulary_keeps_the_term_parameters_and_trains_the_rest(scifact_small, tmp_path):
+    import torch
+
+    from recsparse.data import load
+    from recsparse.retrieval.sparse import models as M
+    from recsparse.retrieval.sparse.training import train
+
+    cfg = SparseTrainConfig(freeze_vocabulary=True, negatives=0, max_steps=2, batch_size=4, max_length=48,
+                            lr_warmup_steps=0, lr=1e-3, num_threads=1)
+    res = train([load(scifact_small)], cfg, tmp_path / "train", progress=False)
+    now = dict(M.document_transformer(M.load_model(res.model_dir)).auto_model.named_parameters())
+    before = dict(M.document_transformer(M.build_model("splade-tiny")).auto_model.named_parameters())
+    for name in ("bert.embeddings.word_embeddings.weight", "cls.predictions.bias"):  # the decoder is tied to the first
+        assert torch.equal(now[name], before[name]), name
+    assert not torch.equal(now["cls.predictions.transform.dense.weight"], before["cls.predictions.transform.dense.weight"])
