@@ -218,12 +218,14 @@ class _DenseTopK:
     def error_bound(self, uv: torch.Tensor) -> torch.Tensor:
         """``[C]`` float64: a bound on ``|first-pass score - exact score|`` for every item of each user.
 
-        With ``P = Σ_j |u_j i_j| <= ||u|| ||i||`` and ``r`` the first pass's unit roundoff (2^-9 for bf16, 0 for
-        float32 inputs): rounding both inputs moves each product by <= (2r + r^2) of its size, the fp32 accumulation
-        moves the sum by <= d 2^-24 P, rounding the output by <= r of the (slightly larger) sum; 2^-16 covers the cross
-        terms and the float64 arithmetic of the exact score and of this bound (normal, not subnormal, values)."""
-        r = 2.0 ** -9 if self.low_dtype == torch.bfloat16 else 0.0
-        rel = 3 * r + 2.0 ** -16 + self.d * 2.0 ** -23
+        With ``P = Σ_j |u_j i_j| <= ||u|| ||i||`` and ``r`` the first pass's unit roundoff (2^-8 for bf16: 8
+        significant bits, so round-to-nearest is off by up to half of 2^-7; 0 for float32 inputs): rounding both inputs
+        moves each product by <= (2r + r^2) of its size (the product of two bf16 values is exact in fp32), the fp32
+        accumulation moves the sum by <= d 2^-24 (1 + r)^2 P, rounding the output by <= r of the (slightly larger)
+        sum. In all <= (3r + 3r^2 + r^3 + d 2^-24 (1 + r)^3) P; 4r^2 and d 2^-23 cover the higher-order terms, 2^-16
+        the float64 arithmetic of the exact score and of this bound (normal, not subnormal, values)."""
+        r = 2.0 ** -8 if self.low_dtype == torch.bfloat16 else 0.0
+        rel = 3 * r + 4 * r * r + 2.0 ** -16 + self.d * 2.0 ** -23
         return uv.double().norm(dim=1) * (self.item_norm * rel)
 
     def __call__(self, uv: torch.Tensor, ex_row: torch.Tensor, ex_item: torch.Tensor, k: int) -> torch.Tensor:

@@ -144,6 +144,25 @@ def test_first_pass_error_bound_holds(first_pass):
             assert (err.amax(1) > 0.02 * bound.squeeze(1)).any()
 
 
+def test_first_pass_error_bound_holds_on_worst_case_rounding():
+    """Adversarial inputs for the bf16 first pass: every entry just below the midpoint between two bf16 values (1 and
+    1 + 2^-7), so each rounds down by ~2^-8 relative and the errors of all products add up in one direction (the
+    vectors are parallel: P = ||u|| ||i||). The observed error is ~2 * 2^-8 P; a bound built on a bf16 unit roundoff
+    of 2^-9 (the first version) falls below it."""
+    from recsparse.pipelines.evaluation import _DenseTopK
+
+    for d in (8, 64, 128):
+        x = torch.full((d,), 1 + 2.0 ** -8 - 2.0 ** -20)
+        items = torch.stack([x, 2 * x, x / 3])
+        uv = torch.stack([x, 5 * x])
+        topk = _DenseTopK(items, chunk=2, first_pass=torch.bfloat16)
+        approx = (uv.bfloat16() @ topk.low[:3].T).double()
+        err = (approx - uv.double() @ items.double().T).abs()
+        p = uv.double().norm(dim=1, keepdim=True) * items.double().norm(dim=1)
+        assert (err > 1.9 * 2.0 ** -8 * p).any()  # the inputs' rounding alone, coherent: twice bf16's unit roundoff
+        assert (err <= topk.error_bound(uv).unsqueeze(1)).all()
+
+
 def test_tiled_ranking_equals_a_plain_topk_on_real_gowalla(gowalla):
     """The two-pass top-K (bf16 candidates, float64 re-scoring) against one float64 [users, items] GEMM + mask +
     torch.topk, on the real Gowalla split (2,048 test users x all 40,981 items) with collaborative vectors (one power
