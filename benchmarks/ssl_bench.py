@@ -186,16 +186,17 @@ def mean_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def ctr_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """DCN-V2 / DeepFM with and without the SSL term (``EmbeddingLayerSSL`` as ``CTRModule``'s aux loss)."""
-    from recsparse.models.ssl import ctr_ssl
+    """DCN-V2 / DeepFM with and without the SSL term (``loss.ssl``: ``EmbeddingLayerSSL`` over the feature embeddings)."""
+    from recsparse.models.ssl import SSLConfig
     from recsparse.pipelines.config import CTRConfig
     from recsparse.pipelines.ctr import fit_ctr, prepare
     from recsparse.results import provenance
 
     rows = []
     for dataset in args.ctr_datasets:
-        def ctr_cfg(model: str = "deepfm", seed: int = 0) -> CTRConfig:
+        def ctr_cfg(model: str = "deepfm", seed: int = 0, ssl: SSLConfig | None = None) -> CTRConfig:
             return CTRConfig.from_dict({"data": {"dataset": dataset}, "model": {"name": model},
+                                        "loss": {"ssl": (ssl or SSLConfig()).to_dict()},
                                         "trainer": {"max_epochs": args.ctr_epochs, "patience": args.ctr_patience,
                                                     "num_threads": args.threads, "seed": seed}})
 
@@ -203,11 +204,10 @@ def ctr_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
         for model in args.ctr_models:
             for variant in args.variants:
                 for seed in args.seeds:
-                    cfg = ctr_cfg(model, seed)
                     ssl = variant_ssl(variant)
-                    aux = None if ssl is None else ctr_ssl(ssl, fitted, ds.train, cfg.model.dim, seed)
+                    cfg = ctr_cfg(model, seed, ssl)  # loss.ssl: the term is built over the fitted spec by the run
                     t0 = time.perf_counter()
-                    rec = fit_ctr(cfg, ds, fitted, aux_loss=aux)
+                    rec = fit_ctr(cfg, ds, fitted)
                     row = {"section": "ctr", "study": args.study, "dataset": rec["dataset"], "model": model,
                            "variant": variant, "seed": seed, "test_auc": rec["test_auc"],
                            "test_logloss": rec["test_logloss"], "val_auc": rec["val_auc"], "epochs": rec["epochs"],

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsparse.embeddings.mappers import MapperStateError, build_mapper, mapper_from_state
-from recsparse.kernels.tbe import TBEConfig, fbgemm_available, forward_split_tables
+from recsparse.kernels.tbe import TBEConfig, fbgemm_available
 from recsparse.types import IdMapper, check_choice, check_positive
 
 BACKENDS = ("auto", "torchrec", "fbgemm", "torch")
@@ -290,8 +290,8 @@ class MappedEmbeddingBagCollection(nn.Module):
         kernel = self.quantized_kernel()
         if kernel is not None:
             # quantized inference: the IntN kernel straight on the row KJT (torchrec's wrapper would permute and
-            # copy the KJT every call), on two threads for a large batch
-            pooled = forward_split_tables(kernel, mapped.values(), mapped.offsets(), self.embedding_dims)
+            # copy the KJT every call)
+            pooled = kernel(mapped.values(), mapped.offsets())
         elif self.backend == "torchrec":
             out = self.ebc(mapped)
             out = out.wait() if hasattr(out, "wait") else out  # sharded EBCs return an awaitable

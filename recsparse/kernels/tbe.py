@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -269,38 +269,6 @@ class FusedTBE(nn.Module):
             outs.append(torch.embedding_bag(self.weights(t), indices[lo:starts[t + 1]], o - lo if lo else o, False,
                                             mode, False, None, True)[0])
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=1)
-
-
-_SPLIT_MIN_INDICES = 1 << 16  # below this a second thread's hand-off costs more than half the gather saves
-_split_pool: ThreadPoolExecutor | None = None
-
-
-def forward_split_tables(kernel: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], indices: torch.Tensor,
-                         offsets: torch.Tensor, dims: list[int]) -> torch.Tensor:
-    """No-grad forward of a host TBE kernel (table-major layout, ``len(dims)`` tables) on two threads.
-
-    The fbgemm-gpu-cpu kernels run on one thread (the wheels are built without OpenMP), so for a large batch the
-    tables are cut into two runs of about equal index count: each half calls the kernel on its own contiguous slice
-    of ``indices`` (no copy) with the other half's bags empty, one half on a worker thread (the kernel releases the
-    GIL), and the halves' columns are joined. Small batches, one table or one intra-op thread: a single call."""
-    T = len(dims)
-    L = indices.numel()
-    if T < 2 or L < _SPLIT_MIN_INDICES or torch.get_num_threads() < 2:
-        return kernel(indices, offsets)
-    B = (offsets.numel() - 1) // T
-    starts = offsets[::B].tolist()  # T + 1 values: each table's first index, then the end
-    t = min(range(1, T), key=lambda u: abs(starts[u] - L / 2))
-    m = starts[t]
-    off_a = torch.cat([offsets[:t * B + 1], offsets.new_full(((T - t) * B,), m)])
-    off_b = torch.cat([offsets.new_zeros(t * B), offsets[t * B:] - m])
-    global _split_pool
-    if _split_pool is None:
-        _split_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tbe-split")
-    fut = _split_pool.submit(kernel, indices[:m], off_a)
-    out_b = kernel(indices[m:], off_b)
-    out_a = fut.result()
-    c = sum(dims[:t])
-    return torch.cat([out_a[:, :c], out_b[:, c:]], dim=1)
 
 
 def _balanced_groups(costs: list[int], groups: int) -> list[tuple[int, int]]:

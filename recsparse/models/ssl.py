@@ -333,7 +333,7 @@ def build_ssl(cfg: SSLConfig, features: Sequence[str], widths: Sequence[int], mu
 
 
 class EmbeddingLayerSSL(nn.Module):
-    """The term for the CTR zoo, in the form :class:`~recsparse.pipelines.ctr.CTRModule` takes as ``aux_loss``:
+    """The ``loss.ssl`` term of the CTR zoo (:class:`~recsparse.pipelines.ctr.CTRModule` adds it to the BCE):
     ``forward(module, batch) -> weight · InfoNCE`` over two masked views of the first ``cfg.batch_size`` examples
     of the (shuffled) training batch (a CTR batch has no item catalogue to draw from), through the model's feature-embedding layer (``module.model.embed``
     -> ``[B, F, d]``) + the dense columns and a projection head (:class:`EmbeddingLayerEncoder`). ``mi``: ``[F, F]``

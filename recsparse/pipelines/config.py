@@ -323,6 +323,15 @@ class CTRTrainerConfig(TrainerConfig):
 
 
 @dataclass
+class CTRLossConfig(Config):
+    """The CTR loss is binary cross-entropy on the click label; ``ssl``: the self-supervised auxiliary term over the
+    model's feature-embedding layer (:class:`~recsparse.models.ssl.SSLConfig`, masked views of the first
+    ``ssl.batch_size`` rows of each training batch; off while ``ssl.weight`` is 0)."""
+
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+
+
+@dataclass
 class CTRConfig(Config):
     """``task: ctr``: one CTR run through :func:`recsparse.pipelines.train.run` (early stopping on validation AUC,
     test AUC / logloss of the best-validation checkpoint)."""
@@ -331,6 +340,7 @@ class CTRConfig(Config):
     task: Literal["ctr"] = "ctr"
     data: CTRDataConfig = field(default_factory=CTRDataConfig)
     model: CTRModelConfig = field(default_factory=CTRModelConfig)
+    loss: CTRLossConfig = field(default_factory=CTRLossConfig)
     trainer: CTRTrainerConfig = field(default_factory=CTRTrainerConfig)
 
     def validate(self) -> None:

@@ -7,7 +7,8 @@ folder, checkpoints, resume/overwrite rules, ``metrics.json`` and ``trainer.stra
 * :class:`CTRDataModule` — encodes the three frames once and serves
   :class:`~recsparse.embeddings.features.Batch` es: a fresh permutation per epoch (a pure function of ``(seed,
   epoch)``; the epoch count is checkpoint state, so a resumed run sees the same batches), validation/test in order.
-* :class:`CTRModule` — the LightningModule (a :class:`~recsparse.pipelines.modules.TaskModule`): ``val/auc``,
+* :class:`CTRModule` — the LightningModule (a :class:`~recsparse.pipelines.modules.TaskModule`), BCE plus the optional
+  ``loss.ssl`` term (:class:`~recsparse.models.ssl.EmbeddingLayerSSL`): ``val/auc``,
   ``val/logloss``, ``test/auc``, ``test/logloss`` from torchmetrics (``BinaryAUROC`` exact, logloss as the
   ``MeanMetric`` of per-example binary cross-entropy). On several processes every rank reads the global batch and
   keeps its slice (:func:`local_ctr_batch`), so N processes × B/N train as 1 × B.
@@ -30,6 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from recsparse.embeddings.features import Batch, EncodedFrame, FeatureSpec, FittedFeatureSpec
+from recsparse.models.ssl import EmbeddingLayerSSL, ctr_ssl
 from recsparse.pipelines.config import CTRConfig
 from recsparse.pipelines.data import EpochBatchSampler
 from recsparse.pipelines.modules import TaskModule
@@ -151,17 +153,17 @@ class CTRModule(TaskModule):
     """BCE-with-logits training of a :class:`~recsparse.models.ctr.CTRModel`; AUC/logloss on validation and test.
 
     ``cfg``: the run's :class:`CTRConfig` (its trainer section: optimiser, lr, weight decay; default
-    ``CTRConfig()``). ``aux_loss`` (optional): ``callable(module, batch) -> scalar`` added to the training loss (e.g.
-    an SSL term over ``model.embed``; it sees this rank's slice of the batch)."""
+    ``CTRConfig()``). ``ssl``: the ``loss.ssl`` term (already weighted) added to the training loss; it sees this
+    rank's slice of the batch. :func:`build_ctr` builds it from ``cfg.loss.ssl``."""
 
-    def __init__(self, model: torch.nn.Module, cfg: CTRConfig | None = None, aux_loss: Any = None,
-                 data: CTRData | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, cfg: CTRConfig | None = None, data: CTRData | None = None,
+                 ssl: EmbeddingLayerSSL | None = None) -> None:
         super().__init__(cfg if cfg is not None else CTRConfig())
         from torchmetrics import MeanMetric
         from torchmetrics.classification import BinaryAUROC
 
         self.model = model
-        self.aux_loss = aux_loss
+        self.ssl = ssl
         self.data = data
         # every rank evaluates its slice of each batch; the metrics gather all slices at compute()
         self.metrics = torch.nn.ModuleDict({s: torch.nn.ModuleDict({"auc": BinaryAUROC(), "logloss": MeanMetric()})
@@ -206,8 +208,10 @@ class CTRModule(TaskModule):
             mean = total / B
             loss = loss + (mean - loss.detach())  # the value is the global mean (logged, returned); grads as above
         self.log("train/loss", loss.detach(), on_step=False, on_epoch=True, batch_size=B)
-        if self.aux_loss is not None:
-            loss = loss + self.aux_loss(self, local)
+        if self.ssl is not None:
+            aux = self.ssl(self, local)
+            self.log("train/ssl", aux.detach(), on_step=False, on_epoch=True, batch_size=B)
+            loss = loss + aux
         return loss
 
     def _eval(self, stage: str, batch: Batch) -> None:
@@ -252,19 +256,20 @@ def prepare(cfg: CTRConfig, ds: Any = None) -> tuple[Any, FittedFeatureSpec]:
     return ds, spec.fit(ds.train)
 
 
-def build_ctr(cfg: CTRConfig, data: CTRData | None = None, aux_loss: Any = None
-              ) -> tuple[CTRDataModule, CTRModule]:
-    """The data module and LightningModule of a CTR run (:func:`recsparse.pipelines.train.run` calls this)."""
+def build_ctr(cfg: CTRConfig, data: CTRData | None = None) -> tuple[CTRDataModule, CTRModule]:
+    """The data module and LightningModule of a CTR run (:func:`recsparse.pipelines.train.run` calls this); the
+    ``loss.ssl`` term, when on, is built over the fitted spec (CFM's mutual information from the training frame)."""
     from recsparse.models.ctr import build_ctr_model
 
     if data is None:
         data = CTRData(*prepare(cfg))
-    m = cfg.model
+    m, s = cfg.model, cfg.loss.ssl
     model = build_ctr_model(m.name, data.fitted, m.dim, m.backend, cfg.trainer.seed, **m.kwargs)
-    return CTRDataModule(cfg, data), CTRModule(model, cfg, aux_loss, data)
+    ssl = ctr_ssl(s, data.fitted, data.dataset.train, m.dim, cfg.trainer.seed) if s.enabled else None
+    return CTRDataModule(cfg, data), CTRModule(model, cfg, data, ssl)
 
 
-def fit_ctr(cfg: CTRConfig, ds: Any = None, fitted: FittedFeatureSpec | None = None, aux_loss: Any = None,
+def fit_ctr(cfg: CTRConfig, ds: Any = None, fitted: FittedFeatureSpec | None = None,
             keep: dict[str, Any] | None = None) -> dict[str, Any]:
     """One CTR run through :func:`~recsparse.pipelines.train.run` in a temporary run folder (benchmarks: many runs,
     no folders kept); returns the flat record (``test_auc``, ``test_logloss``, ``val_auc``, ``epochs``, ``params``,
@@ -279,7 +284,7 @@ def fit_ctr(cfg: CTRConfig, ds: Any = None, fitted: FittedFeatureSpec | None = N
     with tempfile.TemporaryDirectory(prefix="recsparse-ctr-") as tmp:
         cfg = replace(cfg, trainer=replace(cfg.trainer, output_dir=tmp, overwrite=True, resume=None))
         held: dict[str, Any] = {}
-        rec = run(cfg, data, aux_loss=aux_loss, keep=held)
+        rec = run(cfg, data, keep=held)
     if keep is not None:
         keep.update(model=held["module"].model, fitted=fitted)
     best = rec.get("best_val", {}).get("value", float("nan"))

@@ -193,18 +193,15 @@ def build_trainer(cfg: RunConfig, has_val: bool, extra_callbacks: list[Callback]
     return trainer, best, thr
 
 
-def build_task(cfg: RunConfig, data: Any = None, aux_loss: Any = None, defer: bool = False
-               ) -> tuple[L.LightningDataModule, TaskModule]:
+def build_task(cfg: RunConfig, data: Any = None, defer: bool = False) -> tuple[L.LightningDataModule, TaskModule]:
     """The data module and LightningModule of ``cfg``'s task. ``data``: a prepared
     :class:`~recsparse.pipelines.data.RecSplit` (ranking) or :class:`~recsparse.pipelines.ctr.CTRData` (CTR), else
-    loaded from the config. ``aux_loss``: CTR only (an extra term, e.g. SSL). ``defer``: build the ranking model once
+    loaded from the config. ``defer``: build the ranking model once
     the process group exists (id-mappers fitted on rank 0 only)."""
     if isinstance(cfg, CTRConfig):
         from recsparse.pipelines.ctr import build_ctr
 
-        return build_ctr(cfg, data, aux_loss)
-    if aux_loss is not None:
-        raise ValueError("aux_loss is for task: ctr; ranking tasks take their auxiliary term from loss.ssl")
+        return build_ctr(cfg, data)
     dm = RecDataModule(cfg, data)
     dm.setup()
     assert dm.split is not None
@@ -212,7 +209,7 @@ def build_task(cfg: RunConfig, data: Any = None, aux_loss: Any = None, defer: bo
 
 
 def run(cfg: RunConfig, data: Any = None, extra_callbacks: list[Callback] | None = None, test: bool = True,
-        strategy: Strategy | None = None, aux_loss: Any = None, keep: dict[str, Any] | None = None
+        strategy: Strategy | None = None, keep: dict[str, Any] | None = None
         ) -> dict[str, Any]:
     """Fit (resuming if asked) and test; returns (and writes ``metrics.json``) the results record.
     ``data``: see :func:`build_task`. ``strategy``: a :class:`~recsparse.pipelines.strategy.TorchRecStrategy` trains
@@ -223,7 +220,7 @@ def run(cfg: RunConfig, data: Any = None, extra_callbacks: list[Callback] | None
     ckpt = prepare_run_folder(cfg)  # before anything writes into it
     torch.set_num_threads(cfg.trainer.num_threads)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    dm, module = build_task(cfg, data, aux_loss, defer=strategy is not None)
+    dm, module = build_task(cfg, data, defer=strategy is not None)
     has_val = module.has_validation()
     trainer, best, thr = build_trainer(cfg, has_val, extra_callbacks, strategy)
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt, weights_only=True)

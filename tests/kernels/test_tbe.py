@@ -172,26 +172,3 @@ def test_lookup_with_and_without_grad():
         torch.testing.assert_close(a.weights(2), w0[2] - counts)
         for t in (0, 1):
             assert torch.equal(a.weights(t), w0[t])  # other tables untouched
-
-
-@pytest.mark.parametrize("lengths", [[5, 0, 9], [0, 0, 7], [30, 1, 0, 2]])
-def test_forward_split_tables_equals_one_call(monkeypatch, lengths):
-    """Two threads, each on a contiguous run of tables (the other run's bags empty), joined by columns == one call;
-    uneven table sizes and empty tables included."""
-    from recsparse.kernels import tbe
-
-    monkeypatch.setattr(tbe, "_SPLIT_MIN_INDICES", 1)
-    g = torch.Generator().manual_seed(0)
-    T, B = len(lengths), 4
-    rows, dims = [40] * T, [4, 8, 12, 16][:T]
-    a = FusedTBE(rows, dims, TBEConfig(bounds_check=False))
-    for t in range(T):
-        a.set_weights(t, torch.randn(rows[t], dims[t], generator=g))
-    lens = torch.cat([torch.randint(0, 2 * n + 1, (B,), generator=g) if n else torch.zeros(B, dtype=torch.long)
-                      for n in lengths])
-    off = torch.cat([torch.zeros(1, dtype=torch.long), lens.cumsum(0)])
-    idx = torch.randint(0, 40, (int(off[-1]),), generator=g)
-    kernel = a.groups[0]
-    torch.set_num_threads(2)
-    with torch.no_grad():
-        torch.testing.assert_close(tbe.forward_split_tables(kernel, idx, off, dims), kernel(idx, off))

@@ -274,7 +274,7 @@ def test_embedding_layer_encoder_masks_sparse_and_dense_blocks(ml100k):
 
 def test_ctr_ssl_on_real_ml100k_ctr_batch_trains_tables_and_head():
     """The CTR form on a real ml-100k-CTR batch: MI of the encoded training frame (10 features, 5 masked per view),
-    the aux term as CTRModule's aux_loss, gradients into the model's tables, the projection and the defaults."""
+    the term as CTRModule's ``ssl``, gradients into the model's tables, the projection and the defaults."""
     import lightning.pytorch as L
 
     from recsparse.models.ctr import build_ctr_model
@@ -291,7 +291,7 @@ def test_ctr_ssl_on_real_ml100k_ctr_batch_trains_tables_and_head():
     mi = mutual_information(fitted.encode_frame(train), names)
     assert torch.equal(aux.loss.masking.groups, cfm_groups(mi, len(names) // 2))
     model = build_ctr_model("dcn_v2", fitted, 8, "torch", 0)
-    module = CTRModule(model, aux_loss=aux)
+    module = CTRModule(model, ssl=aux)
     module.trainer = L.Trainer(barebones=True, accelerator="cpu", devices=1)
     batch = fitted.encode(train).batch(torch.arange(200))
     assert first_rows(batch.sparse, 64).stride() == 64

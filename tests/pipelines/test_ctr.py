@@ -112,3 +112,33 @@ def test_local_ctr_batch_slices_rows_of_a_real_batch(adult):
         assert torch.equal(torch.cat([g.lengths() for g in got]), full[key].lengths())
         assert torch.equal(torch.cat([g.values() for g in got]), full[key].values())
     assert local_ctr_batch(batch, 0, 1) is batch
+
+
+def test_loss_ssl_from_the_config_joins_the_ctr_loss(adult):
+    """``loss.ssl`` of a CTR config builds the embedding-layer SSL term over the fitted spec (CFM groups from the
+    training frame), adds it to the BCE of a training step, and trains through ``run()``."""
+    from recsparse.models.ssl import EmbeddingLayerSSL
+    from recsparse.pipelines.ctr import CTRData, build_ctr
+
+    data = CTRData(*prepare(ctr_config(data={"dataset": "adult"}), adult))
+    off = ctr_config(data={"dataset": "adult"}, model={"name": "deepfm", "dim": 8})
+    assert build_ctr(off, data)[1].ssl is None
+    on = ctr_config(data={"dataset": "adult"}, model={"name": "deepfm", "dim": 8},
+                    loss={"ssl": {"augment": "cfm", "weight": 0.5, "batch_size": 128}})
+    _, module = build_ctr(on, data)
+    assert isinstance(module.ssl, EmbeddingLayerSSL)
+    assert {id(p) for p in module.ssl.parameters()} <= {id(p) for p in module.parameters()}
+    batch = data.fitted.encode(adult.train).batch(torch.arange(256))
+    module.log = lambda *a, **k: None  # outside a Trainer
+    module.trainer = __import__("lightning.pytorch").pytorch.Trainer(barebones=True, accelerator="cpu", devices=1)
+    with_ssl = module.training_step(batch, 0)
+    module.ssl = None
+    assert with_ssl.item() > module.training_step(batch, 0).item()  # InfoNCE > 0 is added
+    rec = fit_ctr(replace_trainer(on, max_epochs=2, batch_size=256), adult)
+    assert rec["config"]["loss"]["ssl"]["weight"] == 0.5 and rec["test_auc"] > 0.8
+
+
+def replace_trainer(cfg: CTRConfig, **kw) -> CTRConfig:
+    from dataclasses import replace
+
+    return replace(cfg, trainer=replace(cfg.trainer, **kw))
