@@ -185,9 +185,11 @@ class _DenseTopK:
     Two passes, because the ``[C, I]`` GEMM is most of the cost and only ~K items per user matter:
 
     1. **bf16 first pass.** ``uv`` and the items rounded to bfloat16, one bf16 GEMM per ``[C, tile]`` item tile (about
-       twice as fast as float32 here; fp32 accumulation), training items set to -inf, and the maximum of every run of
-       ``run`` items taken while the tile is hot (on a float32 copy: a bf16 max reduction is slower than copy + max).
-       The bf16 scores are kept in one ``[tiles, C, tile]`` buffer (half the float32 block), reused by every call.
+       twice as fast as float32 on a CPU with native bf16, fp32 accumulation), training items set to -inf, and the
+       maximum of every run of ``run`` items taken while the tile is hot (on a float32 copy: a bf16 max reduction is
+       slower than copy + max). The bf16 scores are kept in one ``[tiles, C, tile]`` buffer (half the float32 block),
+       reused by every call. ``first_pass``: the GEMM's dtype (default: bf16 where the CPU has native bf16, else
+       float32 -- the same result, only the speed differs).
     2. **Exact re-scoring of the candidates.** With ``err`` a bound on ``|bf16 score - exact score|`` (see
        :meth:`error_bound`) and ``t`` the K-th largest run maximum, K items score >= ``t - err`` exactly, so every
        item of the top K has an approximate score >= ``t - 2 err``; only those (~2K per user on Gowalla) are scored
@@ -196,42 +198,45 @@ class _DenseTopK:
 
     max_pairs = 1 << 17  # (user, item) pairs re-scored at once: bounds the float64 scratch (2 x 68 MB at d = 65)
 
-    def __init__(self, items: torch.Tensor, chunk: int, tile: int = 512, run: int = 32) -> None:
+    def __init__(self, items: torch.Tensor, chunk: int, tile: int = 512, run: int = 32,
+                 first_pass: torch.dtype | None = None) -> None:
         n, d = items.shape
+        self.low_dtype = first_pass or (torch.bfloat16 if _native_bf16() else torch.float32)
         self.n, self.d, self.run = n, d, run
         self.tile = min(tile, -(-n // run) * run)  # a multiple of ``run``
         self.tiles = -(-n // self.tile)
         self.pad = self.tiles * self.tile - n  # zero item rows at the end, scored -inf
         exact = items.double()
         self.exact = torch.cat([exact, exact.new_zeros(self.pad, d)]) if self.pad else exact  # [I + pad, d]
-        low = items.bfloat16()
+        low = items.to(self.low_dtype)
         self.low = torch.cat([low, low.new_zeros(self.pad, d)]) if self.pad else low  # [I + pad, d]
         self.item_norm = float(exact.norm(dim=1).max()) if n else 0.0
-        self.buf = torch.empty(self.tiles, max(chunk, 1), self.tile, dtype=torch.bfloat16)
+        self.buf = torch.empty(self.tiles, max(chunk, 1), self.tile, dtype=self.low_dtype)
         self.tile_f32 = torch.empty(max(chunk, 1), self.tile)
         self._a, self._b = torch.empty(0, dtype=torch.float64), torch.empty(0, dtype=torch.float64)
 
     def error_bound(self, uv: torch.Tensor) -> torch.Tensor:
-        """``[C]`` float64: a bound on ``|bf16-pass score - exact score|`` for every item of each user.
+        """``[C]`` float64: a bound on ``|first-pass score - exact score|`` for every item of each user.
 
-        With ``P = Σ_j |u_j i_j| <= ||u|| ||i||``: rounding both inputs to bf16 (relative error <= 2^-9 each) moves
-        each product by <= (2^-8 + 2^-18) of its size, the fp32 accumulation by <= d 2^-24 P, the rounding of the
-        output to bf16 by <= 2^-9 of the (slightly larger) sum; 2^-16 covers the cross terms and the float64
-        arithmetic of the exact score and of this bound."""
-        rel = 2.0 ** -8 + 2.0 ** -9 + 2.0 ** -16 + self.d * 2.0 ** -23
+        With ``P = Σ_j |u_j i_j| <= ||u|| ||i||`` and ``r`` the first pass's unit roundoff (2^-9 for bf16, 0 for
+        float32 inputs): rounding both inputs moves each product by <= (2r + r^2) of its size, the fp32 accumulation
+        moves the sum by <= d 2^-24 P, rounding the output by <= r of the (slightly larger) sum; 2^-16 covers the cross
+        terms and the float64 arithmetic of the exact score and of this bound (normal, not subnormal, values)."""
+        r = 2.0 ** -9 if self.low_dtype == torch.bfloat16 else 0.0
+        rel = 3 * r + 2.0 ** -16 + self.d * 2.0 ** -23
         return uv.double().norm(dim=1) * (self.item_norm * rel)
 
     def __call__(self, uv: torch.Tensor, ex_row: torch.Tensor, ex_item: torch.Tensor, k: int) -> torch.Tensor:
         C, tile, run = uv.shape[0], self.tile, self.run
         runs = tile // run  # runs per tile
         if C > self.buf.shape[1]:
-            self.buf = torch.empty(self.tiles, C, tile, dtype=torch.bfloat16)
+            self.buf = torch.empty(self.tiles, C, tile, dtype=self.low_dtype)
             self.tile_f32 = torch.empty(C, tile)
         # pass 1: bf16 scores tile by tile, masks applied per tile (exclusions sorted by item), run maxima
         order = torch.argsort(ex_item)
         er, ei = ex_row[order], ex_item[order]
         bounds = torch.searchsorted(ei, torch.arange(0, self.tiles + 1) * tile).tolist()
-        low = uv.bfloat16()
+        low = uv.to(self.low_dtype)
         run_max = torch.empty(C, self.tiles * runs)  # [C, R]
         f32 = self.tile_f32[:C]
         for t in range(self.tiles):
@@ -272,6 +277,14 @@ class _DenseTopK:
         start = torch.cat([start.new_zeros(1), start[:-1]])
         pick = (start.unsqueeze(1) + torch.arange(k)).view(-1)
         return item.index_select(0, o.index_select(0, pick)).view(C, k)
+
+
+def _native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 or AMX): elsewhere a bf16 GEMM is slower than fp32."""
+    try:
+        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+    except AttributeError:  # private torch API: absent in some builds
+        return False
 
 
 def _isin_sorted(x: torch.Tensor, sorted_keys: torch.Tensor) -> torch.Tensor:
