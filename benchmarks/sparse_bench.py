@@ -200,7 +200,8 @@ def _percentiles(xs: list[float]) -> dict[str, float]:
 def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Option(..., help="Impact index(es)."),
             bm25_index: Path = typer.Option(..., help="A BM25 index of the same corpus (harness indexes/bm25)."),
             k: int = typer.Option(10), repeats: int = typer.Option(3),
-            warmup: int = typer.Option(1, min=1, help="Untimed passes over the queries first (JIT, caches)."),
+            warmup: int = typer.Option(1, min=1, help="Untimed passes over the queries first (JIT, caches); > 1: "
+                                                      "rows get measure '...-warmupN'."),
             clock: str = typer.Option("wall", help="wall: elapsed time (run under /work/bin/heavy --timing); "
                                                    "thread-cpu: CPU time of the searching thread (Python and the "
                                                    "in-process JVM call run on it), which a loaded machine does not "
@@ -244,7 +245,8 @@ def latency(dataset: str = typer.Option("scifact"), index: list[Path] = typer.Op
                 f(q)
     times: dict[str, list[float]] = {n: [] for n in systems}  # repeat-major: times[n][r * len(queries) + i]
     now = time.perf_counter if clock == "wall" else time.thread_time
-    measure = ("latency" if clock == "wall" else "latency-cpu") + ("" if python_gc else "-nogc")
+    measure = (("latency" if clock == "wall" else "latency-cpu") + ("" if python_gc else "-nogc")
+               + (f"-warmup{warmup}" if warmup > 1 else ""))
     gc.collect()
     if not python_gc:
         gc.disable()

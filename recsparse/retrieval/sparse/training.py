@@ -70,13 +70,15 @@ class SparseTrainConfig(Config):
     learn_idf: bool = False
     idf_lr: float = 5e-3  # lr of a learned query table: its entries are IDF-sized, the encoder's lr would not move them
     freeze_document: bool = False  # document encoder fixed: only the query table learns (with learn_idf)
-    # the per-term parameters (word embeddings = the tied MLM decoder, decoder bias) fixed. Adam moves every parameter
-    # ~lr per step whatever its gradient's size, so a term row that only the regulariser or in-batch negatives touch
-    # drifts down steadily: this is how the document vectors lost most of their terms in earlier runs
+    # the per-term parameters (word embeddings = the tied MLM decoder, decoder bias) fixed, so only the contextual
+    # layers train. Adam moves every parameter ~lr per step whatever its gradient's size, so a term row that only the
+    # regulariser or in-batch negatives touch drifts steadily; freezing the rows removes that path (not the only one:
+    # the document vectors still get sparser through the layers, see results/sparse.md)
     freeze_vocabulary: bool = False
     # the student's logits are scale * dot product (mnrl; kl: student temperature 1 / scale). An inference-free
-    # score sums IDF x document weight, ~10 for a positive at init: at scale 1 the softmax is confidently wrong, and
-    # shrinking every document vector is the loss's steepest way down (it collapsed nnz 381 -> 50 in earlier runs)
+    # score sums IDF x document weight, ~10 for a positive of splade-tiny at init: at the stack's scale 1 its softmax
+    # is confidently wrong, and shrinking every document vector (losing terms) is the loss's steepest way down. Pick
+    # the scale that minimises the untrained model's loss (0.2 for splade-tiny on SciFact + NFCorpus)
     scale: float = 1.0
     teacher_temperature: float = 0.1
     seed: int = 13
