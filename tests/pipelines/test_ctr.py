@@ -117,6 +117,8 @@ def test_local_ctr_batch_slices_rows_of_a_real_batch(adult):
 def test_loss_ssl_from_the_config_joins_the_ctr_loss(adult):
     """``loss.ssl`` of a CTR config builds the embedding-layer SSL term over the fitted spec (CFM groups from the
     training frame), adds it to the BCE of a training step, and trains through ``run()``."""
+    import lightning.pytorch as L
+
     from recsparse.models.ssl import EmbeddingLayerSSL
     from recsparse.pipelines.ctr import CTRData, build_ctr
 
@@ -130,7 +132,7 @@ def test_loss_ssl_from_the_config_joins_the_ctr_loss(adult):
     assert {id(p) for p in module.ssl.parameters()} <= {id(p) for p in module.parameters()}
     batch = data.fitted.encode(adult.train).batch(torch.arange(256))
     module.log = lambda *a, **k: None  # outside a Trainer
-    module.trainer = __import__("lightning.pytorch").pytorch.Trainer(barebones=True, accelerator="cpu", devices=1)
+    module.trainer = L.Trainer(barebones=True, accelerator="cpu", devices=1)
     with_ssl = module.training_step(batch, 0)
     module.ssl = None
     assert with_ssl.item() > module.training_step(batch, 0).item()  # InfoNCE > 0 is added
