@@ -45,17 +45,6 @@ PARTS = ("", "head_", "tail_")
 VARIANT_KEYS = {"w": "weight", "t": "temperature", "d": "dropout", "b": "batch_size"}
 
 
-def variant_ssl(variant: str) -> Any:
-    """``cfm:w=0.3,...`` -> :class:`~recsparse.models.ssl.SSLConfig` (``none`` -> ``None``)."""
-    from recsparse.models.ssl import SSLConfig
-
-    if variant == "none":
-        return None
-    kv = dict(o.removeprefix("loss.ssl.").split("=", 1) for o in variant_overrides(variant))
-    types = {"augment": str, "weight": float, "temperature": float, "dropout": float, "batch_size": int}
-    return SSLConfig(**{k: types[k](v) for k, v in kv.items()})
-
-
 def variant_overrides(variant: str) -> list[str]:
     """``cfm:w=0.3,t=0.1`` -> ``loss.ssl.*`` overrides (``none`` -> SSL off)."""
     if variant == "none":
@@ -187,25 +176,25 @@ def mean_rows(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def ctr_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """DCN-V2 / DeepFM with and without the SSL term (``loss.ssl``: ``EmbeddingLayerSSL`` over the feature embeddings)."""
-    from recsparse.models.ssl import SSLConfig
+    from recsparse.config import apply_overrides
     from recsparse.pipelines.config import CTRConfig
     from recsparse.pipelines.ctr import fit_ctr, prepare
     from recsparse.results import provenance
 
     rows = []
     for dataset in args.ctr_datasets:
-        def ctr_cfg(model: str = "deepfm", seed: int = 0, ssl: SSLConfig | None = None) -> CTRConfig:
-            return CTRConfig.from_dict({"data": {"dataset": dataset}, "model": {"name": model},
-                                        "loss": {"ssl": (ssl or SSLConfig()).to_dict()},
-                                        "trainer": {"max_epochs": args.ctr_epochs, "patience": args.ctr_patience,
-                                                    "num_threads": args.threads, "seed": seed}})
+        def ctr_cfg(model: str = "deepfm", seed: int = 0, variant: str = "none") -> CTRConfig:
+            d = {"data": {"dataset": dataset}, "model": {"name": model},
+                 "trainer": {"max_epochs": args.ctr_epochs, "patience": args.ctr_patience,
+                             "num_threads": args.threads, "seed": seed}}
+            return CTRConfig.from_dict(apply_overrides(d, variant_overrides(variant)))  # the CLI's override path
 
         ds, fitted = prepare(ctr_cfg())  # the full-vocabulary spec: the same for every model, seed and variant
         for model in args.ctr_models:
             for variant in args.variants:
                 for seed in args.seeds:
-                    ssl = variant_ssl(variant)
-                    cfg = ctr_cfg(model, seed, ssl)  # loss.ssl: the term is built over the fitted spec by the run
+                    cfg = ctr_cfg(model, seed, variant)  # loss.ssl: the term is built over the fitted spec by the run
+                    ssl = cfg.loss.ssl if cfg.loss.ssl.enabled else None
                     t0 = time.perf_counter()
                     rec = fit_ctr(cfg, ds, fitted)
                     row = {"section": "ctr", "study": args.study, "dataset": rec["dataset"], "model": model,

@@ -19,7 +19,7 @@ block), over-fetching ``K + max masked items`` per chunk and filtering masked it
 
 **Ties** are broken by the lower item id (the ranking is a total order, so the metrics do not depend on the kernel).
 The dense path ranks by the exact inner product of the float32 vectors (:class:`_DenseTopK`: a bf16 first pass with
-a proven error bound picks ~2K candidates per user, which are scored again in float64).
+a proven error bound picks the candidates that can reach the top K, which are scored again in float64).
 """
 
 from __future__ import annotations
@@ -192,8 +192,8 @@ class _DenseTopK:
        float32 -- the same result, only the speed differs).
     2. **Exact re-scoring of the candidates.** With ``err`` a bound on ``|bf16 score - exact score|`` (see
        :meth:`error_bound`) and ``t`` the K-th largest run maximum, K items score >= ``t - err`` exactly, so every
-       item of the top K has an approximate score >= ``t - 2 err``; only those (~2K per user on Gowalla) are scored
-       again exactly and ordered. Items below the threshold cannot reach (or tie with) the K-th exact score.
+       item of the top K has an approximate score >= ``t - 2 err``; only those are scored again exactly and
+       ordered. Items below the threshold cannot reach (or tie with) the K-th exact score.
     """
 
     max_pairs = 1 << 17  # (user, item) pairs re-scored at once: bounds the float64 scratch (2 x 68 MB at d = 65)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import socket
+from datetime import timedelta
 
 import pytest
 import torch
@@ -39,7 +40,7 @@ def _worker(rank: int, world: int, port: int, plan: str, out_dir: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
                       LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    dist.init_process_group("gloo", rank=rank, world_size=world, timeout=timedelta(seconds=120))
     try:
         ref = MappedEmbeddingBagCollection(_features(), backend="torchrec", seed=0)
         full = {k: v.detach().clone() for k, v in ref.state_dict().items() if k.endswith(".weight")}
@@ -51,6 +52,9 @@ def _worker(rank: int, world: int, port: int, plan: str, out_dir: str) -> None:
         out.pow(2).sum().backward()
         torch.save({"out": out.detach(), "emb": None if emb is None else emb.detach(), "shards": local_shards(dmp),
                     "full": full}, os.path.join(out_dir, f"{plan}-{rank}.pt"))
+        # the backward's all-to-all can still be in flight on the other rank: tearing the group down under it
+        # aborts the process ("terminate called without an active exception", ~1 run in 10)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

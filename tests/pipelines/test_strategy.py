@@ -141,6 +141,7 @@ def _fit_once_rank(rank: int, world: int, init_file: str, folder: str, out: str)
         t = module.model.tables
         torch.save({"rows": t.num_rows(), "user": t.mapper("user")(torch.arange(split.num_users)),
                     "item": t.mapper("item")(torch.arange(split.num_items))}, f"{out}/rank{rank}.pt")
+        dist.barrier()  # no rank tears the group down while another is still in a collective
     finally:
         dist.destroy_process_group()
 
