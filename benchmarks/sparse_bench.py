@@ -105,7 +105,8 @@ def prune_and_evaluate(src: Path, ds: str, nnz: float, flops: float, dest: Path,
         r = ImpactRetriever.open(src, name=name)
         r.refit_idf = False
         r.write(dest / tag / "indexes" / "pruned", ids, prune_threshold(vecs, thr),
-                extra={"pruned_min_impact": thr, "source": str(src)})
+                extra={"pruned_min_impact": thr, "source": str(src)},
+                corpus_sha=r.meta["corpus_sha"])  # same documents: the harness can still check the corpus
         rows = evaluate_retrievers(dataset, {name: r}, split="test", k=100, out_dir=dest / tag)
         st = sparse_stats(r, dataset.split_queries("test"))
         r.close()
@@ -156,7 +157,7 @@ def fold(index: Path = typer.Argument(..., help="An inference-free impact index 
     src.name, src.folded = name, True
     src.write(out / "indexes" / "folded", ids, fold_query_weights(vecs, src._query_ints(), src.scale),
               extra={"source": str(index), **{k: src.meta[k] for k in ("encode_docs_per_s", "encode_s")
-                                              if k in src.meta}})
+                                              if k in src.meta}}, corpus_sha=src.meta["corpus_sha"])
     ds = _load(dataset)
     rows = evaluate_retrievers(ds, {name: src}, split="test", k=100, out_dir=out)
     st = sparse_stats(src, ds.split_queries("test"))

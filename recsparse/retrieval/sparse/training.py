@@ -78,8 +78,9 @@ class SparseTrainConfig(Config):
     # the student's logits are scale * dot product (mnrl; kl: student temperature 1 / scale). An inference-free
     # score sums IDF x document weight, ~10 for a positive of splade-tiny at init: at the stack's scale 1 its softmax
     # is confidently wrong, and shrinking every document vector (losing terms) is the loss's steepest way down. Pick
-    # the scale that minimises the untrained model's loss (0.2 for splade-tiny on SciFact + NFCorpus)
-    scale: float = 1.0
+    # the scale that minimises the untrained model's loss: 0.2 for inference-free splade-tiny on SciFact + NFCorpus
+    # (the default; at 1 MNRL training collapses, see results/sparse.md). Siamese models: measure it (the stack uses 1)
+    scale: float = 0.2
     teacher_temperature: float = 0.1
     seed: int = 13
     num_threads: int = 2
