@@ -270,4 +270,10 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from recsparse.errors import UserError
+
+    try:
+        main()
+    except UserError as e:  # a bad config, override or existing run folder: one line, as the CLI reports it
+        print(f"rec_bench: error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
