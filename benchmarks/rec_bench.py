@@ -270,10 +270,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    from recsparse.errors import UserError
+    from recsparse.errors import reported_in_one_line
 
-    try:
+    with reported_in_one_line("rec_bench"):  # a bad config, override or existing run folder, as the CLI reports it
         main()
-    except UserError as e:  # a bad config, override or existing run folder: one line, as the CLI reports it
-        print(f"rec_bench: error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from recsparse.errors import UserError
+from recsparse.errors import reported_in_one_line
 
 app = typer.Typer(help="recsparse: recommendation and retrieval with sparse embeddings.", no_args_is_help=True,
                   pretty_exceptions_show_locals=False)
@@ -47,13 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("RECSPARSE_DEBUG", "") not in ("", "0")
     args = [a for a in args if a != "--debug"]
-    try:
+    with reported_in_one_line("recsparse", debug):
         app(args=args, prog_name="recsparse", standalone_mode=True)
-    except UserError as e:
-        if debug:
-            raise
-        print(f"recsparse: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

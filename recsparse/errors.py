@@ -8,6 +8,10 @@ shows the traceback). Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
 
 class UserError(Exception):
     """Base class of every error the CLI reports as one line with exit status 2."""
@@ -15,3 +19,16 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config file or override is invalid; the message names the file and/or the dotted field."""
+
+
+@contextmanager
+def reported_in_one_line(prog: str, debug: bool = False) -> Iterator[None]:
+    """Inside the block a :class:`UserError` becomes ``<prog>: error: <message>`` on stderr and exit status 2 (with
+    ``debug`` it propagates with its traceback). The ``recsparse`` CLI and the benchmark scripts report through it."""
+    try:
+        yield
+    except UserError as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        sys.exit(2)

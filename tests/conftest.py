@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -18,6 +21,16 @@ def dataset_path(name: str) -> Path:
     if not p.is_dir():
         pytest.skip(f"real dataset {name!r} not found under RECSPARSE_DATA={DATA}")
     return p
+
+
+def load_script(relative: str) -> ModuleType:
+    """Import a script that is not a package module (``benchmarks/rec_bench.py``, ...) under its file stem."""
+    path = REPO / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[path.stem] = mod  # before running it: dataclasses in the script look their module up
+    spec.loader.exec_module(mod)
+    return mod
 
 
 @pytest.fixture(scope="session")

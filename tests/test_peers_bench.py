@@ -3,27 +3,18 @@ logic; the beir driver's TREC reader (the peers themselves live in their own ven
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import polars as pl
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _load(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
+from tests.conftest import REPO as ROOT
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    return _load(ROOT / "benchmarks" / "peers_bench.py", "peers_bench")
+    return load_script("benchmarks/peers_bench.py")
 
 
 def _pairs(frame: pl.DataFrame) -> set[tuple[int, int]]:
@@ -90,7 +81,7 @@ def test_best_within_a_budget_only_counts_evaluations_inside_it(bench):
 
 
 def test_recbole_driver_rereads_its_budget_file(tmp_path):
-    drv = _load(ROOT / "benchmarks" / "peers" / "recbole_driver.py", "recbole_driver")
+    drv = load_script("benchmarks/peers/recbole_driver.py")
     f = tmp_path / "budget"
     assert drv.read_budget(None, 100.0) == 100.0 and drv.read_budget(str(f), 100.0) == 100.0
     f.write_text("2200\n")
@@ -112,7 +103,7 @@ def test_fast_lightgcn_recipe_differs_from_the_shipped_one_only_in_lr_and_epochs
 
 
 def test_beir_driver_reads_trec_runs(tmp_path):
-    drv = _load(ROOT / "benchmarks" / "peers" / "beir_driver.py", "beir_driver")
+    drv = load_script("benchmarks/peers/beir_driver.py")
     p = tmp_path / "r.trec"
     p.write_text("q1 Q0 d1 1 2.5 t\nq1 Q0 d2 2 1.0 t\nq2 Q0 d9 1 0.3 t\n")
     assert drv.read_trec(str(p)) == {"q1": {"d1": 2.5, "d2": 1.0}, "q2": {"d9": 0.3}}

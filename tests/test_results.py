@@ -69,21 +69,19 @@ def test_require_clean_tree(monkeypatch):
 def test_rec_bench_audit_marks_rows_whose_config_changed(tmp_path):
     """Rows measured with an older configs/gowalla_lightgcn.yaml (512 negatives, no item bias) stayed in rec.json as
     if its command still produced them."""
-    import importlib.util
     import subprocess
-    from pathlib import Path
 
     import pytest
 
-    root = Path(__file__).resolve().parents[1]
+    from tests.conftest import REPO as root
+    from tests.conftest import load_script
+
     old = "2f99c16"  # the commit of the first LightGCN recipe
     if subprocess.run(["git", "cat-file", "-e", old], cwd=root, capture_output=True).returncode != 0:
         pytest.skip("needs the repository history")
     head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
                           text=True).stdout.strip()
-    spec = importlib.util.spec_from_file_location("rec_bench", root / "benchmarks" / "rec_bench.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_script("benchmarks/rec_bench.py")
     rows = [{"section": "train", "name": "then", "config": "configs/gowalla_lightgcn.yaml", "git_commit": old,
              "overrides": "trainer.max_epochs=2"},
             {"section": "train", "name": "now", "config": "configs/gowalla_lightgcn.yaml", "git_commit": head,

@@ -3,26 +3,17 @@ overrides, exactly as ``recsparse train … loss.ssl.*=…`` would."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 
 from recsparse.config import apply_overrides
 from recsparse.models.ssl import SSLConfig
 from recsparse.pipelines.config import CTRConfig
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("ssl_bench", ROOT / "benchmarks" / "ssl_bench.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["ssl_bench"] = mod
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("benchmarks/ssl_bench.py")
 
 
 def _ssl(bench, variant: str) -> SSLConfig:
